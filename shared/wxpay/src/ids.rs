@@ -158,6 +158,38 @@ impl NonceStr {
     }
 }
 
+/// Which order a refund is for: WeChat accepts either number (`transaction_id` wins if both are sent,
+/// so we only ever send one).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderRef {
+    OutTradeNo(OutTradeNo),
+    TransactionId(TransactionId),
+}
+
+impl OrderRef {
+    /// The wire field name and value.
+    pub fn field(&self) -> (&'static str, &str) {
+        match self {
+            OrderRef::OutTradeNo(n) => (OutTradeNo::FIELD, n.as_str()),
+            OrderRef::TransactionId(n) => (TransactionId::FIELD, n.as_str()),
+        }
+    }
+
+    /// A stable key for storage: `out_trade_no:<n>` or `transaction_id:<n>`.
+    pub fn key(&self) -> String {
+        let (f, v) = self.field();
+        format!("{f}:{v}")
+    }
+}
+
+impl fmt::Display for OrderRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (k, v) = self.field();
+        write!(f, "{k}={v}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

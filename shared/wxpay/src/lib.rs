@@ -6,7 +6,9 @@ pub mod money;
 pub mod sign;
 pub mod xml;
 
-pub use ids::{AppId, IdError, MchId, NonceStr, OutRefundNo, OutTradeNo, RefundId, TransactionId};
+pub use ids::{
+    AppId, IdError, MchId, NonceStr, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId,
+};
 pub use money::{Fen, MoneyError};
 pub use sign::{ApiKey, SignType};
 pub use xml::{XmlError, XmlMap};

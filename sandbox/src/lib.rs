@@ -1,0 +1,1 @@
+//! `wxpay-sandbox`: a local stand-in for api.mch.weixin.qq.com (refund apply and query).
