@@ -1,1 +1,222 @@
-//! `wxpay-sandbox`: a local stand-in for api.mch.weixin.qq.com (refund apply and query).
+//! `wxpay-sandbox`: a local stand-in for api.mch.weixin.qq.com (refund apply and query), built from
+//! the protocol doc: mutual TLS on `/secapi/`, signatures, refund rules, query paging, settling
+//! with encrypted notifications, rate limits, fault injection and an admin API. See README.md.
+
+pub mod admin;
+pub mod books;
+pub mod certs;
+pub mod notify;
+pub mod p12;
+pub mod protocol;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{Quota, RateLimiter};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use wxpay::ApiKey;
+
+pub use books::{Books, Fault, FaultKind, FaultTarget, NewOrder, OrderView, Outcome, RefundView};
+pub use certs::{MerchantJson, StateFiles};
+pub use notify::{decrypt_req_info, encrypt_req_info};
+
+pub const DEFAULT_MCH_ID: &str = "1900000109";
+pub const DEFAULT_APPID: &str = "wx2421b1c4370ec43b";
+/// A fixed 32-character APIv2 key so that no flag is needed (it is a sandbox).
+pub const DEFAULT_API_KEY: &str = "wxpaysandboxkey0123456789abcdefX";
+
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// `127.0.0.1:0` picks a free port.
+    pub listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub mch_id: String,
+    pub appid: String,
+    pub api_key: String,
+    /// How long a refund stays PROCESSING.
+    pub settle_after: Duration,
+    /// WeChat's notification retry delays are divided by this (1 = real schedule).
+    pub notify_retry_factor: f64,
+    /// Used when neither the refund nor its order names a notify_url.
+    pub notify_url: Option<String>,
+    /// Refund apply requests per second (WeChat: 150).
+    pub apply_qps: u32,
+    /// Failing requests per second before FREQUENCY_LIMITED (WeChat: 6).
+    pub failure_qps: u32,
+    /// Per-attempt timeout of a notification push.
+    pub notify_timeout: Duration,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state_dir: std::env::temp_dir().join("wxpay-sandbox"),
+            mch_id: DEFAULT_MCH_ID.into(),
+            appid: DEFAULT_APPID.into(),
+            api_key: DEFAULT_API_KEY.into(),
+            settle_after: Duration::from_secs(3),
+            notify_retry_factor: 1.0,
+            notify_url: None,
+            apply_qps: 150,
+            failure_qps: 6,
+            notify_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("notification HTTP client: {0}")]
+    Client(String),
+}
+
+pub struct Sandbox;
+
+impl Sandbox {
+    /// Writes the state dir files, binds, and serves until [`RunningSandbox::stop`] (or drop).
+    pub async fn start(config: SandboxConfig) -> Result<RunningSandbox, SandboxError> {
+        let key =
+            ApiKey::new(config.api_key.clone()).map_err(|e| SandboxError::Config(e.to_string()))?;
+        wxpay::MchId::new(config.mch_id.clone())
+            .map_err(|e| SandboxError::Config(e.to_string()))?;
+        wxpay::AppId::new(config.appid.clone()).map_err(|e| SandboxError::Config(e.to_string()))?;
+        let files = StateFiles::new(&config.state_dir);
+        let (mch_id, appid, api_key) = (
+            config.mch_id.clone(),
+            config.appid.clone(),
+            config.api_key.clone(),
+        );
+        let files2 = files.clone();
+        // RSA key generation and file I/O are blocking.
+        let pki = tokio::task::spawn_blocking(move || {
+            certs::load_or_create(&files2, &mch_id, &appid, &api_key)
+        })
+        .await
+        .map_err(|e| SandboxError::Config(format!("certificate task: {e}")))??;
+        let tls = tls::server_config(&pki)?;
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| SandboxError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| SandboxError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let notify_client = reqwest::Client::builder()
+            .timeout(config.notify_timeout)
+            .build()
+            .map_err(|e| SandboxError::Client(e.to_string()))?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let qps = |n: u32| Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        let books = Books::default();
+        let app = Arc::new(server::App {
+            books: books.clone(),
+            merchant: pki.merchant.clone(),
+            key,
+            settle_after: config.settle_after,
+            notify_retry_factor: config.notify_retry_factor,
+            default_notify_url: config.notify_url.clone(),
+            apply_limiter: RateLimiter::direct(qps(config.apply_qps)),
+            failure_limiter: RateLimiter::direct(qps(config.failure_qps)),
+            notify_client,
+            shutdown: shutdown_rx,
+        });
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let server = tokio::spawn(server::serve(listener, acceptor, app.clone()));
+        let settler = tokio::spawn(server::settle_loop(app.clone()));
+        tracing::info!(%addr, "wxpay-sandbox listening");
+        Ok(RunningSandbox {
+            addr,
+            base_url: format!("https://{addr}"),
+            files,
+            merchant: pki.merchant,
+            books,
+            app,
+            shutdown: shutdown_tx,
+            tasks: vec![server, settler],
+        })
+    }
+}
+
+/// A started sandbox. Dropping it stops the server too.
+pub struct RunningSandbox {
+    addr: SocketAddr,
+    base_url: String,
+    files: StateFiles,
+    merchant: MerchantJson,
+    books: Books,
+    app: Arc<server::App>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningSandbox {
+    /// `https://127.0.0.1:PORT` (no trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn files(&self) -> &StateFiles {
+        &self.files
+    }
+
+    /// The merchant identity (the content of `merchant.json`).
+    pub fn merchant(&self) -> &MerchantJson {
+        &self.merchant
+    }
+
+    pub fn api_key(&self) -> ApiKey {
+        self.app.key.clone()
+    }
+
+    /// The books, for creating orders and asserting on refunds directly.
+    pub fn books(&self) -> &Books {
+        &self.books
+    }
+
+    /// Settles every PROCESSING refund now and starts its notification; returns their numbers.
+    pub fn settle_now(&self) -> Vec<String> {
+        server::settle(&self.app, true)
+    }
+
+    /// Stops accepting, closes connections and ends background tasks.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RunningSandbox {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -2,12 +2,14 @@
 //! decryption). Knows nothing of AWS or of our ledger.
 
 pub mod cert;
+pub mod client;
 pub mod errors;
 mod fields;
 pub mod ids;
 pub mod merchant;
 pub mod money;
 pub mod notify;
+pub mod outcome;
 pub mod query;
 pub mod refund;
 pub mod reply;
@@ -21,6 +23,7 @@ pub use ids::{
 };
 pub use merchant::MerchantKeys;
 pub use money::{Fen, MoneyError};
+pub use outcome::{CallOutcome, UnknownReason};
 pub use query::RefundStatus;
 pub use sign::{ApiKey, SignType};
 pub use xml::{XmlError, XmlMap};

@@ -1,0 +1,626 @@
+//! `/secapi/pay/refund` and `/pay/refundquery`: request checks in WeChat's order (XML, parameter
+//! names, required parameters, signature, merchant), faults, rate limits, the refund rules, and
+//! replies signed with the request's sign type (protocol doc §2–§5).
+
+use std::sync::Arc;
+
+use wxpay::{Fen, SignType, XmlMap};
+
+use crate::books::{
+    ApplyRequest, BizError, Endpoint, FaultKind, OrderKey, Phase, Refund, RefundStatus, Selector,
+    wechat_time,
+};
+use crate::server::App;
+
+/// What the HTTP layer should do.
+#[derive(Debug)]
+pub enum Reply {
+    /// HTTP 200 with an XML body.
+    Xml(String),
+    /// Another status with an HTML body (front-end errors).
+    Html { status: u16, body: String },
+    /// Close the connection without answering.
+    Drop,
+    /// Never answer.
+    Hang,
+}
+
+const CERT_MISSING_HTML: &str = "<html>\r\n<head><title>400 No required SSL certificate was sent</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>No required SSL certificate was sent</center>\r\n<hr><center>stgw</center>\r\n</body>\r\n</html>\r\n";
+const BAD_GATEWAY_HTML: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>stgw</center>\r\n</body>\r\n</html>\r\n";
+
+pub const MSG_BAD_SIGN: &str = "签名错误,请检查后再试";
+pub const MSG_POST_ONLY: &str = "请使用post方法";
+pub const MSG_EMPTY: &str = "post数据为空";
+pub const MSG_XML: &str = "XML格式错误";
+pub const MSG_CERT_MISMATCH: &str = "证书与商户号不匹配";
+
+const APPLY_FIELDS: &[&str] = &[
+    "appid",
+    "mch_id",
+    "nonce_str",
+    "sign",
+    "sign_type",
+    "transaction_id",
+    "out_trade_no",
+    "out_refund_no",
+    "total_fee",
+    "refund_fee",
+    "refund_fee_type",
+    "refund_desc",
+    "refund_account",
+    "notify_url",
+    // Legacy fields still sent by WxJava / wechatpy / node-tenpay (doc §2.1).
+    "op_user_id",
+    "device_info",
+];
+const QUERY_FIELDS: &[&str] = &[
+    "appid",
+    "mch_id",
+    "nonce_str",
+    "sign",
+    "sign_type",
+    "transaction_id",
+    "out_trade_no",
+    "out_refund_no",
+    "refund_id",
+    "offset",
+    "device_info",
+];
+
+fn return_fail(msg: &str) -> Reply {
+    xml_reply(&[("return_code", "FAIL"), ("return_msg", msg)])
+}
+
+fn xml_reply(fields: &[(&str, &str)]) -> Reply {
+    match wxpay::xml::encode(fields.iter().copied()) {
+        Ok(x) => Reply::Xml(x),
+        // Only reachable if a value contained "]]>"; never let it become a panic or an empty reply.
+        Err(_) => Reply::Xml(
+            "<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[SYSTEMERROR]]></return_msg></xml>"
+                .into(),
+        ),
+    }
+}
+
+/// A verified request: what every signed reply needs.
+struct Signed {
+    sign_type: SignType,
+}
+
+/// The envelope of a signed reply followed by `fields`; `bad_sign` corrupts the signature.
+fn signed_reply(app: &App, s: &Signed, fields: Vec<(String, String)>, bad_sign: bool) -> Reply {
+    let nonce = wxpay::NonceStr::random();
+    let mut all: Vec<(String, String)> = vec![
+        ("return_code".into(), "SUCCESS".into()),
+        ("return_msg".into(), "OK".into()),
+        ("appid".into(), app.merchant.appid.clone()),
+        ("mch_id".into(), app.merchant.mch_id.clone()),
+        ("nonce_str".into(), nonce.as_str().to_string()),
+    ];
+    all.extend(fields);
+    let mut sign = wxpay::sign::sign(
+        all.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        &app.key,
+        s.sign_type,
+    );
+    if bad_sign {
+        // Same length and charset, different value: only a real check notices.
+        sign = sign
+            .chars()
+            .map(|c| if c == '0' { '1' } else { '0' })
+            .collect();
+    }
+    all.push(("sign".into(), sign));
+    let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    xml_reply(&refs)
+}
+
+fn biz_fail(app: &App, s: &Signed, e: &BizError) -> Reply {
+    signed_reply(
+        app,
+        s,
+        vec![
+            ("result_code".into(), "FAIL".into()),
+            ("err_code".into(), e.code.into()),
+            ("err_code_des".into(), e.des.clone()),
+        ],
+        false,
+    )
+}
+
+/// Some business failures (ORDERNOTEXIST) come back without appid, mch_id or sign (doc §3.1).
+fn unsigned_biz_fail(e: &BizError) -> Reply {
+    xml_reply(&[
+        ("return_code", "SUCCESS"),
+        ("return_msg", "OK"),
+        ("result_code", "FAIL"),
+        ("err_code", e.code),
+        ("err_code_des", &e.des),
+    ])
+}
+
+/// Checks shared by both endpoints: XML, names, required fields, sign type, signature, merchant.
+/// `Err` is the reply to send.
+fn verify_envelope(
+    app: &App,
+    body: &[u8],
+    allowed: &[&str],
+    required: &[&str],
+) -> Result<(XmlMap, Signed), Reply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(return_fail(MSG_EMPTY));
+    }
+    let map = wxpay::xml::decode(body).map_err(|_| return_fail(MSG_XML))?;
+    // Names are case-sensitive; the first unknown one is reported (doc §2.1).
+    if let Some(unknown) = map.keys().find(|k| !allowed.contains(k)) {
+        return Err(return_fail(&format!("不识别的参数{unknown}")));
+    }
+    if let Some(missing) = required.iter().find(|k| map.non_empty(k).is_none()) {
+        return Err(return_fail(&format!("缺少参数{missing}")));
+    }
+    let sign_type = match map.non_empty("sign_type") {
+        None => SignType::Md5,
+        Some(s) => s
+            .parse::<SignType>()
+            .map_err(|_| return_fail("sign_type参数错误"))?,
+    };
+    let given = map.get("sign").unwrap_or("");
+    // Without the merchant's key no signature can be checked (and none can be made).
+    if map.get("mch_id") != Some(app.merchant.mch_id.as_str()) {
+        return Err(unsigned_biz_fail(&BizError::new(
+            "MCHID_NOT_EXIST",
+            "mch_id参数错误",
+        )));
+    }
+    if !wxpay::sign::verify(map.iter(), &app.key, sign_type, given) {
+        return Err(return_fail(MSG_BAD_SIGN));
+    }
+    let signed = Signed { sign_type };
+    if map.get("appid") != Some(app.merchant.appid.as_str()) {
+        return Err(biz_fail(
+            app,
+            &signed,
+            &BizError::new("APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配"),
+        ));
+    }
+    if let Some((name, _)) = map
+        .iter()
+        .find(|(_, v)| v.chars().any(|c| c.len_utf8() > 3))
+    {
+        return Err(biz_fail(
+            app,
+            &signed,
+            &BizError::new(
+                "NOT_UTF8",
+                format!("参数{name}包含4字节UTF-8字符，仅支持1-3字节的UTF-8字符"),
+            ),
+        ));
+    }
+    Ok((map, signed))
+}
+
+fn param_error(des: impl Into<String>) -> BizError {
+    BizError::new("PARAM_ERROR", des)
+}
+
+fn fen(map: &XmlMap, name: &str) -> Result<u64, BizError> {
+    let v = map.get(name).unwrap_or("");
+    v.parse::<Fen>()
+        .map(Fen::get)
+        .map_err(|_| param_error(format!("{name}参数错误")))
+}
+
+fn parse_apply(map: &XmlMap) -> Result<ApplyRequest, BizError> {
+    let order = if let Some(t) = map.non_empty("transaction_id") {
+        wxpay::TransactionId::new(t).map_err(|e| param_error(e.to_string()))?;
+        OrderKey::TransactionId(t.to_string())
+    } else if let Some(o) = map.non_empty("out_trade_no") {
+        wxpay::OutTradeNo::new(o).map_err(|e| param_error(e.to_string()))?;
+        OrderKey::OutTradeNo(o.to_string())
+    } else {
+        return Err(param_error("transaction_id和out_trade_no不能同时为空"));
+    };
+    let out_refund_no = map.get("out_refund_no").unwrap_or("");
+    wxpay::OutRefundNo::new(out_refund_no).map_err(|e| param_error(e.to_string()))?;
+    let total_fee = fen(map, "total_fee")?;
+    let refund_fee = fen(map, "refund_fee")?;
+    if total_fee == 0 || refund_fee == 0 {
+        return Err(param_error("total_fee和refund_fee必须大于0"));
+    }
+    if refund_fee > total_fee {
+        return Err(BizError::new(
+            "INVALID_REQUEST",
+            "申请退款金额超过订单可退金额",
+        ));
+    }
+    if let Some(c) = map.non_empty("refund_fee_type")
+        && c != "CNY"
+    {
+        return Err(param_error("refund_fee_type与支付币种不一致"));
+    }
+    let refund_account = match map.non_empty("refund_account") {
+        None => "REFUND_SOURCE_UNSETTLED_FUNDS",
+        Some(a @ ("REFUND_SOURCE_UNSETTLED_FUNDS" | "REFUND_SOURCE_RECHARGE_FUNDS")) => a,
+        Some(_) => return Err(param_error("refund_account参数错误")),
+    };
+    if map.get("nonce_str").is_some_and(|n| n.len() > 32) {
+        return Err(param_error("nonce_str参数长度错误"));
+    }
+    if map
+        .get("refund_desc")
+        .is_some_and(|d| d.chars().count() > 80)
+    {
+        return Err(param_error("refund_desc参数长度错误"));
+    }
+    let notify_url = match map.non_empty("notify_url") {
+        None => None,
+        Some(u) if u.len() <= 256 && (u.starts_with("http://") || u.starts_with("https://")) => {
+            Some(u.to_string())
+        }
+        Some(_) => return Err(param_error("notify_url参数错误")),
+    };
+    Ok(ApplyRequest {
+        order,
+        out_refund_no: out_refund_no.to_string(),
+        total_fee,
+        refund_fee,
+        refund_account: refund_account.to_string(),
+        notify_url,
+        refund_desc: map.non_empty("refund_desc").map(str::to_string),
+    })
+}
+
+fn is_failure(reply: &Reply) -> bool {
+    match reply {
+        Reply::Xml(x) => x.contains("<![CDATA[FAIL]]>"),
+        Reply::Html { .. } => true,
+        Reply::Drop | Reply::Hang => false,
+    }
+}
+
+/// Failing requests share a 6 qps budget (doc §5.3): over it, the failure is reported as
+/// FREQUENCY_LIMITED instead.
+fn limit_failures(app: &App, signed: Option<&Signed>, reply: Reply) -> Reply {
+    if !is_failure(&reply) || app.failure_limiter.check().is_ok() {
+        return reply;
+    }
+    let e = BizError::new("FREQUENCY_LIMITED", "请求频率过高，请降低频率后重试");
+    match signed {
+        Some(s) => biz_fail(app, s, &e),
+        None => return_fail("请求频率过高，请降低频率后重试"),
+    }
+}
+
+pub async fn apply(app: &Arc<App>, is_post: bool, body: &[u8], client_cn: Option<&str>) -> Reply {
+    let mut signed = None;
+    let reply = apply_inner(app, is_post, body, client_cn, &mut signed).await;
+    limit_failures(app, signed.as_ref(), reply)
+}
+
+async fn apply_inner(
+    app: &Arc<App>,
+    is_post: bool,
+    body: &[u8],
+    client_cn: Option<&str>,
+    signed_out: &mut Option<Signed>,
+) -> Reply {
+    if !is_post {
+        return return_fail(MSG_POST_ONLY);
+    }
+    let (map, signed) = match verify_envelope(
+        app,
+        body,
+        APPLY_FIELDS,
+        &[
+            "appid",
+            "mch_id",
+            "nonce_str",
+            "sign",
+            "out_refund_no",
+            "total_fee",
+            "refund_fee",
+        ],
+    ) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let s = signed_out.insert(signed);
+    // The certificate must belong to the merchant named in the request.
+    if let Some(cn) = client_cn
+        && cn != app.merchant.mch_id
+    {
+        return return_fail(MSG_CERT_MISMATCH);
+    }
+    if map.non_empty("transaction_id").is_none() && map.non_empty("out_trade_no").is_none() {
+        return return_fail("缺少参数out_trade_no");
+    }
+    if let Some(n) = map.non_empty("out_refund_no") {
+        app.books.lock().count_apply_call(n);
+    }
+    if app.apply_limiter.check().is_err() {
+        return biz_fail(
+            app,
+            s,
+            &BizError::new("FREQUENCY_LIMITED", "请求频率过高，请降低频率后重试"),
+        );
+    }
+    let req = match parse_apply(&map) {
+        Ok(r) => r,
+        Err(e) => return biz_fail(app, s, &e),
+    };
+
+    let (order_name, latency, before) = {
+        let mut st = app.books.lock();
+        let name = st.find_order(&req.order).map(|o| o.out_trade_no.clone());
+        let latency = st.take_fault(name.as_deref(), Endpoint::Apply, Phase::Latency);
+        let before = st.take_fault(name.as_deref(), Endpoint::Apply, Phase::Before);
+        (name, latency, before)
+    };
+    if let Some(FaultKind::Latency { ms }) = latency {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    match before {
+        Some(FaultKind::Http502) => {
+            return Reply::Html {
+                status: 502,
+                body: BAD_GATEWAY_HTML.into(),
+            };
+        }
+        Some(FaultKind::SystemErrorBefore) => {
+            return biz_fail(
+                app,
+                s,
+                &BizError::new("SYSTEMERROR", "系统超时，请使用相同参数重试"),
+            );
+        }
+        Some(FaultKind::BizErrNeedRetry) => {
+            return biz_fail(
+                app,
+                s,
+                &BizError::new(
+                    "BIZERR_NEED_RETRY",
+                    "并发情况下，业务被拒绝，商户重试即可解决",
+                ),
+            );
+        }
+        Some(FaultKind::NotEnough) => {
+            return biz_fail(app, s, &BizError::new("NOTENOUGH", "基本账户余额不足"));
+        }
+        _ => {}
+    }
+
+    let now = time::OffsetDateTime::now_utc();
+    let settle_at = tokio::time::Instant::now() + app.settle_after;
+    let (result, after) = {
+        let mut st = app.books.lock();
+        let result = st.apply(&req, now, settle_at);
+        // "After" faults need a taken (or idempotently re-found) refund to be meaningful.
+        let after = if result.is_ok() {
+            st.take_fault(order_name.as_deref(), Endpoint::Apply, Phase::After)
+        } else {
+            None
+        };
+        (result, after)
+    };
+    let accepted = match result {
+        Ok(a) => a,
+        Err(e) if e.code == "ORDERNOTEXIST" => return unsigned_biz_fail(&e),
+        Err(e) => return biz_fail(app, s, &e),
+    };
+    let bad_sign = match after {
+        Some(FaultKind::SystemErrorAfter) => {
+            return biz_fail(
+                app,
+                s,
+                &BizError::new("SYSTEMERROR", "系统超时，请使用相同参数重试"),
+            );
+        }
+        Some(FaultKind::DropResponse) => return Reply::Drop,
+        Some(FaultKind::Hang) => return Reply::Hang,
+        Some(FaultKind::BadSign) => true,
+        _ => false,
+    };
+    let o = &accepted.order;
+    let r = &accepted.refund;
+    let fields: Vec<(String, String)> = vec![
+        ("result_code".into(), "SUCCESS".into()),
+        ("transaction_id".into(), o.transaction_id.clone()),
+        ("out_trade_no".into(), o.out_trade_no.clone()),
+        ("out_refund_no".into(), r.out_refund_no.clone()),
+        ("refund_id".into(), r.refund_id.clone()),
+        // Seen empty in real replies.
+        ("refund_channel".into(), String::new()),
+        ("refund_fee".into(), r.refund_fee.to_string()),
+        ("coupon_refund_fee".into(), "0".into()),
+        ("total_fee".into(), o.total_fee.to_string()),
+        ("cash_fee".into(), o.total_fee.to_string()),
+        ("coupon_refund_count".into(), "0".into()),
+        ("cash_refund_fee".into(), r.refund_fee.to_string()),
+    ];
+    signed_reply(app, s, fields, bad_sign)
+}
+
+/// At most this many records per query reply.
+pub const PAGE: usize = 10;
+
+pub async fn query(app: &Arc<App>, is_post: bool, body: &[u8]) -> Reply {
+    let mut signed = None;
+    let reply = query_inner(app, is_post, body, &mut signed).await;
+    limit_failures(app, signed.as_ref(), reply)
+}
+
+async fn query_inner(
+    app: &Arc<App>,
+    is_post: bool,
+    body: &[u8],
+    signed_out: &mut Option<Signed>,
+) -> Reply {
+    if !is_post {
+        return return_fail(MSG_POST_ONLY);
+    }
+    let (map, signed) = match verify_envelope(
+        app,
+        body,
+        QUERY_FIELDS,
+        &["appid", "mch_id", "nonce_str", "sign"],
+    ) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let s = signed_out.insert(signed);
+    // Priority when several are sent: refund_id > out_refund_no > transaction_id > out_trade_no.
+    let selector = if let Some(v) = map.non_empty("refund_id") {
+        Selector::RefundId(v.into())
+    } else if let Some(v) = map.non_empty("out_refund_no") {
+        Selector::OutRefundNo(v.into())
+    } else if let Some(v) = map.non_empty("transaction_id") {
+        Selector::TransactionId(v.into())
+    } else if let Some(v) = map.non_empty("out_trade_no") {
+        Selector::OutTradeNo(v.into())
+    } else {
+        return return_fail("缺少参数out_trade_no");
+    };
+    let by_order = matches!(
+        selector,
+        Selector::TransactionId(_) | Selector::OutTradeNo(_)
+    );
+    let offset = match map.non_empty("offset") {
+        None => None,
+        Some(v) => match v.parse::<Fen>() {
+            Ok(n) => Some(usize::try_from(n.get()).unwrap_or(usize::MAX)),
+            Err(_) => return biz_fail(app, s, &param_error("offset参数错误")),
+        },
+    };
+
+    let (latency, before) = {
+        let mut st = app.books.lock();
+        let name = match &selector {
+            Selector::TransactionId(t) => st
+                .find_order(&OrderKey::TransactionId(t.clone()))
+                .map(|o| o.out_trade_no.clone()),
+            Selector::OutTradeNo(o) => Some(o.clone()),
+            Selector::OutRefundNo(n) => st.refunds.get(n).map(|r| r.out_trade_no.clone()),
+            Selector::RefundId(_) => None,
+        };
+        (
+            st.take_fault(name.as_deref(), Endpoint::Query, Phase::Latency),
+            st.take_fault(name.as_deref(), Endpoint::Query, Phase::Before),
+        )
+    };
+    if let Some(FaultKind::Latency { ms }) = latency {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    match before {
+        Some(FaultKind::Http502) => {
+            return Reply::Html {
+                status: 502,
+                body: BAD_GATEWAY_HTML.into(),
+            };
+        }
+        Some(_) => {
+            return biz_fail(app, s, &BizError::new("SYSTEMERROR", "系统错误"));
+        }
+        None => {}
+    }
+
+    let (order, records) = match app.books.lock().query(&selector) {
+        Ok(v) => v,
+        Err(e) => return biz_fail(app, s, &e),
+    };
+    let total = records.len();
+    // offset=N returns records N..N+9 (0-based). N ≥ total is PARAM_ERROR: the doc only says
+    // "greater than", but an empty page helps nobody and a loop `while offset < total` never asks.
+    let start = offset.unwrap_or(0);
+    if start >= total {
+        return biz_fail(app, s, &param_error("offset参数超出范围"));
+    }
+    let page: Vec<&Refund> = records.iter().skip(start).take(PAGE).collect();
+    let page_fee: u64 = page.iter().map(|r| r.refund_fee).sum();
+
+    let mut f: Vec<(String, String)> = vec![
+        ("result_code".into(), "SUCCESS".into()),
+        ("transaction_id".into(), order.transaction_id.clone()),
+        ("out_trade_no".into(), order.out_trade_no.clone()),
+        ("total_fee".into(), order.total_fee.to_string()),
+        ("cash_fee".into(), order.total_fee.to_string()),
+        ("fee_type".into(), "CNY".into()),
+        ("refund_count".into(), page.len().to_string()),
+        // Reportedly the sum of the records returned, not of the order.
+        ("refund_fee".into(), page_fee.to_string()),
+    ];
+    // Present when offset was sent, and (D95) when an order-number query was cut at 10 records.
+    if offset.is_some() || (by_order && total > PAGE) {
+        f.push(("total_refund_count".into(), total.to_string()));
+    }
+    for (n, r) in page.iter().enumerate() {
+        let mut push = |k: &str, v: String| f.push((format!("{k}_{n}"), v));
+        push("out_refund_no", r.out_refund_no.clone());
+        push("refund_id", r.refund_id.clone());
+        push("refund_channel", "ORIGINAL".into());
+        push("refund_fee", r.refund_fee.to_string());
+        push("settlement_refund_fee", r.refund_fee.to_string());
+        push("refund_status", r.status.as_str().into());
+        push("refund_account", r.refund_account.clone());
+        push("refund_recv_accout", r.recv_account().into());
+        if r.status == RefundStatus::Success
+            && let Some(t) = r.success_time
+        {
+            push("refund_success_time", wechat_time(t));
+        }
+        push("coupon_refund_fee", "0".into());
+        push("coupon_refund_count", "0".into());
+    }
+    signed_reply(app, s, f, false)
+}
+
+/// Names the apply endpoint answers on (all require a client certificate except the legacy
+/// sandbox `/sandboxnew/pay/refund`, which never did).
+pub fn route(path: &str) -> Option<(Endpoint, bool)> {
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let stripped = path
+        .strip_prefix("/sandboxnew")
+        .or_else(|| path.strip_prefix("/xdc/apiv2sandbox"))
+        .unwrap_or(path);
+    match stripped {
+        "/secapi/pay/refund" => Some((Endpoint::Apply, true)),
+        "/pay/refund" if stripped.len() != path.len() => Some((Endpoint::Apply, false)),
+        "/pay/refundquery" => Some((Endpoint::Query, false)),
+        _ => None,
+    }
+}
+
+pub fn cert_missing() -> Reply {
+    Reply::Html {
+        status: 400,
+        body: CERT_MISSING_HTML.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_cover_prefixes_and_cert_requirement() {
+        assert_eq!(route("/secapi/pay/refund"), Some((Endpoint::Apply, true)));
+        assert_eq!(
+            route("/sandboxnew/secapi/pay/refund"),
+            Some((Endpoint::Apply, true))
+        );
+        assert_eq!(
+            route("/xdc/apiv2sandbox/secapi/pay/refund"),
+            Some((Endpoint::Apply, true))
+        );
+        assert_eq!(
+            route("/sandboxnew/pay/refund"),
+            Some((Endpoint::Apply, false))
+        );
+        assert_eq!(route("/pay/refund"), None);
+        assert_eq!(route("/pay/refundquery"), Some((Endpoint::Query, false)));
+        assert_eq!(
+            route("/xdc/apiv2sandbox/pay/refundquery"),
+            Some((Endpoint::Query, false))
+        );
+        assert_eq!(route("/secapi/pay/refundx"), None);
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the sandbox driven over real HTTPS (rustls, mutual TLS) with reqwest.
+//! One test binary (modules below) to keep link time down on small machines.
+
+mod admin;
+mod apply;
+mod common;
+mod faults;
+mod files_tls;
+mod notify;
+mod query;
+mod rate_limits;

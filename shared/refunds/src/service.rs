@@ -1,0 +1,714 @@
+//! The refund workflows, independent of Lambda and HTTP: submit, get (optionally refreshed from
+//! WeChat), list an order's refunds, poll due refunds, and apply a refund notification. The ledger is
+//! written before WeChat is called, every write is fenced, and every retry reuses the out_refund_no.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tracing::{error, info, warn};
+use wxpay::notify::{self, RefundNotification};
+use wxpay::query::{QuerySelector, RefundQueryRequest, RefundRecord as WxRefundRecord};
+use wxpay::refund::{RefundAccount, RefundRequest};
+use wxpay::{CallOutcome, ErrCode, Fen, OrderRef, OutRefundNo, RetryClass, WxError};
+
+use crate::gateway::WeChat;
+use crate::ledger::{
+    Changes, ExternalOutcome, ExternalRefund, LeaseOutcome, Ledger, LedgerError, NewRefund, Patch,
+    RecordOutcome, Transition, TransitionOutcome,
+};
+use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
+
+/// Timings of the workflows. Production defaults; the local stack and tests shorten them.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// How long one attempt may hold a refund; longer than the WeChat client's total timeout plus
+    /// pacing waits, so a live attempt is never taken over.
+    pub lease_ttl: Duration,
+    /// First check of an accepted refund (wallet refunds settle within minutes).
+    pub first_check: Duration,
+    /// Shortest and longest wait between checks or re-submissions.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A refund PROCESSING longer than this is logged as needing a person.
+    pub stale_processing: Duration,
+    /// Due refunds read per page by the poller.
+    pub page_size: usize,
+    /// Passed to WeChat as `notify_url` when set.
+    pub notify_url: Option<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            lease_ttl: Duration::from_secs(45),
+            first_check: Duration::from_secs(60),
+            min_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(4 * 3600),
+            stale_processing: Duration::from_secs(7 * 24 * 3600),
+            page_size: 25,
+            notify_url: None,
+        }
+    }
+}
+
+/// A validated refund request from the merchant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundCommand {
+    pub out_refund_no: OutRefundNo,
+    pub order: OrderRef,
+    pub total_fee: Fen,
+    pub refund_fee: Fen,
+    pub refund_desc: Option<String>,
+    pub refund_account: Option<RefundAccount>,
+}
+
+impl RefundCommand {
+    /// SHA-256 over the canonical fields: the same number with another request is a reused key.
+    pub fn request_hash(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            self.out_refund_no.as_str(),
+            &self.order.key(),
+            &self.total_fee.to_string(),
+            &self.refund_fee.to_string(),
+            self.refund_desc.as_deref().unwrap_or(""),
+            self.refund_account.map(|a| a.as_str()).unwrap_or(""),
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// What the merchant gets back from a submit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Recorded now and (normally) handed to WeChat.
+    New(RefundRecord),
+    /// The same request was made before: the stored record.
+    Replay(RefundRecord),
+}
+
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    #[error("{message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("out_refund_no {0} was already used for a different refund request")]
+    KeyReused(OutRefundNo),
+    #[error("refund {0} is being submitted right now; retry shortly")]
+    InProgress(OutRefundNo),
+    #[error("refund_fee {requested} exceeds what is still refundable on this order ({available} of {total_fee} fen)")]
+    AmountExceeded { requested: Fen, available: Fen, total_fee: Fen },
+    #[error("the order already has the maximum of 50 refunds")]
+    TooManyRefunds,
+    #[error("total_fee {given} differs from the order's total_fee {stored} recorded with its earlier refunds")]
+    TotalFeeMismatch { given: Fen, stored: Fen },
+    #[error("refund {0} not found")]
+    NotFound(OutRefundNo),
+    #[error("WeChat Pay: {0}")]
+    Upstream(String),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// What one poll invocation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PollReport {
+    pub examined: u32,
+    pub settled: u32,
+    pub retried: u32,
+    pub still_pending: u32,
+    pub needs_person: u32,
+    pub errors: u32,
+    pub pages: u32,
+}
+
+pub struct RefundService {
+    ledger: Arc<dyn Ledger>,
+    wechat: Arc<dyn WeChat>,
+    cfg: ServiceConfig,
+}
+
+fn to_domain(s: &wxpay::RefundStatus) -> RefundStatus {
+    match s {
+        wxpay::RefundStatus::Success => RefundStatus::Success,
+        wxpay::RefundStatus::RefundClose => RefundStatus::RefundClose,
+        wxpay::RefundStatus::Change => RefundStatus::Change,
+        // PROCESSING, and values we don't know: not final, check again later.
+        wxpay::RefundStatus::Processing | wxpay::RefundStatus::Other(_) => RefundStatus::Processing,
+    }
+}
+
+fn wx_error(e: &WxError) -> LastError {
+    LastError { code: e.code.as_str().to_string(), message: e.description.clone() }
+}
+
+impl RefundService {
+    pub fn new(ledger: Arc<dyn Ledger>, wechat: Arc<dyn WeChat>, cfg: ServiceConfig) -> Self {
+        RefundService { ledger, wechat, cfg }
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.cfg
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    // ---- submit ---------------------------------------------------------------------------------
+
+    /// Records the refund (with its reservation) before anything is sent, then submits it once.
+    pub async fn submit(&self, cmd: RefundCommand) -> Result<Submitted, ServiceError> {
+        let request = self.wire_request(&cmd);
+        request.validate().map_err(|e| ServiceError::Invalid { field: "request", message: e.to_string() })?;
+        let now = UnixMillis::now();
+        let new = NewRefund {
+            out_refund_no: cmd.out_refund_no.clone(),
+            order: cmd.order.clone(),
+            total_fee: cmd.total_fee,
+            refund_fee: cmd.refund_fee,
+            refund_desc: cmd.refund_desc.clone(),
+            refund_account: cmd.refund_account.map(|a| a.as_str().to_string()),
+            request_hash: cmd.request_hash(),
+            now,
+            // If this process dies before taking the lease, the poller picks the refund up then.
+            next_check_at: now.plus(self.cfg.lease_ttl),
+        };
+        match self.ledger.record(new).await? {
+            RecordOutcome::Created(rec) => {
+                info!(out_refund_no = %rec.out_refund_no, order = %rec.order, refund_fee = rec.refund_fee.get(), "refund recorded");
+                Ok(Submitted::New(self.attempt(rec).await?))
+            }
+            RecordOutcome::Existing(rec) => match rec.status {
+                // Recorded by a caller that never got to submit it (or is about to): the lease decides.
+                RefundStatus::Recorded => Ok(Submitted::Replay(self.attempt(rec).await?)),
+                RefundStatus::Submitting if rec.lease.as_ref().is_some_and(|l| l.expires_at > now) => {
+                    Err(ServiceError::InProgress(rec.out_refund_no))
+                }
+                _ => Ok(Submitted::Replay(rec)),
+            },
+            RecordOutcome::KeyReused(rec) => Err(ServiceError::KeyReused(rec.out_refund_no)),
+            RecordOutcome::AmountExceeded { book } => Err(ServiceError::AmountExceeded {
+                requested: cmd.refund_fee,
+                available: book.available(),
+                total_fee: book.total_fee,
+            }),
+            RecordOutcome::TooManyRefunds { .. } => Err(ServiceError::TooManyRefunds),
+            RecordOutcome::TotalFeeMismatch { book } => {
+                Err(ServiceError::TotalFeeMismatch { given: cmd.total_fee, stored: book.total_fee })
+            }
+        }
+    }
+
+    fn wire_request(&self, cmd: &RefundCommand) -> RefundRequest {
+        RefundRequest {
+            order: cmd.order.clone(),
+            out_refund_no: cmd.out_refund_no.clone(),
+            total_fee: cmd.total_fee,
+            refund_fee: cmd.refund_fee,
+            refund_desc: cmd.refund_desc.clone(),
+            refund_account: cmd.refund_account,
+            notify_url: self.cfg.notify_url.clone(),
+        }
+    }
+
+    fn record_request(&self, rec: &RefundRecord) -> RefundRequest {
+        RefundRequest {
+            order: rec.order.clone(),
+            out_refund_no: rec.out_refund_no.clone(),
+            total_fee: rec.total_fee,
+            refund_fee: rec.refund_fee,
+            refund_desc: rec.refund_desc.clone(),
+            refund_account: rec.refund_account.as_deref().and_then(|a| a.parse().ok()),
+            notify_url: self.cfg.notify_url.clone(),
+        }
+    }
+
+    /// Takes the lease and submits. A held lease means someone else is submitting right now.
+    async fn attempt(&self, rec: RefundRecord) -> Result<RefundRecord, ServiceError> {
+        let owner = uuid::Uuid::new_v4().to_string();
+        let now = UnixMillis::now();
+        match self.ledger.acquire_lease(&rec.out_refund_no, &owner, self.cfg.lease_ttl, now).await? {
+            LeaseOutcome::Acquired(rec) => self.submit_leased(rec, &owner).await,
+            LeaseOutcome::Held(rec) => Err(ServiceError::InProgress(rec.out_refund_no)),
+            LeaseOutcome::NotLeasable(rec) => Ok(rec),
+            LeaseOutcome::NotFound => Err(ServiceError::NotFound(rec.out_refund_no)),
+        }
+    }
+
+    /// Calls refund apply for a refund we hold the lease on and records what came back.
+    async fn submit_leased(&self, rec: RefundRecord, owner: &str) -> Result<RefundRecord, ServiceError> {
+        let request = self.record_request(&rec);
+        let outcome = self.wechat.refund(&request).await;
+        let now = UnixMillis::now();
+        let (to, changes) = match outcome {
+            CallOutcome::Ok(resp) => {
+                info!(out_refund_no = %rec.out_refund_no, refund_id = %resp.refund_id, "refund accepted by WeChat");
+                (
+                    RefundStatus::Processing,
+                    Changes {
+                        refund_id: Some(resp.refund_id),
+                        transaction_id: Some(resp.transaction_id),
+                        out_trade_no: Some(resp.out_trade_no),
+                        last_error: Patch::Clear,
+                        next_check_at: Some(now.plus(self.cfg.first_check)),
+                        ..Changes::default()
+                    },
+                )
+            }
+            CallOutcome::Rejected(e) => {
+                let status = match e.class() {
+                    RetryClass::Final | RetryClass::FixRequest => RefundStatus::Failed,
+                    RetryClass::RetrySame | RetryClass::RetryLater | RetryClass::NotFound => RefundStatus::RetryWait,
+                };
+                warn!(out_refund_no = %rec.out_refund_no, err_code = %e.code, err_code_des = %e.description, next = %status, "refund refused by WeChat");
+                (
+                    status,
+                    Changes {
+                        last_error: Patch::Set(wx_error(&e)),
+                        next_check_at: Some(now.plus(self.retry_delay(rec.attempts))),
+                        ..Changes::default()
+                    },
+                )
+            }
+            CallOutcome::NotSent(reason) => {
+                warn!(out_refund_no = %rec.out_refund_no, %reason, "refund not sent");
+                (
+                    RefundStatus::RetryWait,
+                    Changes {
+                        last_error: Patch::Set(LastError { code: "NOT_SENT".into(), message: reason }),
+                        next_check_at: Some(now.plus(self.retry_delay(rec.attempts))),
+                        ..Changes::default()
+                    },
+                )
+            }
+            CallOutcome::Unknown(reason) => {
+                warn!(out_refund_no = %rec.out_refund_no, reason = %reason, "refund outcome unknown; will query");
+                (
+                    RefundStatus::Unknown,
+                    Changes {
+                        last_error: Patch::Set(LastError { code: reason.code().into(), message: reason.to_string() }),
+                        next_check_at: Some(now.plus(self.cfg.min_backoff)),
+                        ..Changes::default()
+                    },
+                )
+            }
+        };
+        self.apply(&rec, Some(owner), to, changes, now).await
+    }
+
+    /// A fenced transition; a conflict means someone else moved the refund on: theirs stands.
+    async fn apply(
+        &self,
+        rec: &RefundRecord,
+        owner: Option<&str>,
+        to: RefundStatus,
+        changes: Changes,
+        now: UnixMillis,
+    ) -> Result<RefundRecord, ServiceError> {
+        let t = Transition {
+            out_refund_no: rec.out_refund_no.clone(),
+            expected_status: rec.status,
+            expected_version: rec.version,
+            lease_owner: owner.map(str::to_string),
+            to,
+            changes,
+            now,
+        };
+        match self.ledger.transition(t).await? {
+            TransitionOutcome::Applied(after) => {
+                if after.status.needs_person() {
+                    error!(out_refund_no = %after.out_refund_no, order = %after.order, "refund in CHANGE: the bank refused it; a person must handle it in the merchant platform");
+                }
+                Ok(after)
+            }
+            TransitionOutcome::Conflict(current) => {
+                warn!(out_refund_no = %rec.out_refund_no, from = %rec.status, to = %to, now_at = %current.status, "refund moved on concurrently; keeping the other writer's state");
+                Ok(current)
+            }
+            TransitionOutcome::NotFound => Err(ServiceError::NotFound(rec.out_refund_no.clone())),
+            TransitionOutcome::Illegal { from, to } => {
+                Err(ServiceError::Internal(format!("illegal transition {from} -> {to}")))
+            }
+        }
+    }
+
+    /// Exponential from `min_backoff` by attempt, capped at `max_backoff`.
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        self.cfg.min_backoff.saturating_mul(factor).min(self.cfg.max_backoff)
+    }
+
+    /// Checks of an accepted refund get sparser as it ages: half its age, within the bounds.
+    fn processing_delay(&self, rec: &RefundRecord, now: UnixMillis) -> Duration {
+        (rec.created_at.age_at(now) / 2).clamp(self.cfg.min_backoff, self.cfg.max_backoff)
+    }
+
+    // ---- get / reconcile ------------------------------------------------------------------------
+
+    pub async fn get(&self, no: &OutRefundNo, refresh: bool) -> Result<RefundRecord, ServiceError> {
+        let rec = self.ledger.get(no).await?.ok_or_else(|| ServiceError::NotFound(no.clone()))?;
+        if !refresh || rec.status.is_final() || rec.status == RefundStatus::Submitting {
+            return Ok(rec);
+        }
+        if rec.status == RefundStatus::Recorded {
+            return self.attempt(rec).await;
+        }
+        self.reconcile(rec, None).await
+    }
+
+    /// Asks WeChat about one refund by its number and adopts what it says. For UNKNOWN and
+    /// RETRY_WAIT refunds that WeChat has never seen, re-submits the same number.
+    async fn reconcile(&self, rec: RefundRecord, owner: Option<&str>) -> Result<RefundRecord, ServiceError> {
+        let query = RefundQueryRequest {
+            selector: QuerySelector::OutRefundNo(rec.out_refund_no.clone()),
+            offset: None,
+        };
+        let outcome = self.wechat.query(&query).await;
+        let now = UnixMillis::now();
+        match outcome {
+            CallOutcome::Ok(resp) => {
+                match resp.refunds.iter().find(|r| r.out_refund_no == rec.out_refund_no) {
+                    Some(found) => self.adopt(&rec, owner, found, now).await,
+                    None => self.recheck_later(&rec, owner, LastError { code: "QUERY_MISMATCH".into(), message: "query reply does not list this refund".into() }, now).await,
+                }
+            }
+            CallOutcome::Rejected(e) if e.code == ErrCode::RefundNotExist => match rec.status {
+                RefundStatus::Submitting => match owner {
+                    Some(o) => self.submit_leased(rec, o).await,
+                    None => Ok(rec),
+                },
+                RefundStatus::Unknown | RefundStatus::RetryWait => {
+                    info!(out_refund_no = %rec.out_refund_no, "WeChat has no such refund; re-submitting the same number");
+                    self.attempt(rec).await
+                }
+                _ => {
+                    error!(out_refund_no = %rec.out_refund_no, status = %rec.status, "WeChat says REFUNDNOTEXIST for a refund it accepted");
+                    self.recheck_later(&rec, owner, wx_error(&e), now).await
+                }
+            },
+            CallOutcome::Rejected(e) => self.recheck_later(&rec, owner, wx_error(&e), now).await,
+            CallOutcome::NotSent(reason) => {
+                self.recheck_later(&rec, owner, LastError { code: "NOT_SENT".into(), message: reason }, now).await
+            }
+            CallOutcome::Unknown(reason) => {
+                self.recheck_later(&rec, owner, LastError { code: reason.code().into(), message: reason.to_string() }, now).await
+            }
+        }
+    }
+
+    /// Moves the refund to what WeChat reports for it.
+    async fn adopt(
+        &self,
+        rec: &RefundRecord,
+        owner: Option<&str>,
+        found: &WxRefundRecord,
+        now: UnixMillis,
+    ) -> Result<RefundRecord, ServiceError> {
+        let to = to_domain(&found.refund_status);
+        if found.refund_fee != rec.refund_fee {
+            error!(out_refund_no = %rec.out_refund_no, ours = rec.refund_fee.get(), wechat = found.refund_fee.get(), "WeChat reports another refund_fee for this number");
+        }
+        let changes = Changes {
+            refund_id: Some(found.refund_id.clone()),
+            last_error: Patch::Clear,
+            refund_recv_account: found.refund_recv_account.clone(),
+            success_time: found.refund_success_time.clone(),
+            next_check_at: (!to.is_final()).then(|| now.plus(self.processing_delay(rec, now))),
+            ..Changes::default()
+        };
+        if to == RefundStatus::Processing && rec.created_at.age_at(now) > self.cfg.stale_processing {
+            error!(out_refund_no = %rec.out_refund_no, "refund PROCESSING for over the stale limit: needs a person");
+        }
+        self.apply(rec, owner, to, changes, now).await
+    }
+
+    /// Nothing learned: keep the status, note the error, check again later.
+    async fn recheck_later(
+        &self,
+        rec: &RefundRecord,
+        owner: Option<&str>,
+        last_error: LastError,
+        now: UnixMillis,
+    ) -> Result<RefundRecord, ServiceError> {
+        let (to, delay) = match rec.status {
+            // An attempt we took over and could not resolve becomes an unknown outcome.
+            RefundStatus::Submitting => (RefundStatus::Unknown, self.cfg.min_backoff),
+            RefundStatus::Processing => (RefundStatus::Processing, self.processing_delay(rec, now)),
+            s => (s, self.retry_delay(rec.attempts)),
+        };
+        let changes = Changes {
+            last_error: Patch::Set(last_error),
+            next_check_at: Some(now.plus(delay)),
+            ..Changes::default()
+        };
+        if !rec.status.can_move_to(to) {
+            return Ok(rec.clone());
+        }
+        self.apply(rec, owner, to, changes, now).await
+    }
+
+    // ---- poll -----------------------------------------------------------------------------------
+
+    /// Drives due refunds to a final state, page by page, until `budget` is spent.
+    pub async fn poll(&self, budget: Duration) -> Result<PollReport, ServiceError> {
+        let started = Instant::now();
+        let mut report = PollReport::default();
+        let mut cursor = None;
+        let now = UnixMillis::now();
+        'pages: loop {
+            if started.elapsed() >= budget {
+                break;
+            }
+            let page = self.ledger.due(now, cursor, self.cfg.page_size).await?;
+            report.pages += 1;
+            for rec in page.items {
+                if started.elapsed() >= budget {
+                    break 'pages;
+                }
+                report.examined += 1;
+                let before = rec.status;
+                match self.drive(rec).await {
+                    Ok(after) if after.status.is_final() => {
+                        report.settled += 1;
+                        if after.status.needs_person() {
+                            report.needs_person += 1;
+                        }
+                    }
+                    Ok(after) => {
+                        if matches!(before, RefundStatus::RetryWait | RefundStatus::Unknown | RefundStatus::Recorded)
+                            || after.attempts > 1 && after.status == RefundStatus::Processing && before != RefundStatus::Processing
+                        {
+                            report.retried += 1;
+                        }
+                        report.still_pending += 1;
+                    }
+                    Err(ServiceError::InProgress(_)) => report.still_pending += 1,
+                    Err(e) => {
+                        report.errors += 1;
+                        error!(error = %e, "poll: refund could not be driven");
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        info!(examined = report.examined, settled = report.settled, retried = report.retried, still_pending = report.still_pending, needs_person = report.needs_person, errors = report.errors, pages = report.pages, "poll finished");
+        Ok(report)
+    }
+
+    /// One step for one due refund.
+    async fn drive(&self, rec: RefundRecord) -> Result<RefundRecord, ServiceError> {
+        match rec.status {
+            RefundStatus::Recorded | RefundStatus::RetryWait => self.attempt(rec).await,
+            RefundStatus::Processing | RefundStatus::Unknown => self.reconcile(rec, None).await,
+            RefundStatus::Submitting => {
+                // An abandoned attempt (its lease expired): take it over, then find out what happened.
+                let owner = uuid::Uuid::new_v4().to_string();
+                match self.ledger.acquire_lease(&rec.out_refund_no, &owner, self.cfg.lease_ttl, UnixMillis::now()).await? {
+                    LeaseOutcome::Acquired(r) => self.reconcile(r, Some(&owner)).await,
+                    LeaseOutcome::Held(r) => Err(ServiceError::InProgress(r.out_refund_no)),
+                    LeaseOutcome::NotLeasable(r) => Ok(r),
+                    LeaseOutcome::NotFound => Err(ServiceError::NotFound(rec.out_refund_no)),
+                }
+            }
+            _ => Ok(rec),
+        }
+    }
+
+    // ---- list by order --------------------------------------------------------------------------
+
+    /// Every refund of the order: WeChat's list (all pages via `offset`) merged with the ledger.
+    /// Refunds WeChat has and we don't (made in the merchant platform) are recorded as external so
+    /// they count against the order; ledger refunds WeChat reports as settled are settled.
+    pub async fn list_by_order(&self, order: &OrderRef) -> Result<Vec<RefundRecord>, ServiceError> {
+        let selector = match order {
+            OrderRef::OutTradeNo(n) => QuerySelector::OutTradeNo(n.clone()),
+            OrderRef::TransactionId(t) => QuerySelector::TransactionId(t.clone()),
+        };
+        let mut remote: Vec<WxRefundRecord> = Vec::new();
+        let mut order_total: Option<Fen> = None;
+        let mut offset = 0u32;
+        // 50 refunds at 10 a page: six pages at most; the bound guards against a looping reply.
+        for _ in 0..8 {
+            match self.wechat.query(&RefundQueryRequest { selector: selector.clone(), offset: Some(offset) }).await {
+                CallOutcome::Ok(resp) => {
+                    order_total = order_total.or(resp.total_fee);
+                    let next = resp.next_offset(offset);
+                    remote.extend(resp.refunds);
+                    match next {
+                        Some(n) => offset = n,
+                        None => break,
+                    }
+                }
+                CallOutcome::Rejected(e) if e.code == ErrCode::RefundNotExist => break,
+                CallOutcome::Rejected(e) => return Err(ServiceError::Upstream(e.to_string())),
+                CallOutcome::NotSent(r) => return Err(ServiceError::Upstream(r)),
+                CallOutcome::Unknown(r) => return Err(ServiceError::Upstream(r.to_string())),
+            }
+        }
+        let mut local = self.ledger.list_by_order(order).await?;
+        let now = UnixMillis::now();
+        for found in &remote {
+            match local.iter().position(|r| r.out_refund_no == found.out_refund_no) {
+                Some(i) => {
+                    let rec = &local[i];
+                    let to = to_domain(&found.refund_status);
+                    let movable = !rec.status.is_final() && rec.status != RefundStatus::Submitting && rec.status != to && rec.status.can_move_to(to);
+                    if movable {
+                        let updated = self.adopt(rec, None, found, now).await?;
+                        local[i] = updated;
+                    }
+                }
+                None => {
+                    let existing = self.ledger.get(&found.out_refund_no).await?;
+                    let rec = match existing {
+                        Some(r) => r,
+                        None => {
+                            let ext = ExternalRefund {
+                                out_refund_no: found.out_refund_no.clone(),
+                                order: order.clone(),
+                                out_trade_no: None,
+                                transaction_id: None,
+                                refund_id: Some(found.refund_id.clone()),
+                                total_fee: order_total.unwrap_or(found.refund_fee),
+                                refund_fee: found.refund_fee,
+                                status: to_domain(&found.refund_status),
+                                refund_account: found.refund_account.clone(),
+                                refund_recv_account: found.refund_recv_account.clone(),
+                                success_time: found.refund_success_time.clone(),
+                                now,
+                                next_check_at: Some(now.plus(self.cfg.min_backoff)),
+                            };
+                            match self.ledger.record_external(ext).await? {
+                                ExternalOutcome::Created(r) | ExternalOutcome::Existing(r) => {
+                                    warn!(out_refund_no = %r.out_refund_no, order = %order, "refund made outside wxrefund recorded as external");
+                                    r
+                                }
+                                ExternalOutcome::InvalidStatus(s) => {
+                                    return Err(ServiceError::Internal(format!("external refund with status {s}")));
+                                }
+                            }
+                        }
+                    };
+                    local.push(rec);
+                }
+            }
+        }
+        local.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.out_refund_no.cmp(&b.out_refund_no)));
+        Ok(local)
+    }
+
+    // ---- notification ---------------------------------------------------------------------------
+
+    /// Handles WeChat's refund notification and returns the XML reply. The notification is a hint:
+    /// its content is confirmed by a query before anything is written.
+    pub async fn apply_notification(&self, body: &[u8]) -> String {
+        let n = match self.wechat.decrypt_notification(body).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "refund notification rejected");
+                return notify::fail_reply(&e.to_string());
+            }
+        };
+        match self.confirm_notification(&n).await {
+            Ok(rec) => {
+                info!(out_refund_no = %rec.out_refund_no, out_trade_no = %n.out_trade_no, status = %rec.status, "refund notification applied");
+                notify::SUCCESS_REPLY.to_string()
+            }
+            Err(e) => {
+                warn!(out_refund_no = %n.out_refund_no, error = %e, "refund notification not applied; WeChat will retry");
+                notify::fail_reply("temporarily unable to process")
+            }
+        }
+    }
+
+    async fn confirm_notification(&self, n: &RefundNotification) -> Result<RefundRecord, ServiceError> {
+        match self.ledger.get(&n.out_refund_no).await? {
+            Some(rec) if rec.status.is_final() || rec.status == RefundStatus::Submitting => Ok(rec),
+            Some(rec) if rec.status == RefundStatus::Recorded => self.attempt(rec).await,
+            Some(rec) => {
+                let after = self.reconcile(rec, None).await?;
+                Ok(after)
+            }
+            None => {
+                // Made outside our API (merchant platform): confirm it exists, then record it.
+                let query = RefundQueryRequest { selector: QuerySelector::OutRefundNo(n.out_refund_no.clone()), offset: None };
+                let resp = match self.wechat.query(&query).await {
+                    CallOutcome::Ok(resp) => resp,
+                    CallOutcome::Rejected(e) => return Err(ServiceError::Upstream(e.to_string())),
+                    CallOutcome::NotSent(r) => return Err(ServiceError::Upstream(r)),
+                    CallOutcome::Unknown(r) => return Err(ServiceError::Upstream(r.to_string())),
+                };
+                let found = resp
+                    .refunds
+                    .iter()
+                    .find(|r| r.out_refund_no == n.out_refund_no)
+                    .ok_or_else(|| ServiceError::Upstream("query does not confirm the notified refund".into()))?;
+                let now = UnixMillis::now();
+                let ext = ExternalRefund {
+                    out_refund_no: n.out_refund_no.clone(),
+                    order: OrderRef::OutTradeNo(n.out_trade_no.clone()),
+                    out_trade_no: Some(n.out_trade_no.clone()),
+                    transaction_id: Some(n.transaction_id.clone()),
+                    refund_id: Some(found.refund_id.clone()),
+                    total_fee: resp.total_fee.unwrap_or(n.total_fee),
+                    refund_fee: found.refund_fee,
+                    status: to_domain(&found.refund_status),
+                    refund_account: found.refund_account.clone(),
+                    refund_recv_account: found.refund_recv_account.clone(),
+                    success_time: found.refund_success_time.clone(),
+                    now,
+                    next_check_at: Some(now.plus(self.cfg.min_backoff)),
+                };
+                match self.ledger.record_external(ext).await? {
+                    ExternalOutcome::Created(r) | ExternalOutcome::Existing(r) => Ok(r),
+                    ExternalOutcome::InvalidStatus(s) => Err(ServiceError::Internal(format!("external refund with status {s}"))),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd() -> RefundCommand {
+        RefundCommand {
+            out_refund_no: "R-1".parse().unwrap(),
+            order: OrderRef::OutTradeNo("ORDER-1".parse().unwrap()),
+            total_fee: Fen::new(100).unwrap(),
+            refund_fee: Fen::new(10).unwrap(),
+            refund_desc: None,
+            refund_account: None,
+        }
+    }
+
+    #[test]
+    fn request_hash_covers_every_canonical_field() {
+        let base = cmd().request_hash();
+        assert_eq!(base, cmd().request_hash());
+        let mut c = cmd();
+        c.refund_fee = Fen::new(11).unwrap();
+        assert_ne!(c.request_hash(), base);
+        let mut c = cmd();
+        c.refund_desc = Some("x".into());
+        assert_ne!(c.request_hash(), base);
+        let mut c = cmd();
+        c.order = OrderRef::TransactionId("ORDER1".parse().unwrap());
+        assert_ne!(c.request_hash(), base);
+        let mut c = cmd();
+        c.refund_account = Some(RefundAccount::RechargeFunds);
+        assert_ne!(c.request_hash(), base);
+    }
+}
