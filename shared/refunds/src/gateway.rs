@@ -21,3 +21,220 @@ pub trait WeChat: Send + Sync {
     /// Decrypts and checks a refund notification with the current key.
     async fn decrypt_notification(&self, body: &[u8]) -> Result<RefundNotification, NotifyError>;
 }
+
+// ---- the production adapter ---------------------------------------------------------------------
+
+use std::sync::{Arc, RwLock};
+
+use tracing::{info, warn};
+use wxpay::client::{ClientBuildError, ClientConfig, TransportError, WxPayClient};
+use wxpay::outcome::{self, UnknownReason};
+use wxpay::query::PATH as QUERY_PATH;
+use wxpay::refund::PATH as REFUND_PATH;
+use wxpay::{ErrCode, FieldError, MerchantKeys, NonceStr, SignType, XmlMap};
+
+use crate::secrets::{MerchantConfig, SecretSource, SecretsError};
+
+/// The merchant's keys and the HTTPS client built from its certificate, swapped as one on rotation.
+struct Current {
+    keys: MerchantKeys,
+    client: WxPayClient,
+}
+
+/// [`WeChat`] over `wxpay::client`: signs, sends, checks replies, and on a signature failure reloads
+/// the secret once (key rotation) and repeats the same request before the failure counts.
+pub struct WxPayGateway {
+    current: RwLock<Arc<Current>>,
+    client_config: ClientConfig,
+    source: Option<SecretSource>,
+    /// Serialises reloads so a burst of signature failures fetches the secret once.
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Client(#[from] ClientBuildError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+}
+
+impl WxPayGateway {
+    /// Builds the client for `config` (at cold start). `source` enables reload on rotation.
+    pub fn new(
+        config: &MerchantConfig,
+        client_config: ClientConfig,
+        source: Option<SecretSource>,
+    ) -> Result<Self, GatewayError> {
+        let client = WxPayClient::new(&client_config, Some(&config.identity))?;
+        Ok(WxPayGateway {
+            current: RwLock::new(Arc::new(Current {
+                keys: config.merchant_keys(),
+                client,
+            })),
+            client_config,
+            source,
+            reload_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn current(&self) -> Arc<Current> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Reloads the secret if it changed since `seen` was current; true when a new key is in place.
+    async fn reload(&self, seen: &Arc<Current>) -> bool {
+        let Some(source) = &self.source else {
+            return false;
+        };
+        let _guard = self.reload_lock.lock().await;
+        if !Arc::ptr_eq(seen, &self.current()) {
+            return true; // someone else reloaded meanwhile
+        }
+        let config = match source.reload().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "secret reload after a signature failure failed");
+                return false;
+            }
+        };
+        if config.api_v2_key.expose() == seen.keys.api_key.expose()
+            && config.sign_type == seen.keys.sign_type
+        {
+            return false;
+        }
+        match WxPayClient::new(&self.client_config, Some(&config.identity)) {
+            Ok(client) => {
+                let next = Arc::new(Current {
+                    keys: config.merchant_keys(),
+                    client,
+                });
+                match self.current.write() {
+                    Ok(mut g) => *g = next,
+                    Err(poisoned) => *poisoned.into_inner() = next,
+                }
+                info!(mch_id = %config.mch_id, "merchant secret rotated");
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "client rebuild after secret rotation failed");
+                false
+            }
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        path: &str,
+        needs_cert: bool,
+        body: impl Fn(&MerchantKeys) -> Result<String, String>,
+        parse: fn(&XmlMap) -> Result<T, FieldError>,
+    ) -> CallOutcome<T> {
+        let mut cur = self.current();
+        let mut reloaded = false;
+        loop {
+            let outcome = self.send(&cur, path, needs_cert, &body, parse).await;
+            let signature_problem =
+                matches!(
+                    &outcome,
+                    CallOutcome::Rejected(e) if e.code == ErrCode::SignError
+                ) || matches!(&outcome, CallOutcome::Unknown(UnknownReason::BadSignature));
+            if signature_problem && !reloaded && self.reload(&cur).await {
+                reloaded = true;
+                cur = self.current();
+                continue;
+            }
+            if outcome.is_failure() {
+                cur.client.record_failure();
+            }
+            return outcome;
+        }
+    }
+
+    async fn send<T>(
+        &self,
+        cur: &Current,
+        path: &str,
+        needs_cert: bool,
+        body: &impl Fn(&MerchantKeys) -> Result<String, String>,
+        parse: fn(&XmlMap) -> Result<T, FieldError>,
+    ) -> CallOutcome<T> {
+        let xml = match body(&cur.keys) {
+            Ok(xml) => xml,
+            // Validation happens before recording; reaching this is a bug, and nothing was sent.
+            Err(e) => return CallOutcome::NotSent(format!("request could not be built: {e}")),
+        };
+        let sign_type: SignType = cur.keys.sign_type;
+        match cur.client.post_xml(path, xml, needs_cert).await {
+            Ok(reply) => outcome::from_http(reply.status, &reply.body, &cur.keys, sign_type, parse),
+            Err(e) => match e {
+                TransportError::NotSent(_)
+                | TransportError::Paced(_)
+                | TransportError::NoIdentity => CallOutcome::NotSent(e.to_string()),
+                TransportError::HttpStatus { status, .. } => {
+                    CallOutcome::Unknown(UnknownReason::HttpStatus(status))
+                }
+                TransportError::NotXml { snippet, .. } => {
+                    CallOutcome::Unknown(UnknownReason::NotWeChatXml(snippet))
+                }
+                TransportError::Unknown(s) => CallOutcome::Unknown(UnknownReason::Transport(s)),
+            },
+        }
+    }
+}
+
+fn parse_refund(m: &XmlMap) -> Result<RefundResponse, FieldError> {
+    RefundResponse::try_from(m)
+}
+
+fn parse_query(m: &XmlMap) -> Result<RefundQueryResponse, FieldError> {
+    RefundQueryResponse::try_from(m)
+}
+
+#[async_trait]
+impl WeChat for WxPayGateway {
+    fn mch_id(&self) -> MchId {
+        self.current().keys.mch_id.clone()
+    }
+
+    async fn refund(&self, request: &RefundRequest) -> CallOutcome<RefundResponse> {
+        self.call(
+            REFUND_PATH,
+            true,
+            |keys| {
+                request
+                    .to_xml(keys, &NonceStr::random())
+                    .map_err(|e| e.to_string())
+            },
+            parse_refund,
+        )
+        .await
+    }
+
+    async fn query(&self, request: &RefundQueryRequest) -> CallOutcome<RefundQueryResponse> {
+        self.call(
+            QUERY_PATH,
+            false,
+            |keys| {
+                request
+                    .to_xml(keys, &NonceStr::random())
+                    .map_err(|e| e.to_string())
+            },
+            parse_query,
+        )
+        .await
+    }
+
+    async fn decrypt_notification(&self, body: &[u8]) -> Result<RefundNotification, NotifyError> {
+        let cur = self.current();
+        match wxpay::notify::decrypt(body, &cur.keys) {
+            Err(NotifyError::BadPadding) if self.reload(&cur).await => {
+                wxpay::notify::decrypt(body, &self.current().keys)
+            }
+            other => other,
+        }
+    }
+}

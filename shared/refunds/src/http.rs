@@ -35,7 +35,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -51,7 +55,14 @@ struct ErrorBody<'a> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { error: self.code, message: &self.message })).into_response()
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.code,
+                message: &self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -61,9 +72,13 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
             ServiceError::KeyReused(_) => (StatusCode::CONFLICT, "idempotency_key_reused"),
             ServiceError::InProgress(_) => (StatusCode::CONFLICT, "in_progress"),
-            ServiceError::AmountExceeded { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "refund_exceeds_order"),
+            ServiceError::AmountExceeded { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "refund_exceeds_order")
+            }
             ServiceError::TooManyRefunds => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_refunds"),
-            ServiceError::TotalFeeMismatch { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "total_fee_mismatch"),
+            ServiceError::TotalFeeMismatch { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "total_fee_mismatch")
+            }
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
             ServiceError::Ledger(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
@@ -78,7 +93,11 @@ impl From<ServiceError> for ApiError {
 
 fn body_error(r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body is larger than the limit"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body is larger than the limit"),
+        )
     } else {
         ApiError::bad_request("invalid_body", r.body_text())
     }
@@ -100,20 +119,31 @@ pub struct CreateRefund {
 impl CreateRefund {
     /// Every check that needs no state, with a message naming the field.
     pub fn validate(self) -> Result<RefundCommand, ApiError> {
-        let invalid = |e: &dyn std::fmt::Display| ApiError::bad_request("validation_error", e.to_string());
+        let invalid =
+            |e: &dyn std::fmt::Display| ApiError::bad_request("validation_error", e.to_string());
         let out_refund_no = OutRefundNo::new(self.out_refund_no).map_err(|e| invalid(&e))?;
         let order = match (self.out_trade_no, self.transaction_id) {
             (Some(o), None) => OrderRef::OutTradeNo(OutTradeNo::new(o).map_err(|e| invalid(&e))?),
-            (None, Some(t)) => OrderRef::TransactionId(TransactionId::new(t).map_err(|e| invalid(&e))?),
+            (None, Some(t)) => {
+                OrderRef::TransactionId(TransactionId::new(t).map_err(|e| invalid(&e))?)
+            }
             (Some(_), Some(_)) => {
-                return Err(ApiError::bad_request("validation_error", "give exactly one of out_trade_no and transaction_id, not both"));
+                return Err(ApiError::bad_request(
+                    "validation_error",
+                    "give exactly one of out_trade_no and transaction_id, not both",
+                ));
             }
             (None, None) => {
-                return Err(ApiError::bad_request("validation_error", "one of out_trade_no or transaction_id is required"));
+                return Err(ApiError::bad_request(
+                    "validation_error",
+                    "one of out_trade_no or transaction_id is required",
+                ));
             }
         };
-        let total_fee = Fen::positive(self.total_fee).map_err(|e| invalid(&format!("total_fee: {e}")))?;
-        let refund_fee = Fen::positive(self.refund_fee).map_err(|e| invalid(&format!("refund_fee: {e}")))?;
+        let total_fee =
+            Fen::positive(self.total_fee).map_err(|e| invalid(&format!("total_fee: {e}")))?;
+        let refund_fee =
+            Fen::positive(self.refund_fee).map_err(|e| invalid(&format!("refund_fee: {e}")))?;
         if refund_fee > total_fee {
             return Err(ApiError::bad_request(
                 "validation_error",
@@ -196,7 +226,10 @@ pub struct OrderRefunds {
 
 type AppState = Arc<RefundService>;
 
-async fn create_refund(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn create_refund(
+    State(svc): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let req: CreateRefund = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?;
@@ -221,25 +254,40 @@ async fn get_refund(
     Path(no): Path<String>,
     params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RefundView>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let no = OutRefundNo::new(no).map_err(|e| ApiError::bad_request("validation_error", e.to_string()))?;
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let no = OutRefundNo::new(no)
+        .map_err(|e| ApiError::bad_request("validation_error", e.to_string()))?;
     let rec = svc.get(&no, params.refresh).await?;
     Ok(Json(RefundView::from(&rec)))
 }
 
-async fn list_order_refunds(State(svc): State<AppState>, Path(no): Path<String>) -> Result<Json<OrderRefunds>, ApiError> {
-    let no = OutTradeNo::new(no).map_err(|e| ApiError::bad_request("validation_error", e.to_string()))?;
+async fn list_order_refunds(
+    State(svc): State<AppState>,
+    Path(no): Path<String>,
+) -> Result<Json<OrderRefunds>, ApiError> {
+    let no = OutTradeNo::new(no)
+        .map_err(|e| ApiError::bad_request("validation_error", e.to_string()))?;
     let recs = svc.list_by_order(&OrderRef::OutTradeNo(no.clone())).await?;
-    Ok(Json(OrderRefunds { out_trade_no: no.to_string(), refunds: recs.iter().map(RefundView::from).collect() }))
+    Ok(Json(OrderRefunds {
+        out_trade_no: no.to_string(),
+        refunds: recs.iter().map(RefundView::from).collect(),
+    }))
 }
 
-async fn refund_notify(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn refund_notify(
+    State(svc): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let reply = match body {
         Ok(body) => svc.apply_notification(&body).await,
         Err(r) => wxpay::notify::fail_reply(&r.body_text()),
     };
     let mut resp = (StatusCode::OK, reply).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/xml; charset=utf-8"),
+    );
     resp
 }
 
@@ -248,20 +296,65 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
 }
 
 /// The merchant routes (`POST /refunds`, `GET /refunds/{out_refund_no}`,
 /// `GET /orders/{out_trade_no}/refunds`) and WeChat's notification route.
 pub fn router(svc: Arc<RefundService>) -> Router {
     Router::new()
-        .route("/refunds", post(create_refund).layer(DefaultBodyLimit::max(MAX_JSON_BODY)))
+        .route(
+            "/refunds",
+            post(create_refund).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
+        )
         .route("/refunds/{out_refund_no}", get(get_refund))
         .route("/orders/{out_trade_no}/refunds", get(list_order_refunds))
-        .route("/wxpay/refund-notify", post(refund_notify).layer(DefaultBodyLimit::max(MAX_NOTIFY_BODY)))
+        .route(
+            "/wxpay/refund-notify",
+            post(refund_notify).layer(DefaultBodyLimit::max(MAX_NOTIFY_BODY)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(svc)
+}
+
+/// The scheduled poll. lambda_http hands a non-HTTP event (the EventBridge Scheduler payload) to the
+/// router as `POST /events` with the event as the JSON body; API Gateway never routes that path.
+pub const EVENTS_PATH: &str = "/events";
+
+#[derive(Clone)]
+struct PollState {
+    svc: Arc<RefundService>,
+    budget: std::time::Duration,
+}
+
+async fn poll_event(
+    State(st): State<PollState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<crate::service::PollReport>, ApiError> {
+    let body = body.map_err(body_error)?;
+    // Any JSON object is a trigger (`{"action":"poll"}` from our schedule, or the scheduler's own
+    // envelope); logged so an unexpected shape can be seen.
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let source = event.get("source").and_then(|s| s.as_str()).unwrap_or("");
+    let action = event.get("action").and_then(|s| s.as_str()).unwrap_or("");
+    tracing::info!(source, action, "poll triggered");
+    Ok(Json(st.svc.poll(st.budget).await?))
+}
+
+/// `router` plus the scheduled-poll event, for the refund-query function.
+pub fn router_with_poller(svc: Arc<RefundService>, budget: std::time::Duration) -> Router {
+    let events = Router::new()
+        .route(EVENTS_PATH, post(poll_event))
+        .with_state(PollState {
+            svc: Arc::clone(&svc),
+            budget,
+        });
+    router(svc).merge(events)
 }
 
 /// Runs the router as a Lambda function (API Gateway HTTP API events).
@@ -275,7 +368,9 @@ pub async fn serve_local(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]
@@ -283,36 +378,93 @@ mod tests {
     use super::*;
 
     fn body(json: &str) -> Result<RefundCommand, ApiError> {
-        let req: CreateRefund = serde_json::from_str(json).map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        let req: CreateRefund = serde_json::from_str(json)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
         req.validate()
     }
 
     #[test]
     fn every_input_class_gets_a_clear_400() {
-        let ok = r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":10}"#;
+        let ok =
+            r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":10}"#;
         assert!(body(ok).is_ok());
         for (json, code, needle) in [
             ("{", "invalid_json", "EOF"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":"100","refund_fee":10}"#, "invalid_json", "invalid type"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":-1,"refund_fee":10}"#, "invalid_json", "invalid value"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":1.5,"refund_fee":1}"#, "invalid_json", "invalid type"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":99999999999999999999999,"refund_fee":1}"#, "invalid_json", ""),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":0}"#, "validation_error", "refund_fee"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100000000001,"refund_fee":1}"#, "validation_error", "total_fee"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":101}"#, "validation_error", "must not exceed"),
-            (r#"{"out_refund_no":"R 1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}"#, "validation_error", "out_refund_no"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORD","total_fee":100,"refund_fee":1}"#, "validation_error", "out_trade_no"),
-            (r#"{"out_refund_no":"R1","total_fee":100,"refund_fee":1}"#, "validation_error", "required"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","transaction_id":"42","total_fee":100,"refund_fee":1}"#, "validation_error", "not both"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"amount":1}"#, "invalid_json", "unknown field"),
-            (r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"refund_account":"X"}"#, "validation_error", "refund_account"),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":"100","refund_fee":10}"#,
+                "invalid_json",
+                "invalid type",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":-1,"refund_fee":10}"#,
+                "invalid_json",
+                "invalid value",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":1.5,"refund_fee":1}"#,
+                "invalid_json",
+                "invalid type",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":99999999999999999999999,"refund_fee":1}"#,
+                "invalid_json",
+                "",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":0}"#,
+                "validation_error",
+                "refund_fee",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100000000001,"refund_fee":1}"#,
+                "validation_error",
+                "total_fee",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":101}"#,
+                "validation_error",
+                "must not exceed",
+            ),
+            (
+                r#"{"out_refund_no":"R 1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "out_refund_no",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORD","total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "out_trade_no",
+            ),
+            (
+                r#"{"out_refund_no":"R1","total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "required",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","transaction_id":"42","total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "not both",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"amount":1}"#,
+                "invalid_json",
+                "unknown field",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"refund_account":"X"}"#,
+                "validation_error",
+                "refund_account",
+            ),
         ] {
             let err = body(json).expect_err(json);
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{json}");
             assert_eq!(err.code, code, "{json}: {}", err.message);
             assert!(err.message.contains(needle), "{json}: {}", err.message);
         }
-        let long = format!(r#"{{"out_refund_no":"{}","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}}"#, "R".repeat(65));
+        let long = format!(
+            r#"{{"out_refund_no":"{}","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}}"#,
+            "R".repeat(65)
+        );
         assert!(body(&long).is_err());
     }
 
@@ -320,7 +472,11 @@ mod tests {
     fn service_errors_map_to_statuses() {
         let no: OutRefundNo = "R1".parse().unwrap();
         for (e, status, code) in [
-            (ServiceError::KeyReused(no.clone()), 409, "idempotency_key_reused"),
+            (
+                ServiceError::KeyReused(no.clone()),
+                409,
+                "idempotency_key_reused",
+            ),
             (ServiceError::InProgress(no.clone()), 409, "in_progress"),
             (ServiceError::TooManyRefunds, 422, "too_many_refunds"),
             (ServiceError::NotFound(no.clone()), 404, "not_found"),

@@ -1,1 +1,9 @@
 //! `wxrefund`: the product core shared by the Lambda functions and the local stack.
+
+pub mod gateway;
+pub mod http;
+pub mod ledger;
+pub mod runtime;
+pub mod secrets;
+pub mod service;
+pub mod state;

@@ -96,16 +96,27 @@ pub enum Submitted {
 #[derive(Debug, Error)]
 pub enum ServiceError {
     #[error("{message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
     #[error("out_refund_no {0} was already used for a different refund request")]
     KeyReused(OutRefundNo),
     #[error("refund {0} is being submitted right now; retry shortly")]
     InProgress(OutRefundNo),
-    #[error("refund_fee {requested} exceeds what is still refundable on this order ({available} of {total_fee} fen)")]
-    AmountExceeded { requested: Fen, available: Fen, total_fee: Fen },
+    #[error(
+        "refund_fee {requested} exceeds what is still refundable on this order ({available} of {total_fee} fen)"
+    )]
+    AmountExceeded {
+        requested: Fen,
+        available: Fen,
+        total_fee: Fen,
+    },
     #[error("the order already has the maximum of 50 refunds")]
     TooManyRefunds,
-    #[error("total_fee {given} differs from the order's total_fee {stored} recorded with its earlier refunds")]
+    #[error(
+        "total_fee {given} differs from the order's total_fee {stored} recorded with its earlier refunds"
+    )]
     TotalFeeMismatch { given: Fen, stored: Fen },
     #[error("refund {0} not found")]
     NotFound(OutRefundNo),
@@ -146,12 +157,19 @@ fn to_domain(s: &wxpay::RefundStatus) -> RefundStatus {
 }
 
 fn wx_error(e: &WxError) -> LastError {
-    LastError { code: e.code.as_str().to_string(), message: e.description.clone() }
+    LastError {
+        code: e.code.as_str().to_string(),
+        message: e.description.clone(),
+    }
 }
 
 impl RefundService {
     pub fn new(ledger: Arc<dyn Ledger>, wechat: Arc<dyn WeChat>, cfg: ServiceConfig) -> Self {
-        RefundService { ledger, wechat, cfg }
+        RefundService {
+            ledger,
+            wechat,
+            cfg,
+        }
     }
 
     pub fn config(&self) -> &ServiceConfig {
@@ -167,7 +185,10 @@ impl RefundService {
     /// Records the refund (with its reservation) before anything is sent, then submits it once.
     pub async fn submit(&self, cmd: RefundCommand) -> Result<Submitted, ServiceError> {
         let request = self.wire_request(&cmd);
-        request.validate().map_err(|e| ServiceError::Invalid { field: "request", message: e.to_string() })?;
+        request.validate().map_err(|e| ServiceError::Invalid {
+            field: "request",
+            message: e.to_string(),
+        })?;
         let now = UnixMillis::now();
         let new = NewRefund {
             out_refund_no: cmd.out_refund_no.clone(),
@@ -189,7 +210,9 @@ impl RefundService {
             RecordOutcome::Existing(rec) => match rec.status {
                 // Recorded by a caller that never got to submit it (or is about to): the lease decides.
                 RefundStatus::Recorded => Ok(Submitted::Replay(self.attempt(rec).await?)),
-                RefundStatus::Submitting if rec.lease.as_ref().is_some_and(|l| l.expires_at > now) => {
+                RefundStatus::Submitting
+                    if rec.lease.as_ref().is_some_and(|l| l.expires_at > now) =>
+                {
                     Err(ServiceError::InProgress(rec.out_refund_no))
                 }
                 _ => Ok(Submitted::Replay(rec)),
@@ -201,9 +224,10 @@ impl RefundService {
                 total_fee: book.total_fee,
             }),
             RecordOutcome::TooManyRefunds { .. } => Err(ServiceError::TooManyRefunds),
-            RecordOutcome::TotalFeeMismatch { book } => {
-                Err(ServiceError::TotalFeeMismatch { given: cmd.total_fee, stored: book.total_fee })
-            }
+            RecordOutcome::TotalFeeMismatch { book } => Err(ServiceError::TotalFeeMismatch {
+                given: cmd.total_fee,
+                stored: book.total_fee,
+            }),
         }
     }
 
@@ -235,7 +259,11 @@ impl RefundService {
     async fn attempt(&self, rec: RefundRecord) -> Result<RefundRecord, ServiceError> {
         let owner = uuid::Uuid::new_v4().to_string();
         let now = UnixMillis::now();
-        match self.ledger.acquire_lease(&rec.out_refund_no, &owner, self.cfg.lease_ttl, now).await? {
+        match self
+            .ledger
+            .acquire_lease(&rec.out_refund_no, &owner, self.cfg.lease_ttl, now)
+            .await?
+        {
             LeaseOutcome::Acquired(rec) => self.submit_leased(rec, &owner).await,
             LeaseOutcome::Held(rec) => Err(ServiceError::InProgress(rec.out_refund_no)),
             LeaseOutcome::NotLeasable(rec) => Ok(rec),
@@ -244,7 +272,11 @@ impl RefundService {
     }
 
     /// Calls refund apply for a refund we hold the lease on and records what came back.
-    async fn submit_leased(&self, rec: RefundRecord, owner: &str) -> Result<RefundRecord, ServiceError> {
+    async fn submit_leased(
+        &self,
+        rec: RefundRecord,
+        owner: &str,
+    ) -> Result<RefundRecord, ServiceError> {
         let request = self.record_request(&rec);
         let outcome = self.wechat.refund(&request).await;
         let now = UnixMillis::now();
@@ -266,7 +298,9 @@ impl RefundService {
             CallOutcome::Rejected(e) => {
                 let status = match e.class() {
                     RetryClass::Final | RetryClass::FixRequest => RefundStatus::Failed,
-                    RetryClass::RetrySame | RetryClass::RetryLater | RetryClass::NotFound => RefundStatus::RetryWait,
+                    RetryClass::RetrySame | RetryClass::RetryLater | RetryClass::NotFound => {
+                        RefundStatus::RetryWait
+                    }
                 };
                 warn!(out_refund_no = %rec.out_refund_no, err_code = %e.code, err_code_des = %e.description, next = %status, "refund refused by WeChat");
                 (
@@ -283,7 +317,10 @@ impl RefundService {
                 (
                     RefundStatus::RetryWait,
                     Changes {
-                        last_error: Patch::Set(LastError { code: "NOT_SENT".into(), message: reason }),
+                        last_error: Patch::Set(LastError {
+                            code: "NOT_SENT".into(),
+                            message: reason,
+                        }),
                         next_check_at: Some(now.plus(self.retry_delay(rec.attempts))),
                         ..Changes::default()
                     },
@@ -294,7 +331,10 @@ impl RefundService {
                 (
                     RefundStatus::Unknown,
                     Changes {
-                        last_error: Patch::Set(LastError { code: reason.code().into(), message: reason.to_string() }),
+                        last_error: Patch::Set(LastError {
+                            code: reason.code().into(),
+                            message: reason.to_string(),
+                        }),
                         next_check_at: Some(now.plus(self.cfg.min_backoff)),
                         ..Changes::default()
                     },
@@ -334,16 +374,19 @@ impl RefundService {
                 Ok(current)
             }
             TransitionOutcome::NotFound => Err(ServiceError::NotFound(rec.out_refund_no.clone())),
-            TransitionOutcome::Illegal { from, to } => {
-                Err(ServiceError::Internal(format!("illegal transition {from} -> {to}")))
-            }
+            TransitionOutcome::Illegal { from, to } => Err(ServiceError::Internal(format!(
+                "illegal transition {from} -> {to}"
+            ))),
         }
     }
 
     /// Exponential from `min_backoff` by attempt, capped at `max_backoff`.
     fn retry_delay(&self, attempts: u32) -> Duration {
         let factor = 1u32 << attempts.saturating_sub(1).min(16);
-        self.cfg.min_backoff.saturating_mul(factor).min(self.cfg.max_backoff)
+        self.cfg
+            .min_backoff
+            .saturating_mul(factor)
+            .min(self.cfg.max_backoff)
     }
 
     /// Checks of an accepted refund get sparser as it ages: half its age, within the bounds.
@@ -354,7 +397,11 @@ impl RefundService {
     // ---- get / reconcile ------------------------------------------------------------------------
 
     pub async fn get(&self, no: &OutRefundNo, refresh: bool) -> Result<RefundRecord, ServiceError> {
-        let rec = self.ledger.get(no).await?.ok_or_else(|| ServiceError::NotFound(no.clone()))?;
+        let rec = self
+            .ledger
+            .get(no)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(no.clone()))?;
         if !refresh || rec.status.is_final() || rec.status == RefundStatus::Submitting {
             return Ok(rec);
         }
@@ -366,7 +413,11 @@ impl RefundService {
 
     /// Asks WeChat about one refund by its number and adopts what it says. For UNKNOWN and
     /// RETRY_WAIT refunds that WeChat has never seen, re-submits the same number.
-    async fn reconcile(&self, rec: RefundRecord, owner: Option<&str>) -> Result<RefundRecord, ServiceError> {
+    async fn reconcile(
+        &self,
+        rec: RefundRecord,
+        owner: Option<&str>,
+    ) -> Result<RefundRecord, ServiceError> {
         let query = RefundQueryRequest {
             selector: QuerySelector::OutRefundNo(rec.out_refund_no.clone()),
             offset: None,
@@ -375,9 +426,24 @@ impl RefundService {
         let now = UnixMillis::now();
         match outcome {
             CallOutcome::Ok(resp) => {
-                match resp.refunds.iter().find(|r| r.out_refund_no == rec.out_refund_no) {
+                match resp
+                    .refunds
+                    .iter()
+                    .find(|r| r.out_refund_no == rec.out_refund_no)
+                {
                     Some(found) => self.adopt(&rec, owner, found, now).await,
-                    None => self.recheck_later(&rec, owner, LastError { code: "QUERY_MISMATCH".into(), message: "query reply does not list this refund".into() }, now).await,
+                    None => {
+                        self.recheck_later(
+                            &rec,
+                            owner,
+                            LastError {
+                                code: "QUERY_MISMATCH".into(),
+                                message: "query reply does not list this refund".into(),
+                            },
+                            now,
+                        )
+                        .await
+                    }
                 }
             }
             CallOutcome::Rejected(e) if e.code == ErrCode::RefundNotExist => match rec.status {
@@ -396,10 +462,28 @@ impl RefundService {
             },
             CallOutcome::Rejected(e) => self.recheck_later(&rec, owner, wx_error(&e), now).await,
             CallOutcome::NotSent(reason) => {
-                self.recheck_later(&rec, owner, LastError { code: "NOT_SENT".into(), message: reason }, now).await
+                self.recheck_later(
+                    &rec,
+                    owner,
+                    LastError {
+                        code: "NOT_SENT".into(),
+                        message: reason,
+                    },
+                    now,
+                )
+                .await
             }
             CallOutcome::Unknown(reason) => {
-                self.recheck_later(&rec, owner, LastError { code: reason.code().into(), message: reason.to_string() }, now).await
+                self.recheck_later(
+                    &rec,
+                    owner,
+                    LastError {
+                        code: reason.code().into(),
+                        message: reason.to_string(),
+                    },
+                    now,
+                )
+                .await
             }
         }
     }
@@ -424,7 +508,8 @@ impl RefundService {
             next_check_at: (!to.is_final()).then(|| now.plus(self.processing_delay(rec, now))),
             ..Changes::default()
         };
-        if to == RefundStatus::Processing && rec.created_at.age_at(now) > self.cfg.stale_processing {
+        if to == RefundStatus::Processing && rec.created_at.age_at(now) > self.cfg.stale_processing
+        {
             error!(out_refund_no = %rec.out_refund_no, "refund PROCESSING for over the stale limit: needs a person");
         }
         self.apply(rec, owner, to, changes, now).await
@@ -483,8 +568,14 @@ impl RefundService {
                         }
                     }
                     Ok(after) => {
-                        if matches!(before, RefundStatus::RetryWait | RefundStatus::Unknown | RefundStatus::Recorded)
-                            || after.attempts > 1 && after.status == RefundStatus::Processing && before != RefundStatus::Processing
+                        if matches!(
+                            before,
+                            RefundStatus::RetryWait
+                                | RefundStatus::Unknown
+                                | RefundStatus::Recorded
+                        ) || after.attempts > 1
+                            && after.status == RefundStatus::Processing
+                            && before != RefundStatus::Processing
                         {
                             report.retried += 1;
                         }
@@ -502,7 +593,16 @@ impl RefundService {
                 None => break,
             }
         }
-        info!(examined = report.examined, settled = report.settled, retried = report.retried, still_pending = report.still_pending, needs_person = report.needs_person, errors = report.errors, pages = report.pages, "poll finished");
+        info!(
+            examined = report.examined,
+            settled = report.settled,
+            retried = report.retried,
+            still_pending = report.still_pending,
+            needs_person = report.needs_person,
+            errors = report.errors,
+            pages = report.pages,
+            "poll finished"
+        );
         Ok(report)
     }
 
@@ -514,7 +614,16 @@ impl RefundService {
             RefundStatus::Submitting => {
                 // An abandoned attempt (its lease expired): take it over, then find out what happened.
                 let owner = uuid::Uuid::new_v4().to_string();
-                match self.ledger.acquire_lease(&rec.out_refund_no, &owner, self.cfg.lease_ttl, UnixMillis::now()).await? {
+                match self
+                    .ledger
+                    .acquire_lease(
+                        &rec.out_refund_no,
+                        &owner,
+                        self.cfg.lease_ttl,
+                        UnixMillis::now(),
+                    )
+                    .await?
+                {
                     LeaseOutcome::Acquired(r) => self.reconcile(r, Some(&owner)).await,
                     LeaseOutcome::Held(r) => Err(ServiceError::InProgress(r.out_refund_no)),
                     LeaseOutcome::NotLeasable(r) => Ok(r),
@@ -540,7 +649,14 @@ impl RefundService {
         let mut offset = 0u32;
         // 50 refunds at 10 a page: six pages at most; the bound guards against a looping reply.
         for _ in 0..8 {
-            match self.wechat.query(&RefundQueryRequest { selector: selector.clone(), offset: Some(offset) }).await {
+            match self
+                .wechat
+                .query(&RefundQueryRequest {
+                    selector: selector.clone(),
+                    offset: Some(offset),
+                })
+                .await
+            {
                 CallOutcome::Ok(resp) => {
                     order_total = order_total.or(resp.total_fee);
                     let next = resp.next_offset(offset);
@@ -559,11 +675,17 @@ impl RefundService {
         let mut local = self.ledger.list_by_order(order).await?;
         let now = UnixMillis::now();
         for found in &remote {
-            match local.iter().position(|r| r.out_refund_no == found.out_refund_no) {
+            match local
+                .iter()
+                .position(|r| r.out_refund_no == found.out_refund_no)
+            {
                 Some(i) => {
                     let rec = &local[i];
                     let to = to_domain(&found.refund_status);
-                    let movable = !rec.status.is_final() && rec.status != RefundStatus::Submitting && rec.status != to && rec.status.can_move_to(to);
+                    let movable = !rec.status.is_final()
+                        && rec.status != RefundStatus::Submitting
+                        && rec.status != to
+                        && rec.status.can_move_to(to);
                     if movable {
                         let updated = self.adopt(rec, None, found, now).await?;
                         local[i] = updated;
@@ -595,7 +717,9 @@ impl RefundService {
                                     r
                                 }
                                 ExternalOutcome::InvalidStatus(s) => {
-                                    return Err(ServiceError::Internal(format!("external refund with status {s}")));
+                                    return Err(ServiceError::Internal(format!(
+                                        "external refund with status {s}"
+                                    )));
                                 }
                             }
                         }
@@ -604,7 +728,11 @@ impl RefundService {
                 }
             }
         }
-        local.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.out_refund_no.cmp(&b.out_refund_no)));
+        local.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.out_refund_no.cmp(&b.out_refund_no))
+        });
         Ok(local)
     }
 
@@ -632,7 +760,10 @@ impl RefundService {
         }
     }
 
-    async fn confirm_notification(&self, n: &RefundNotification) -> Result<RefundRecord, ServiceError> {
+    async fn confirm_notification(
+        &self,
+        n: &RefundNotification,
+    ) -> Result<RefundRecord, ServiceError> {
         match self.ledger.get(&n.out_refund_no).await? {
             Some(rec) if rec.status.is_final() || rec.status == RefundStatus::Submitting => Ok(rec),
             Some(rec) if rec.status == RefundStatus::Recorded => self.attempt(rec).await,
@@ -642,7 +773,10 @@ impl RefundService {
             }
             None => {
                 // Made outside our API (merchant platform): confirm it exists, then record it.
-                let query = RefundQueryRequest { selector: QuerySelector::OutRefundNo(n.out_refund_no.clone()), offset: None };
+                let query = RefundQueryRequest {
+                    selector: QuerySelector::OutRefundNo(n.out_refund_no.clone()),
+                    offset: None,
+                };
                 let resp = match self.wechat.query(&query).await {
                     CallOutcome::Ok(resp) => resp,
                     CallOutcome::Rejected(e) => return Err(ServiceError::Upstream(e.to_string())),
@@ -653,7 +787,9 @@ impl RefundService {
                     .refunds
                     .iter()
                     .find(|r| r.out_refund_no == n.out_refund_no)
-                    .ok_or_else(|| ServiceError::Upstream("query does not confirm the notified refund".into()))?;
+                    .ok_or_else(|| {
+                        ServiceError::Upstream("query does not confirm the notified refund".into())
+                    })?;
                 let now = UnixMillis::now();
                 let ext = ExternalRefund {
                     out_refund_no: n.out_refund_no.clone(),
@@ -672,7 +808,9 @@ impl RefundService {
                 };
                 match self.ledger.record_external(ext).await? {
                     ExternalOutcome::Created(r) | ExternalOutcome::Existing(r) => Ok(r),
-                    ExternalOutcome::InvalidStatus(s) => Err(ServiceError::Internal(format!("external refund with status {s}"))),
+                    ExternalOutcome::InvalidStatus(s) => Err(ServiceError::Internal(format!(
+                        "external refund with status {s}"
+                    ))),
                 }
             }
         }

@@ -237,10 +237,10 @@ pub fn decode_root(body: &[u8], root: &'static str) -> Result<XmlMap, XmlError> 
                 value.push_str(s);
             }
             Event::End(_) => {
-                if depth == 2 {
-                    if let Some(name) = current.take() {
-                        insert(&mut map, name, std::mem::take(&mut value))?;
-                    }
+                if depth == 2
+                    && let Some(name) = current.take()
+                {
+                    insert(&mut map, name, std::mem::take(&mut value))?;
                 }
                 depth = depth.saturating_sub(1);
             }

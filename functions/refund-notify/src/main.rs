@@ -1,0 +1,11 @@
+//! Lambda function `refund-notify`: `POST /wxpay/refund-notify`, WeChat's refund notification
+//! (public route; authenticated by decryption, confirmed by query).
+
+use wxrefund::{http, runtime};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    runtime::init_tracing();
+    let svc = runtime::production_service().await?;
+    http::serve_lambda(http::router(svc)).await
+}

@@ -1,0 +1,411 @@
+//! `EmbeddedLedger`: the ledger in one redb file, for the local stack. Same semantics as DynamoDB:
+//! one redb write transaction per operation (redb allows one writer at a time, so every operation is
+//! serialised and atomic), and commits are durable (fsync) before a call returns, so killing the
+//! process at any moment loses nothing that was acknowledged.
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use wxpay::{OrderRef, OutRefundNo};
+
+use super::{
+    Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger, LedgerError,
+    NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
+    existing_outcome, external_record, fence_holds, fresh_book, illegal, lease_decision,
+    new_record, refusal, released,
+};
+use crate::state::{OrderBook, RefundRecord, UnixMillis};
+
+/// `out_refund_no` → JSON `RefundRecord`.
+const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
+/// `OrderRef::key()` → JSON `OrderBook`.
+const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
+/// (next_check_at millis, out_refund_no) of every non-final refund: the poller's index.
+const PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("pending");
+
+/// The redb-backed ledger. Cheap to clone (the database is shared).
+#[derive(Clone)]
+pub struct EmbeddedLedger {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for EmbeddedLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedLedger").finish_non_exhaustive()
+    }
+}
+
+fn store<E: Into<redb::Error>>(e: E) -> LedgerError {
+    LedgerError::Unavailable(format!("redb: {}", e.into()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, LedgerError> {
+    serde_json::from_slice(bytes).map_err(|e| LedgerError::Corrupt {
+        key: key.to_owned(),
+        problem: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(key: &str, v: &T) -> Result<Vec<u8>, LedgerError> {
+    serde_json::to_vec(v).map_err(|e| LedgerError::Corrupt {
+        key: key.to_owned(),
+        problem: e.to_string(),
+    })
+}
+
+type Refunds<'t> = Table<'t, &'static str, &'static [u8]>;
+type Orders<'t> = Table<'t, &'static str, &'static [u8]>;
+type Pending<'t> = Table<'t, (u64, &'static str), ()>;
+
+fn read_refund<T: ReadableTable<&'static str, &'static [u8]>>(
+    t: &T,
+    no: &str,
+) -> Result<Option<RefundRecord>, LedgerError> {
+    match t.get(no).map_err(store)? {
+        Some(v) => decode(no, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_order<T: ReadableTable<&'static str, &'static [u8]>>(
+    t: &T,
+    key: &str,
+) -> Result<Option<OrderBook>, LedgerError> {
+    match t.get(key).map_err(store)? {
+        Some(v) => decode(key, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn pending_key(r: &RefundRecord) -> Option<u64> {
+    if r.status.is_final() {
+        None
+    } else {
+        r.next_check_at.map(UnixMillis::get)
+    }
+}
+
+/// Writes a refund and keeps the pending index in step with it.
+fn put_refund(
+    refunds: &mut Refunds<'_>,
+    pending: &mut Pending<'_>,
+    old: Option<&RefundRecord>,
+    new: &RefundRecord,
+) -> Result<(), LedgerError> {
+    let no = new.out_refund_no.as_str();
+    if let Some(at) = old.and_then(pending_key) {
+        pending.remove((at, no)).map_err(store)?;
+    }
+    if let Some(at) = pending_key(new) {
+        pending.insert((at, no), ()).map_err(store)?;
+    }
+    refunds
+        .insert(no, encode(no, new)?.as_slice())
+        .map_err(store)?;
+    Ok(())
+}
+
+fn put_order(orders: &mut Orders<'_>, book: &OrderBook) -> Result<(), LedgerError> {
+    let key = book.order.key();
+    orders
+        .insert(key.as_str(), encode(&key, book)?.as_slice())
+        .map_err(store)?;
+    Ok(())
+}
+
+/// `"<millis>|<out_refund_no>"`: the last pending key a page returned.
+fn parse_cursor(c: &Cursor) -> Result<(u64, String), LedgerError> {
+    let bad = || LedgerError::BadCursor(c.as_str().chars().take(100).collect());
+    let (t, no) = c.as_str().split_once('|').ok_or_else(bad)?;
+    Ok((t.parse().map_err(|_| bad())?, no.to_owned()))
+}
+
+impl EmbeddedLedger {
+    /// Opens (or creates) the ledger file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, LedgerError> {
+        let db = Database::create(path).map_err(store)?;
+        let tx = db.begin_write().map_err(store)?;
+        {
+            // Create the tables up front so readers never meet a missing table.
+            tx.open_table(REFUNDS).map_err(store)?;
+            tx.open_table(ORDERS).map_err(store)?;
+            tx.open_table(PENDING).map_err(store)?;
+        }
+        tx.commit().map_err(store)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs `f` in one write transaction on a blocking thread; commits when it says so, otherwise
+    /// aborts (a refusal writes nothing).
+    async fn write<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> Result<(T, bool), LedgerError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let tx = db.begin_write().map_err(store)?;
+            let (out, commit) = f(&tx)?;
+            if commit {
+                tx.commit().map_err(store)?;
+            } else {
+                tx.abort().map_err(store)?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&redb::ReadTransaction) -> Result<T, LedgerError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let tx = db.begin_read().map_err(store)?;
+            f(&tx)
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LedgerError> + Send + 'static,
+) -> Result<T, LedgerError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| LedgerError::Unavailable(format!("ledger task failed: {e}")))?
+}
+
+#[async_trait]
+impl Ledger for EmbeddedLedger {
+    async fn record(&self, n: NewRefund) -> Result<RecordOutcome, LedgerError> {
+        self.write(move |tx| {
+            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut orders = tx.open_table(ORDERS).map_err(store)?;
+            let mut pending = tx.open_table(PENDING).map_err(store)?;
+            if let Some(rec) = read_refund(&refunds, n.out_refund_no.as_str())? {
+                return Ok((existing_outcome(rec, &n.request_hash), false));
+            }
+            let key = n.order.key();
+            let mut book = match read_order(&orders, &key)? {
+                Some(book) => book,
+                None => fresh_book(&n),
+            };
+            if let Some(refused) = refusal(&book, &n) {
+                return Ok((refused, false));
+            }
+            // refusal() proved the sum fits, so this cannot overflow.
+            book.reserved = book
+                .reserved
+                .checked_add(n.refund_fee)
+                .unwrap_or(book.total_fee);
+            book.count += 1;
+            book.refunds.push(n.out_refund_no.clone());
+            let rec = new_record(&n);
+            put_refund(&mut refunds, &mut pending, None, &rec)?;
+            put_order(&mut orders, &book)?;
+            Ok((RecordOutcome::Created(rec), true))
+        })
+        .await
+    }
+
+    async fn get(&self, no: &OutRefundNo) -> Result<Option<RefundRecord>, LedgerError> {
+        let no = no.clone();
+        self.read(move |tx| {
+            let refunds = tx.open_table(REFUNDS).map_err(store)?;
+            read_refund(&refunds, no.as_str())
+        })
+        .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        no: &OutRefundNo,
+        owner: &str,
+        ttl: Duration,
+        now: UnixMillis,
+    ) -> Result<LeaseOutcome, LedgerError> {
+        let no = no.clone();
+        let owner = owner.to_owned();
+        self.write(move |tx| {
+            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut pending = tx.open_table(PENDING).map_err(store)?;
+            let Some(rec) = read_refund(&refunds, no.as_str())? else {
+                return Ok((LeaseOutcome::NotFound, false));
+            };
+            match lease_decision(&rec, &owner, ttl, now) {
+                LeaseDecision::Take(next) => {
+                    put_refund(&mut refunds, &mut pending, Some(&rec), &next)?;
+                    Ok((LeaseOutcome::Acquired(next), true))
+                }
+                LeaseDecision::Refuse(refused) => Ok((refused, false)),
+            }
+        })
+        .await
+    }
+
+    async fn transition(&self, t: Transition) -> Result<TransitionOutcome, LedgerError> {
+        if let Some(bad) = illegal(&t) {
+            return Ok(bad);
+        }
+        self.write(move |tx| {
+            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut orders = tx.open_table(ORDERS).map_err(store)?;
+            let mut pending = tx.open_table(PENDING).map_err(store)?;
+            let Some(rec) = read_refund(&refunds, t.out_refund_no.as_str())? else {
+                return Ok((TransitionOutcome::NotFound, false));
+            };
+            if !fence_holds(&rec, &t) {
+                return Ok((TransitionOutcome::Conflict(rec), false));
+            }
+            let next = apply_transition(&rec, &t);
+            if t.to.releases_reservation() {
+                let key = rec.order.key();
+                let book = read_order(&orders, &key)?.ok_or_else(|| LedgerError::Corrupt {
+                    key: key.clone(),
+                    problem: format!("order of refund {} is missing", rec.out_refund_no),
+                })?;
+                if book.reserved < rec.refund_fee {
+                    return Err(LedgerError::Corrupt {
+                        key,
+                        problem: format!(
+                            "reserved {} is less than refund {} of {}",
+                            book.reserved, rec.out_refund_no, rec.refund_fee
+                        ),
+                    });
+                }
+                put_order(&mut orders, &released(&book, &rec, t.to))?;
+            }
+            put_refund(&mut refunds, &mut pending, Some(&rec), &next)?;
+            Ok((TransitionOutcome::Applied(next), true))
+        })
+        .await
+    }
+
+    async fn due(
+        &self,
+        now: UnixMillis,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError> {
+        let start = cursor.as_ref().map(parse_cursor).transpose()?;
+        let limit = limit.max(1);
+        self.read(move |tx| {
+            let refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let pending = tx.open_table(PENDING).map_err(store)?;
+            let lower = match &start {
+                Some((t, no)) => Bound::Excluded((*t, no.as_str())),
+                None => Bound::Unbounded,
+            };
+            let range = pending
+                .range::<(u64, &str)>((lower, Bound::Unbounded))
+                .map_err(store)?;
+            let mut items = Vec::new();
+            let mut more = false;
+            for entry in range {
+                let (k, _) = entry.map_err(store)?;
+                let (at, no) = k.value();
+                if at > now.get() {
+                    break;
+                }
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                let rec = read_refund(&refunds, no)?.ok_or_else(|| LedgerError::Corrupt {
+                    key: no.to_owned(),
+                    problem: "pending entry without its refund".into(),
+                })?;
+                items.push(rec);
+            }
+            let next = match (more, items.last()) {
+                (true, Some(last)) => Some(Cursor::new(format!(
+                    "{}|{}",
+                    pending_key(last).unwrap_or(0),
+                    last.out_refund_no
+                ))),
+                _ => None,
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn order(&self, order: &OrderRef) -> Result<Option<OrderBook>, LedgerError> {
+        let key = order.key();
+        self.read(move |tx| {
+            let orders = tx.open_table(ORDERS).map_err(store)?;
+            read_order(&orders, &key)
+        })
+        .await
+    }
+
+    async fn list_by_order(&self, order: &OrderRef) -> Result<Vec<RefundRecord>, LedgerError> {
+        let key = order.key();
+        self.read(move |tx| {
+            let orders = tx.open_table(ORDERS).map_err(store)?;
+            let refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let Some(book) = read_order(&orders, &key)? else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::with_capacity(book.refunds.len());
+            for no in &book.refunds {
+                let rec =
+                    read_refund(&refunds, no.as_str())?.ok_or_else(|| LedgerError::Corrupt {
+                        key: key.clone(),
+                        problem: format!("lists refund {no}, which is missing"),
+                    })?;
+                out.push(rec);
+            }
+            out.sort_by(|a, b| {
+                (a.created_at, a.out_refund_no.as_str())
+                    .cmp(&(b.created_at, b.out_refund_no.as_str()))
+            });
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_external(&self, e: ExternalRefund) -> Result<ExternalOutcome, LedgerError> {
+        let Some(rec) = external_record(&e) else {
+            return Ok(ExternalOutcome::InvalidStatus(e.status));
+        };
+        self.write(move |tx| {
+            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut orders = tx.open_table(ORDERS).map_err(store)?;
+            let mut pending = tx.open_table(PENDING).map_err(store)?;
+            if let Some(existing) = read_refund(&refunds, rec.out_refund_no.as_str())? {
+                return Ok((ExternalOutcome::Existing(existing), false));
+            }
+            let key = rec.order.key();
+            let mut book = read_order(&orders, &key)?.unwrap_or_else(|| OrderBook {
+                order: rec.order.clone(),
+                total_fee: rec.total_fee,
+                reserved: wxpay::Fen::ZERO,
+                count: 0,
+                refunds: Vec::new(),
+            });
+            // A fact, not a request: reserved even past the total (WeChat already did it).
+            if !rec.status.releases_reservation() {
+                book.reserved = book.reserved.checked_add(rec.refund_fee).ok_or_else(|| {
+                    LedgerError::Corrupt {
+                        key: key.clone(),
+                        problem: "reserved amount overflows".into(),
+                    }
+                })?;
+            }
+            book.count += 1;
+            book.refunds.push(rec.out_refund_no.clone());
+            put_refund(&mut refunds, &mut pending, None, &rec)?;
+            put_order(&mut orders, &book)?;
+            Ok((ExternalOutcome::Created(rec), true))
+        })
+        .await
+    }
+}

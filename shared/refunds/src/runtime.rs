@@ -1,0 +1,83 @@
+//! Cold-start wiring shared by the Lambda functions: logging, the merchant secret, the WeChat
+//! client and the DynamoDB ledger, built once and handed to the router.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use wxpay::client::ClientConfig;
+
+use crate::gateway::{GatewayError, WxPayGateway};
+use crate::ledger::LedgerError;
+use crate::ledger::dynamo::DynamoLedger;
+use crate::secrets::{SecretSource, SecretsError};
+use crate::service::{RefundService, ServiceConfig};
+
+#[derive(Debug, Error)]
+pub enum BootError {
+    #[error("merchant secret: {0}")]
+    Secrets(#[from] SecretsError),
+    #[error("WeChat client: {0}")]
+    Gateway(#[from] GatewayError),
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Structured logs: JSON on Lambda (CloudWatch), human-readable elsewhere; level from `RUST_LOG`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let on_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _ = if on_lambda {
+        builder.json().flatten_event(true).without_time().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The WeChat client settings from the environment: `WXPAY_BASE_URL` (default the production
+/// domain, with failover to api2) and `WXPAY_CA_FILE` (an extra trusted root, for the sandbox).
+pub fn client_config_from_env() -> Result<ClientConfig, BootError> {
+    let mut cfg = match std::env::var("WXPAY_BASE_URL") {
+        Ok(url)
+            if !url.is_empty() && url.trim_end_matches('/') != wxpay::client::DEFAULT_BASE_URL =>
+        {
+            ClientConfig::for_base_url(url)
+        }
+        _ => ClientConfig::default(),
+    };
+    if let Some(path) = std::env::var_os("WXPAY_CA_FILE").filter(|p| !p.is_empty()) {
+        let pem = std::fs::read(&path).map_err(|e| {
+            BootError::Config(format!("WXPAY_CA_FILE {}: {e}", path.to_string_lossy()))
+        })?;
+        cfg.extra_root_ca_pem = Some(pem);
+    }
+    Ok(cfg)
+}
+
+/// Everything a function needs, built once per cold start: secret (Secrets Manager or file), WeChat
+/// client, DynamoDB ledger (`LEDGER_TABLE`).
+pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
+    let source = SecretSource::from_env()
+        .await?
+        .with_timeout(Duration::from_secs(5));
+    let merchant = source.load().await?;
+    tracing::info!(merchant = %merchant, "merchant configuration loaded");
+    let gateway = WxPayGateway::new(&merchant, client_config_from_env()?, Some(source))?;
+    let ledger = DynamoLedger::from_env().await?;
+    let cfg = ServiceConfig {
+        notify_url: merchant.notify_url.clone(),
+        ..ServiceConfig::default()
+    };
+    Ok(Arc::new(RefundService::new(
+        Arc::new(ledger),
+        Arc::new(gateway),
+        cfg,
+    )))
+}

@@ -1,0 +1,428 @@
+//! The refund domain: statuses, the transition table of the refund state machine (DESIGN.md, "The
+//! refund state machine"), the stored refund record and the per-order book of reservations.
+//!
+//! Nothing here does I/O; the ledger adapters enforce these rules inside their transactions.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
+
+/// WeChat refuses the 51st partial refund of an order (protocol doc §5.2); we refuse it first.
+pub const MAX_REFUNDS_PER_ORDER: u32 = 50;
+
+/// A point in time as milliseconds since the Unix epoch (UTC). One representation everywhere in the
+/// ledger: integers sort, compare and serialise without a parser, and DynamoDB stores them as `N`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct UnixMillis(pub u64);
+
+impl UnixMillis {
+    /// The wall clock. A clock before 1970 is treated as 0 rather than failing: it only delays checks.
+    pub fn now() -> Self {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        UnixMillis(ms)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// `self + d`, saturating (a lease of "forever" must not wrap into the past).
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        UnixMillis(self.0.saturating_add(ms))
+    }
+
+    /// How long ago `self` was, seen from `now` (zero if `self` is in the future).
+    pub fn age_at(self, now: UnixMillis) -> std::time::Duration {
+        std::time::Duration::from_millis(now.0.saturating_sub(self.0))
+    }
+}
+
+impl fmt::Display for UnixMillis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a refund is in its life. The wire names are the ones WeChat uses for the states it owns
+/// (`PROCESSING`, `SUCCESS`, `REFUNDCLOSE`, `CHANGE`) and SCREAMING_SNAKE for ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundStatus {
+    /// Written to the ledger, amount reserved, WeChat not called yet.
+    Recorded,
+    /// A caller holds the lease and is (or was) calling WeChat.
+    Submitting,
+    /// WeChat accepted the refund; it ends by query or notification.
+    Processing,
+    /// We don't know whether WeChat took the refund (timeout, 5xx, bad signature): query first.
+    Unknown,
+    /// WeChat said "not now" (SYSTEMERROR, BIZERR_NEED_RETRY, FREQUENCY_LIMITED, NOTENOUGH).
+    RetryWait,
+    Success,
+    /// WeChat closed the refund: nothing was paid, so the amount is released.
+    #[serde(rename = "REFUNDCLOSE")]
+    RefundClose,
+    /// The refund to a void/frozen card failed at the bank: a person must handle it in the merchant
+    /// platform. Money may still leave, so the amount stays reserved.
+    Change,
+    /// WeChat refused the request for good (PARAM_ERROR, ORDERNOTEXIST, TRADE_OVERDUE, ...).
+    Failed,
+}
+
+impl RefundStatus {
+    pub const ALL: [RefundStatus; 9] = [
+        RefundStatus::Recorded,
+        RefundStatus::Submitting,
+        RefundStatus::Processing,
+        RefundStatus::Unknown,
+        RefundStatus::RetryWait,
+        RefundStatus::Success,
+        RefundStatus::RefundClose,
+        RefundStatus::Change,
+        RefundStatus::Failed,
+    ];
+
+    /// The wire name (same as serde's).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RefundStatus::Recorded => "RECORDED",
+            RefundStatus::Submitting => "SUBMITTING",
+            RefundStatus::Processing => "PROCESSING",
+            RefundStatus::Unknown => "UNKNOWN",
+            RefundStatus::RetryWait => "RETRY_WAIT",
+            RefundStatus::Success => "SUCCESS",
+            RefundStatus::RefundClose => "REFUNDCLOSE",
+            RefundStatus::Change => "CHANGE",
+            RefundStatus::Failed => "FAILED",
+        }
+    }
+
+    /// The machine will not move this refund again. CHANGE counts as final: the poller can do
+    /// nothing for it (a person must act), so it must not sit in the pending index forever.
+    pub const fn is_final(self) -> bool {
+        matches!(
+            self,
+            RefundStatus::Success
+                | RefundStatus::RefundClose
+                | RefundStatus::Change
+                | RefundStatus::Failed
+        )
+    }
+
+    /// Final, but a person must look at it (CHANGE).
+    pub const fn needs_person(self) -> bool {
+        matches!(self, RefundStatus::Change)
+    }
+
+    /// Entering this status gives the refund's amount back to the order: no money left and none
+    /// will. SUCCESS keeps it (paid) and so does CHANGE (it may still be paid out by hand).
+    pub const fn releases_reservation(self) -> bool {
+        matches!(self, RefundStatus::Failed | RefundStatus::RefundClose)
+    }
+
+    /// Entering this status also gives back the refund's slot among the order's 50. Only FAILED:
+    /// WeChat refused the apply, so it holds no refund record there. A REFUNDCLOSE refund exists at
+    /// WeChat and (we assume, conservatively) still counts toward its 50.
+    pub const fn releases_slot(self) -> bool {
+        matches!(self, RefundStatus::Failed)
+    }
+
+    /// `acquire_lease` may move a refund in this status to SUBMITTING (SUBMITTING itself only when
+    /// its lease has expired: a takeover).
+    pub const fn is_leasable(self) -> bool {
+        matches!(
+            self,
+            RefundStatus::Recorded | RefundStatus::RetryWait | RefundStatus::Unknown
+        )
+    }
+
+    /// The transition table. It follows the DESIGN diagram, with these judgements:
+    /// - RECORDED only goes to SUBMITTING: nothing is known about it until someone calls WeChat.
+    /// - RETRY_WAIT and UNKNOWN may jump straight to what a refund query finds (PROCESSING or a
+    ///   final state), and back to SUBMITTING (re-submit, same number).
+    /// - RETRY_WAIT→FAILED: a re-check turned a transient error definitive; UNKNOWN→FAILED likewise.
+    /// - UNKNOWN→RETRY_WAIT: the query said REFUNDNOTEXIST but re-submitting must wait (pacing).
+    /// - Self-moves PROCESSING→PROCESSING, UNKNOWN→UNKNOWN and RETRY_WAIT→RETRY_WAIT only
+    ///   reschedule the next check (the query found nothing new, or itself failed).
+    /// - PROCESSING never goes back to SUBMITTING or to FAILED: WeChat owns the refund now and
+    ///   ends it as SUCCESS, REFUNDCLOSE or CHANGE.
+    /// - Final states go nowhere, CHANGE included: resolving a CHANGE is an operator's action
+    ///   outside the machine, recorded by a dedicated tool, never by the poller.
+    pub const fn can_move_to(self, next: RefundStatus) -> bool {
+        use RefundStatus::*;
+        match self {
+            Recorded => matches!(next, Submitting),
+            Submitting => matches!(
+                next,
+                Processing | Unknown | RetryWait | Failed | Success | RefundClose | Change
+            ),
+            RetryWait => matches!(
+                next,
+                RetryWait | Submitting | Failed | Processing | Success | RefundClose | Change
+            ),
+            Unknown => matches!(
+                next,
+                Unknown
+                    | Submitting
+                    | Processing
+                    | Success
+                    | RefundClose
+                    | Change
+                    | RetryWait
+                    | Failed
+            ),
+            Processing => matches!(next, Processing | Success | RefundClose | Change),
+            Success | RefundClose | Change | Failed => false,
+        }
+    }
+}
+
+impl fmt::Display for RefundStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("unknown refund status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for RefundStatus {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RefundStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.chars().take(32).collect()))
+    }
+}
+
+/// The last error seen for a refund (WeChat's `err_code` / `err_code_des`, or ours for transport).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    pub code: String,
+    pub message: String,
+}
+
+/// Who is calling WeChat for a refund, and until when. Longer than the WeChat timeout, so an expired
+/// lease means the holder is gone (or so slow its writes will be fenced off by the version).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub expires_at: UnixMillis,
+}
+
+/// One refund as the ledger stores it. `out_refund_no` is the idempotency key and never changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    pub out_refund_no: OutRefundNo,
+    pub order: OrderRef,
+    pub out_trade_no: Option<OutTradeNo>,
+    pub transaction_id: Option<TransactionId>,
+    pub refund_id: Option<RefundId>,
+    pub total_fee: Fen,
+    pub refund_fee: Fen,
+    pub refund_desc: Option<String>,
+    pub refund_account: Option<String>,
+    pub status: RefundStatus,
+    /// How many times a lease was taken to submit it (each one may call WeChat once).
+    pub attempts: u32,
+    pub last_error: Option<LastError>,
+    pub refund_recv_account: Option<String>,
+    pub success_time: Option<String>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+    /// Hash of the canonical request fields: same number + other hash = a reused key.
+    pub request_hash: String,
+    /// Bumped by every write; writes are conditional on it (fencing).
+    pub version: u64,
+    pub lease: Option<Lease>,
+    /// When the poller should look at it next; `None` once final.
+    pub next_check_at: Option<UnixMillis>,
+    /// A refund WeChat told us about that was not made through our API.
+    pub external: bool,
+}
+
+impl RefundRecord {
+    /// The refund is due for the poller at `now` (non-final and its next check has come; a
+    /// SUBMITTING refund's next check is its lease expiry, so an abandoned attempt is due too).
+    pub fn is_due(&self, now: UnixMillis) -> bool {
+        !self.status.is_final() && self.next_check_at.is_some_and(|t| t <= now)
+    }
+
+    /// Someone other than `owner` holds an unexpired lease at `now`.
+    pub fn lease_held_by_other(&self, owner: &str, now: UnixMillis) -> bool {
+        self.status == RefundStatus::Submitting
+            && self
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.expires_at > now && l.owner != owner)
+    }
+}
+
+/// Per order: its total, what non-released refunds reserve of it, and how many of the 50 slots are
+/// taken. `refunds` lists every refund number ever recorded for the order (failed ones included).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderBook {
+    pub order: OrderRef,
+    pub total_fee: Fen,
+    pub reserved: Fen,
+    /// Refunds that hold or may hold a refund record at WeChat: all but FAILED ones.
+    pub count: u32,
+    pub refunds: Vec<OutRefundNo>,
+}
+
+impl OrderBook {
+    /// What is still refundable.
+    pub fn available(&self) -> Fen {
+        self.total_fee.saturating_sub(self.reserved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RefundStatus::*;
+    use super::*;
+
+    #[test]
+    fn wire_names_are_wechats_and_round_trip() {
+        // GIVEN every status WHEN serialised THEN the wire name matches as_str and parses back
+        for st in RefundStatus::ALL {
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+            assert_eq!(serde_json::from_str::<RefundStatus>(&json).unwrap(), st);
+            assert_eq!(st.as_str().parse::<RefundStatus>().unwrap(), st);
+        }
+        assert_eq!(RetryWait.as_str(), "RETRY_WAIT");
+        assert_eq!(RefundClose.as_str(), "REFUNDCLOSE");
+        assert!("REFUND_CLOSE".parse::<RefundStatus>().is_err());
+    }
+
+    #[test]
+    fn final_and_release_rules() {
+        // GIVEN the four final statuses THEN only FAILED and REFUNDCLOSE release the amount
+        let finals: Vec<_> = RefundStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_final())
+            .collect();
+        assert_eq!(finals, vec![Success, RefundClose, Change, Failed]);
+        let releasing: Vec<_> = RefundStatus::ALL
+            .into_iter()
+            .filter(|s| s.releases_reservation())
+            .collect();
+        assert_eq!(releasing, vec![RefundClose, Failed]);
+        assert!(Change.needs_person() && !Change.releases_reservation());
+        assert!(Failed.releases_slot() && !RefundClose.releases_slot());
+    }
+
+    #[test]
+    fn final_states_go_nowhere() {
+        // GIVEN a final status WHEN asked for any move THEN it is refused
+        for from in RefundStatus::ALL.into_iter().filter(|s| s.is_final()) {
+            for to in RefundStatus::ALL {
+                assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
+            }
+        }
+    }
+
+    #[test]
+    fn diagram_moves_are_allowed_and_others_refused() {
+        // GIVEN the design diagram THEN its arrows are allowed and a sample of non-arrows refused
+        for (from, to) in [
+            (Recorded, Submitting),
+            (Submitting, Processing),
+            (Submitting, Unknown),
+            (Submitting, RetryWait),
+            (Submitting, Failed),
+            (Submitting, Success),
+            (RetryWait, Submitting),
+            (Unknown, Submitting),
+            (Unknown, Success),
+            (Processing, Success),
+            (Processing, RefundClose),
+            (Processing, Change),
+            (Processing, Processing),
+        ] {
+            assert!(from.can_move_to(to), "{from} -> {to} must be allowed");
+        }
+        for (from, to) in [
+            (Recorded, Processing),
+            (Recorded, Failed),
+            (Recorded, Recorded),
+            (Submitting, Recorded),
+            (Submitting, Submitting),
+            (Processing, Submitting),
+            (Processing, Failed),
+            (Processing, Unknown),
+        ] {
+            assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
+        }
+    }
+
+    #[test]
+    fn every_non_final_state_can_reach_a_final_one() {
+        // GIVEN the table WHEN walking it from RECORDED THEN a final state is reachable from every
+        // reachable state (no refund can get stuck by construction)
+        for start in RefundStatus::ALL.into_iter().filter(|s| !s.is_final()) {
+            let mut seen = vec![start];
+            let mut i = 0;
+            while i < seen.len() {
+                for to in RefundStatus::ALL {
+                    if seen[i].can_move_to(to) && !seen.contains(&to) {
+                        seen.push(to);
+                    }
+                }
+                i += 1;
+            }
+            assert!(seen.iter().any(|s| s.is_final()), "{start} is a dead end");
+        }
+    }
+
+    #[test]
+    fn leasable_states() {
+        // GIVEN the statuses THEN exactly RECORDED, RETRY_WAIT and UNKNOWN are leasable
+        let leasable: Vec<_> = RefundStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_leasable())
+            .collect();
+        assert_eq!(leasable, vec![Recorded, Unknown, RetryWait]);
+        for s in &leasable {
+            assert!(s.can_move_to(Submitting));
+        }
+    }
+
+    #[test]
+    fn time_helpers_saturate() {
+        // GIVEN a time WHEN adding a huge duration or aging into the past THEN nothing wraps
+        let t = UnixMillis(1_000);
+        assert_eq!(t.plus(std::time::Duration::from_secs(2)), UnixMillis(3_000));
+        assert_eq!(t.plus(std::time::Duration::MAX), UnixMillis(u64::MAX));
+        assert_eq!(UnixMillis(5_000).age_at(t), std::time::Duration::ZERO);
+        assert_eq!(t.age_at(UnixMillis(4_000)).as_millis(), 3_000);
+        assert!(UnixMillis::now().get() > 1_700_000_000_000);
+    }
+
+    #[test]
+    fn order_book_available() {
+        // GIVEN an order of 100 with 30 reserved THEN 70 is available
+        let book = OrderBook {
+            order: OrderRef::OutTradeNo(OutTradeNo::new("ORDER-1").unwrap()),
+            total_fee: Fen::new(100).unwrap(),
+            reserved: Fen::new(30).unwrap(),
+            count: 1,
+            refunds: vec![],
+        };
+        assert_eq!(book.available(), Fen::new(70).unwrap());
+    }
+}

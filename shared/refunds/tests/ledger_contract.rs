@@ -1,0 +1,823 @@
+//! The ledger contract: one suite, run against both adapters (the embedded redb ledger on a temp
+//! file, and the DynamoDB ledger on a fresh table of a moto server per test). Any behaviour the
+//! service relies on is pinned here, races included.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
+use wxrefund::ledger::dynamo::{DynamoLedger, create_table};
+use wxrefund::ledger::embedded::EmbeddedLedger;
+use wxrefund::ledger::{
+    Changes, Cursor, ExternalOutcome, ExternalRefund, LeaseOutcome, Ledger, NewRefund, Patch,
+    RecordOutcome, Transition, TransitionOutcome, admin,
+};
+use wxrefund::state::{LastError, MAX_REFUNDS_PER_ORDER, RefundRecord, RefundStatus, UnixMillis};
+
+/// A fixed "now" so schedules are deterministic.
+const T0: UnixMillis = UnixMillis(1_800_000_000_000);
+const LEASE: Duration = Duration::from_secs(30);
+/// How many times each race is run (fresh order each time).
+const RACE_ITERATIONS: usize = 5;
+
+struct Fixture {
+    ledger: Arc<dyn Ledger>,
+    /// Set for the DynamoDB adapter, to read its write counters.
+    dynamo: Option<DynamoLedger>,
+    _dir: Option<TempDir>,
+}
+
+impl Fixture {
+    /// Another empty ledger of the same kind (moto's transactions copy the whole table, so the
+    /// race iterations stay fast on small tables).
+    async fn fresh(&self) -> Fixture {
+        if self.dynamo.is_some() {
+            dynamo().await
+        } else {
+            embedded().await
+        }
+    }
+}
+
+async fn embedded() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ledger = EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("open redb ledger");
+    Fixture {
+        ledger: Arc::new(ledger),
+        dynamo: None,
+        _dir: Some(dir),
+    }
+}
+
+async fn dynamo() -> Fixture {
+    let endpoint = std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "MOTO_ENDPOINT is not set: the DynamoDB ledger contract tests need a moto server. \
+             Run them with scripts/test (it starts moto and exports MOTO_ENDPOINT and the AWS_* \
+             variables)."
+        )
+    });
+    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+    let relay = serial_relay(&endpoint).await;
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(relay)
+        .region(aws_config::Region::new(region))
+        .load()
+        .await;
+    let client = aws_sdk_dynamodb::Client::new(&conf);
+    let table = format!("ledger-{}", uuid::Uuid::new_v4().simple());
+    create_table(&client, &table)
+        .await
+        .expect("create the ledger table on moto");
+    let ledger = DynamoLedger::new(client, table);
+    Fixture {
+        ledger: Arc::new(ledger.clone()),
+        dynamo: Some(ledger),
+        _dir: None,
+    }
+}
+
+/// A one-request-at-a-time TCP relay in front of moto, returning its endpoint URL.
+///
+/// Why: DynamoDB executes each request (a transaction included) atomically and serializably.
+/// moto's server is threaded without a lock around DynamoDB, and its TransactWriteItems applies
+/// items one by one and, on cancellation, restores a deep copy of the whole table taken when the
+/// transaction started, wiping writes other requests made meanwhile. Concurrent requests to moto
+/// therefore lose committed writes, which DynamoDB never does. moto answers every request with
+/// `Connection: close`, so relaying one connection at a time makes each request atomic again
+/// (what DynamoDB guarantees) while our tasks still race each other between requests.
+async fn serial_relay(endpoint: &str) -> String {
+    let authority = endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let upstream = tokio::net::lookup_host(&authority)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("MOTO_ENDPOINT {endpoint:?} is not http://host:port"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the relay");
+    let addr = listener.local_addr().expect("relay address");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            // One connection (= one request with moto) at a time.
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Runs every listed contract test once per adapter.
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod embedded_ledger {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let f = super::embedded().await;
+                    super::$name(&f).await;
+                }
+            )*
+        }
+        mod dynamo_ledger {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let f = super::dynamo().await;
+                    super::$name(&f).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    record_creates_then_replays_then_rejects_key_reuse,
+    record_refuses_amounts_over_the_total,
+    fifty_first_refund_is_refused,
+    total_fee_mismatch_is_refused,
+    lease_is_acquired_held_and_taken_over_after_expiry,
+    stale_version_and_stale_lease_owner_cannot_write,
+    final_failure_releases_the_reservation_for_a_new_refund,
+    refundclose_releases_the_amount_but_keeps_the_slot,
+    change_holds_the_reservation,
+    happy_path_lifecycle_and_its_writes,
+    due_pages_cover_every_due_refund_exactly_once,
+    external_refund_is_recorded_once_and_reserved_unconditionally,
+    concurrent_records_of_one_number_create_exactly_once,
+    concurrent_refunds_of_one_order_never_exceed_total_or_count,
+    admin_views_list_order_refunds_and_pending_ages,
+);
+
+// ---- helpers -----------------------------------------------------------------------------------
+
+fn no(s: &str) -> OutRefundNo {
+    OutRefundNo::new(s).expect("valid out_refund_no")
+}
+
+fn order(s: &str) -> OrderRef {
+    OrderRef::OutTradeNo(OutTradeNo::new(s).expect("valid out_trade_no"))
+}
+
+fn fen(n: u64) -> Fen {
+    Fen::new(n).expect("valid amount")
+}
+
+fn new_refund(n: &str, o: &str, total: u64, fee: u64, hash: &str) -> NewRefund {
+    NewRefund {
+        out_refund_no: no(n),
+        order: order(o),
+        total_fee: fen(total),
+        refund_fee: fen(fee),
+        refund_desc: Some("商品退款".into()),
+        refund_account: None,
+        request_hash: hash.into(),
+        now: T0,
+        next_check_at: T0.plus(Duration::from_secs(60)),
+    }
+}
+
+async fn created(l: &dyn Ledger, n: NewRefund) -> RefundRecord {
+    match l.record(n).await.expect("record") {
+        RecordOutcome::Created(r) => r,
+        other => panic!("expected Created, got {other:?}"),
+    }
+}
+
+async fn leased(l: &dyn Ledger, n: &str, owner: &str, now: UnixMillis) -> RefundRecord {
+    match l
+        .acquire_lease(&no(n), owner, LEASE, now)
+        .await
+        .expect("lease")
+    {
+        LeaseOutcome::Acquired(r) => r,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+fn move_to(r: &RefundRecord, to: RefundStatus, now: UnixMillis) -> Transition {
+    Transition {
+        out_refund_no: r.out_refund_no.clone(),
+        expected_status: r.status,
+        expected_version: r.version,
+        lease_owner: r.lease.as_ref().map(|l| l.owner.clone()),
+        to,
+        changes: Changes::default(),
+        now,
+    }
+}
+
+async fn applied(l: &dyn Ledger, t: Transition) -> RefundRecord {
+    match l.transition(t).await.expect("transition") {
+        TransitionOutcome::Applied(r) => r,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+async fn book(l: &dyn Ledger, o: &str) -> wxrefund::state::OrderBook {
+    l.order(&order(o))
+        .await
+        .expect("order")
+        .expect("order book exists")
+}
+
+// ---- the contract ------------------------------------------------------------------------------
+
+async fn record_creates_then_replays_then_rejects_key_reuse(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN nothing recorded WHEN a refund is recorded THEN it is created at version 1, RECORDED
+    let rec = created(l, new_refund("R1", "ORDER-1", 100, 30, "h1")).await;
+    assert_eq!(rec.status, RefundStatus::Recorded);
+    assert_eq!(rec.version, 1);
+    assert_eq!(rec.attempts, 0);
+    assert_eq!(rec.out_trade_no, Some(OutTradeNo::new("ORDER-1").unwrap()));
+    assert!(!rec.external);
+    assert_eq!(l.get(&no("R1")).await.unwrap(), Some(rec.clone()));
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.total_fee, b.reserved, b.count), (fen(100), fen(30), 1));
+    assert_eq!(b.refunds, vec![no("R1")]);
+
+    // WHEN the same request is replayed THEN the stored record comes back and nothing moves
+    match l
+        .record(new_refund("R1", "ORDER-1", 100, 30, "h1"))
+        .await
+        .unwrap()
+    {
+        RecordOutcome::Existing(r) => assert_eq!(r, rec),
+        other => panic!("expected Existing, got {other:?}"),
+    }
+    // WHEN the number is reused for another request THEN KeyReused, with the stored record
+    match l
+        .record(new_refund("R1", "ORDER-1", 100, 31, "h2"))
+        .await
+        .unwrap()
+    {
+        RecordOutcome::KeyReused(r) => assert_eq!(r, rec),
+        other => panic!("expected KeyReused, got {other:?}"),
+    }
+    // THEN the book did not move
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count), (fen(30), 1));
+    // AND unknown refunds and orders are absent
+    assert_eq!(l.get(&no("NOPE")).await.unwrap(), None);
+    assert_eq!(l.order(&order("ORDER-NONE")).await.unwrap(), None);
+    assert!(
+        l.list_by_order(&order("ORDER-NONE"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn record_refuses_amounts_over_the_total(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN a first refund larger than the order WHEN recorded THEN AmountExceeded, nothing written
+    match l
+        .record(new_refund("R0", "ORDER-1", 100, 101, "h"))
+        .await
+        .unwrap()
+    {
+        RecordOutcome::AmountExceeded { book } => {
+            assert_eq!((book.total_fee, book.reserved), (fen(100), fen(0)));
+        }
+        other => panic!("expected AmountExceeded, got {other:?}"),
+    }
+    assert_eq!(l.get(&no("R0")).await.unwrap(), None);
+    // GIVEN 60 + 40 reserved of 100
+    created(l, new_refund("R1", "ORDER-1", 100, 60, "h")).await;
+    created(l, new_refund("R2", "ORDER-1", 100, 40, "h")).await;
+    // WHEN one more fen is asked THEN AmountExceeded with the book, nothing recorded
+    match l
+        .record(new_refund("R3", "ORDER-1", 100, 1, "h"))
+        .await
+        .unwrap()
+    {
+        RecordOutcome::AmountExceeded { book } => {
+            assert_eq!((book.reserved, book.count), (fen(100), 2));
+        }
+        other => panic!("expected AmountExceeded, got {other:?}"),
+    }
+    assert_eq!(l.get(&no("R3")).await.unwrap(), None);
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count, b.refunds.len()), (fen(100), 2, 2));
+}
+
+async fn fifty_first_refund_is_refused(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN 50 refunds of 1 fen on an order of 1000
+    for i in 0..MAX_REFUNDS_PER_ORDER {
+        created(l, new_refund(&format!("R{i}"), "ORDER-1", 1000, 1, "h")).await;
+    }
+    // WHEN the 51st is recorded THEN TooManyRefunds, although the amount would fit
+    match l
+        .record(new_refund("R50", "ORDER-1", 1000, 1, "h"))
+        .await
+        .unwrap()
+    {
+        RecordOutcome::TooManyRefunds { book } => {
+            assert_eq!(book.count, MAX_REFUNDS_PER_ORDER);
+            assert_eq!(book.reserved, fen(50));
+        }
+        other => panic!("expected TooManyRefunds, got {other:?}"),
+    }
+    assert_eq!(l.get(&no("R50")).await.unwrap(), None);
+    assert_eq!(l.list_by_order(&order("ORDER-1")).await.unwrap().len(), 50);
+}
+
+async fn total_fee_mismatch_is_refused(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN an order first seen with total 100
+    created(l, new_refund("R1", "ORDER-1", 100, 10, "h")).await;
+    // WHEN a refund claims total 200 THEN TotalFeeMismatch with the stored book
+    match l
+        .record(new_refund("R2", "ORDER-1", 200, 10, "h"))
+        .await
+        .unwrap()
+    {
+        RecordOutcome::TotalFeeMismatch { book } => {
+            assert_eq!((book.total_fee, book.reserved), (fen(100), fen(10)));
+        }
+        other => panic!("expected TotalFeeMismatch, got {other:?}"),
+    }
+    assert_eq!(l.get(&no("R2")).await.unwrap(), None);
+}
+
+async fn lease_is_acquired_held_and_taken_over_after_expiry(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    created(l, new_refund("R1", "ORDER-1", 100, 10, "h")).await;
+    // GIVEN a RECORDED refund WHEN A leases it THEN SUBMITTING, attempt 1, version 2
+    let a = leased(l, "R1", "A", T0).await;
+    assert_eq!(a.status, RefundStatus::Submitting);
+    assert_eq!((a.attempts, a.version), (1, 2));
+    let lease = a.lease.clone().unwrap();
+    assert_eq!(
+        (lease.owner.as_str(), lease.expires_at),
+        ("A", T0.plus(LEASE))
+    );
+    // WHEN B tries before expiry THEN Held, showing A's lease
+    let before = T0.plus(LEASE - Duration::from_millis(1));
+    match l
+        .acquire_lease(&no("R1"), "B", LEASE, before)
+        .await
+        .unwrap()
+    {
+        LeaseOutcome::Held(r) => assert_eq!(r, a),
+        other => panic!("expected Held, got {other:?}"),
+    }
+    // WHEN B tries at expiry THEN B takes over: attempt 2, version 3
+    let b = leased(l, "R1", "B", T0.plus(LEASE)).await;
+    assert_eq!(b.lease.as_ref().unwrap().owner, "B");
+    assert_eq!((b.attempts, b.version), (2, 3));
+    // WHEN B's attempt is accepted THEN PROCESSING is not leasable
+    let p = applied(l, move_to(&b, RefundStatus::Processing, T0.plus(LEASE))).await;
+    assert_eq!(p.lease, None);
+    match l.acquire_lease(&no("R1"), "C", LEASE, T0).await.unwrap() {
+        LeaseOutcome::NotLeasable(r) => assert_eq!(r, p),
+        other => panic!("expected NotLeasable, got {other:?}"),
+    }
+    // AND an unknown number is NotFound
+    assert_eq!(
+        l.acquire_lease(&no("NOPE"), "C", LEASE, T0).await.unwrap(),
+        LeaseOutcome::NotFound
+    );
+}
+
+async fn stale_version_and_stale_lease_owner_cannot_write(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    created(l, new_refund("R1", "ORDER-1", 100, 10, "h")).await;
+    let a = leased(l, "R1", "A", T0).await;
+    // GIVEN A's lease expired and B took over
+    let later = T0.plus(LEASE);
+    let b = leased(l, "R1", "B", later).await;
+    // WHEN A (stale version, stale owner) reports success THEN Conflict with B's record
+    match l
+        .transition(move_to(&a, RefundStatus::Success, later))
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Conflict(r) => assert_eq!(r, b),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    // WHEN someone has B's version but not B's lease THEN Conflict too (owner fencing)
+    let mut wrong_owner = move_to(&b, RefundStatus::Success, later);
+    wrong_owner.lease_owner = Some("A".into());
+    assert!(matches!(
+        l.transition(wrong_owner).await.unwrap(),
+        TransitionOutcome::Conflict(_)
+    ));
+    // WHEN the expected status is wrong THEN Conflict
+    let mut wrong_status = move_to(&b, RefundStatus::Success, later);
+    wrong_status.expected_status = RefundStatus::Unknown;
+    wrong_status.lease_owner = None;
+    assert!(matches!(
+        l.transition(wrong_status).await.unwrap(),
+        TransitionOutcome::Conflict(_)
+    ));
+    // WHEN a move is outside the table, into SUBMITTING, or anonymous out of SUBMITTING
+    // THEN Illegal, and nothing was written
+    let mut anonymous = move_to(&b, RefundStatus::Success, later);
+    anonymous.lease_owner = None;
+    for t in [
+        move_to(&b, RefundStatus::Recorded, later),
+        move_to(&b, RefundStatus::Submitting, later),
+        anonymous,
+    ] {
+        assert!(matches!(
+            l.transition(t).await.unwrap(),
+            TransitionOutcome::Illegal { .. }
+        ));
+    }
+    assert_eq!(l.get(&no("R1")).await.unwrap(), Some(b.clone()));
+    // WHEN the refund does not exist THEN NotFound
+    let mut ghost = move_to(&b, RefundStatus::Processing, later);
+    ghost.out_refund_no = no("GHOST");
+    assert_eq!(
+        l.transition(ghost).await.unwrap(),
+        TransitionOutcome::NotFound
+    );
+    // WHEN B writes with its version and lease THEN Applied, lease cleared, version bumped
+    let done = applied(l, move_to(&b, RefundStatus::Processing, later)).await;
+    assert_eq!((done.version, done.lease.clone()), (b.version + 1, None));
+    // AND replaying B's (now stale) write is a Conflict, not a second change
+    assert!(matches!(
+        l.transition(move_to(&b, RefundStatus::Processing, later))
+            .await
+            .unwrap(),
+        TransitionOutcome::Conflict(_)
+    ));
+}
+
+async fn final_failure_releases_the_reservation_for_a_new_refund(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN the whole order reserved by one refund
+    created(l, new_refund("R1", "ORDER-1", 100, 100, "h")).await;
+    assert!(matches!(
+        l.record(new_refund("R2", "ORDER-1", 100, 100, "h"))
+            .await
+            .unwrap(),
+        RecordOutcome::AmountExceeded { .. }
+    ));
+    // WHEN WeChat refuses it for good (PARAM_ERROR) THEN FAILED, out of the pending index
+    let a = leased(l, "R1", "A", T0).await;
+    let mut t = move_to(&a, RefundStatus::Failed, T0);
+    t.changes.last_error = Patch::Set(LastError {
+        code: "PARAM_ERROR".into(),
+        message: "bad".into(),
+    });
+    let failed = applied(l, t).await;
+    assert_eq!(failed.status, RefundStatus::Failed);
+    assert_eq!(failed.next_check_at, None);
+    assert_eq!(failed.last_error.as_ref().unwrap().code, "PARAM_ERROR");
+    // THEN its amount and its slot are released, and it stays listed
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count), (fen(0), 0));
+    assert_eq!(b.refunds, vec![no("R1")]);
+    // AND a new refund of that amount is accepted
+    created(l, new_refund("R2", "ORDER-1", 100, 100, "h")).await;
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count, b.refunds.len()), (fen(100), 1, 2));
+    // AND nothing is ever deleted: the failed record is still readable
+    assert_eq!(l.get(&no("R1")).await.unwrap(), Some(failed));
+}
+
+async fn refundclose_releases_the_amount_but_keeps_the_slot(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    created(l, new_refund("R1", "ORDER-1", 100, 70, "h")).await;
+    let a = leased(l, "R1", "A", T0).await;
+    let p = applied(l, move_to(&a, RefundStatus::Processing, T0)).await;
+    // WHEN WeChat closes the refund THEN the amount returns; the slot stays taken (WeChat counts it)
+    applied(l, move_to(&p, RefundStatus::RefundClose, T0)).await;
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count), (fen(0), 1));
+}
+
+async fn change_holds_the_reservation(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    created(l, new_refund("R1", "ORDER-1", 100, 70, "h")).await;
+    let a = leased(l, "R1", "A", T0).await;
+    let p = applied(l, move_to(&a, RefundStatus::Processing, T0)).await;
+    // WHEN the refund ends as CHANGE THEN it is final (not pending) and keeps its amount
+    let c = applied(l, move_to(&p, RefundStatus::Change, T0)).await;
+    assert!(c.status.is_final() && c.next_check_at.is_none());
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count), (fen(70), 1));
+    assert!(matches!(
+        l.record(new_refund("R2", "ORDER-1", 100, 31, "h"))
+            .await
+            .unwrap(),
+        RecordOutcome::AmountExceeded { .. }
+    ));
+    let far = T0.plus(Duration::from_secs(86_400));
+    assert!(l.due(far, None, 10).await.unwrap().items.is_empty());
+    // AND the machine cannot move it any more
+    assert!(matches!(
+        l.transition(move_to(&c, RefundStatus::Success, T0))
+            .await
+            .unwrap(),
+        TransitionOutcome::Illegal { .. }
+    ));
+}
+
+async fn happy_path_lifecycle_and_its_writes(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    let before = f.dynamo.as_ref().map(DynamoLedger::write_stats);
+    // GIVEN a recorded refund WHEN leased, accepted (PROCESSING) and confirmed (SUCCESS)
+    created(l, new_refund("R1", "ORDER-1", 100, 40, "h")).await;
+    let a = leased(l, "R1", "A", T0).await;
+    let mut t = move_to(&a, RefundStatus::Processing, T0);
+    t.changes.refund_id = Some(RefundId::new("50000000012026").unwrap());
+    t.changes.transaction_id = Some(TransactionId::new("4200000000202601010001").unwrap());
+    t.changes.next_check_at = Some(T0.plus(Duration::from_secs(120)));
+    let p = applied(l, t).await;
+    assert_eq!(p.next_check_at, Some(T0.plus(Duration::from_secs(120))));
+    let mut t = move_to(&p, RefundStatus::Success, T0.plus(Duration::from_secs(120)));
+    t.changes.success_time = Some("2027-01-15 08:00:00".into());
+    t.changes.refund_recv_account = Some("支付用户零钱".into());
+    let s = applied(l, t).await;
+    // THEN the record carries what WeChat said, final, at version 4, and the amount stays reserved
+    assert_eq!(s.status, RefundStatus::Success);
+    assert_eq!(s.version, 4);
+    assert_eq!(s.refund_id, Some(RefundId::new("50000000012026").unwrap()));
+    assert_eq!(s.success_time.as_deref(), Some("2027-01-15 08:00:00"));
+    assert_eq!((s.lease.clone(), s.next_check_at), (None, None));
+    assert_eq!(l.get(&no("R1")).await.unwrap(), Some(s.clone()));
+    assert_eq!(book(l, "ORDER-1").await.reserved, fen(40));
+    assert_eq!(l.list_by_order(&order("ORDER-1")).await.unwrap(), vec![s]);
+    // AND on DynamoDB the lifecycle took 4 write requests (5 item writes)
+    if let (Some(d), Some(before)) = (&f.dynamo, before) {
+        let after = d.write_stats();
+        let (requests, items) = (after.requests - before.requests, after.items - before.items);
+        println!("happy path on DynamoDB: {requests} write requests, {items} item writes");
+        assert_eq!((requests, items), (4, 5));
+    }
+}
+
+async fn due_pages_cover_every_due_refund_exactly_once(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    let now = T0.plus(Duration::from_secs(3600));
+    let mut want = HashSet::new();
+    // GIVEN 37 refunds due (at various times up to now, one exactly at now) across several orders
+    for i in 0..37u64 {
+        let mut n = new_refund(
+            &format!("DUE{i:02}"),
+            &format!("ORDER-{}", i % 7),
+            10_000,
+            1,
+            "h",
+        );
+        n.next_check_at = UnixMillis(now.get() - i * 1000);
+        created(l, n).await;
+        want.insert(no(&format!("DUE{i:02}")));
+    }
+    // AND 6 not due yet, 2 final, 1 SUBMITTING under a live lease, 1 with an expired lease (due)
+    for i in 0..6u64 {
+        let mut n = new_refund(&format!("LATER{i}"), "ORDER-X", 10_000, 1, "h");
+        n.next_check_at = now.plus(Duration::from_secs(1 + i));
+        created(l, n).await;
+    }
+    for i in 0..2 {
+        created(
+            l,
+            new_refund(&format!("DONE{i}"), "ORDER-X", 10_000, 1, "h"),
+        )
+        .await;
+        let a = leased(l, &format!("DONE{i}"), "A", T0).await;
+        applied(l, move_to(&a, RefundStatus::Success, T0)).await;
+    }
+    created(l, new_refund("LIVE", "ORDER-X", 10_000, 1, "h")).await;
+    leased(l, "LIVE", "A", now).await;
+    created(l, new_refund("STALE", "ORDER-X", 10_000, 1, "h")).await;
+    leased(l, "STALE", "A", T0).await;
+    want.insert(no("STALE"));
+
+    // WHEN paged with limit 5
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    let mut pages = 0;
+    loop {
+        let page = l.due(now, cursor.take(), 5).await.unwrap();
+        assert!(page.items.len() <= 5, "page over the limit");
+        for r in &page.items {
+            assert!(r.is_due(now), "{} is not due", r.out_refund_no);
+        }
+        seen.extend(page.items.into_iter().map(|r| r.out_refund_no));
+        pages += 1;
+        assert!(pages < 50, "paging does not end");
+        match page.next {
+            // The cursor survives a round trip through JSON (it travels in events).
+            Some(c) => {
+                cursor = Some(serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap())
+            }
+            None => break,
+        }
+    }
+    // THEN every due refund came exactly once, and nothing else
+    let unique: HashSet<_> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "a refund came twice: {seen:?}");
+    assert_eq!(unique, want);
+    assert!(
+        pages >= 8,
+        "38 items in pages of 5 need at least 8 pages, got {pages}"
+    );
+    // AND a cursor this adapter never made is refused, not panicked on
+    assert!(l.due(now, Some(Cursor::new("garbage")), 5).await.is_err());
+}
+
+async fn external_refund_is_recorded_once_and_reserved_unconditionally(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN an order with 90 of 100 reserved by us
+    created(l, new_refund("R1", "ORDER-1", 100, 90, "h")).await;
+    let ext = ExternalRefund {
+        out_refund_no: no("WX-OUTSIDE-1"),
+        order: order("ORDER-1"),
+        out_trade_no: None,
+        transaction_id: Some(TransactionId::new("4200000000202601010001").unwrap()),
+        refund_id: Some(RefundId::new("50000000099").unwrap()),
+        total_fee: fen(100),
+        refund_fee: fen(50),
+        status: RefundStatus::Success,
+        refund_account: None,
+        refund_recv_account: Some("支付用户零钱".into()),
+        success_time: Some("2027-01-15 08:00:00".into()),
+        now: T0,
+        next_check_at: None,
+    };
+    // WHEN WeChat reports a 50-fen refund we never made THEN it is recorded, external, final
+    let rec = match l.record_external(ext.clone()).await.unwrap() {
+        ExternalOutcome::Created(r) => r,
+        other => panic!("expected Created, got {other:?}"),
+    };
+    assert!(rec.external && rec.status == RefundStatus::Success);
+    assert_eq!(rec.out_trade_no, Some(OutTradeNo::new("ORDER-1").unwrap()));
+    // THEN its amount is reserved even past the total (it is a fact), and it takes a slot
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count), (fen(140), 2));
+    // WHEN reported again THEN Existing, and the book does not move
+    assert_eq!(
+        l.record_external(ext.clone()).await.unwrap(),
+        ExternalOutcome::Existing(rec.clone())
+    );
+    assert_eq!(book(l, "ORDER-1").await.reserved, fen(140));
+    // WHEN a merchant then asks for a refund with that number THEN KeyReused
+    assert!(matches!(
+        l.record(new_refund("WX-OUTSIDE-1", "ORDER-1", 100, 50, "h"))
+            .await
+            .unwrap(),
+        RecordOutcome::KeyReused(_)
+    ));
+    // WHEN a PROCESSING one arrives for an order we never saw THEN the order is created and the
+    // refund is pending for the poller
+    let mut p = ext.clone();
+    p.out_refund_no = no("WX-OUTSIDE-2");
+    p.order = order("ORDER-NEW");
+    p.status = RefundStatus::Processing;
+    p.next_check_at = Some(T0);
+    assert!(matches!(
+        l.record_external(p).await.unwrap(),
+        ExternalOutcome::Created(_)
+    ));
+    let nb = book(l, "ORDER-NEW").await;
+    assert_eq!(
+        (nb.total_fee, nb.reserved, nb.count),
+        (fen(100), fen(50), 1)
+    );
+    let due = l.due(T0, None, 10).await.unwrap();
+    assert!(
+        due.items
+            .iter()
+            .any(|r| r.out_refund_no == no("WX-OUTSIDE-2"))
+    );
+    // WHEN the status is one WeChat never reports THEN nothing is written
+    let mut bad = ext;
+    bad.out_refund_no = no("WX-OUTSIDE-3");
+    bad.status = RefundStatus::RetryWait;
+    assert_eq!(
+        l.record_external(bad).await.unwrap(),
+        ExternalOutcome::InvalidStatus(RefundStatus::RetryWait)
+    );
+    assert_eq!(l.get(&no("WX-OUTSIDE-3")).await.unwrap(), None);
+}
+
+async fn concurrent_records_of_one_number_create_exactly_once(f: &Fixture) {
+    let started = Instant::now();
+    for it in 0..RACE_ITERATIONS {
+        let f = &f.fresh().await;
+        // GIVEN 50 tasks recording the same number on the same order at once
+        let n = format!("SAME-{it}");
+        let o = format!("ORDER-SAME-{it}");
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let l = Arc::clone(&f.ledger);
+                let req = new_refund(&n, &o, 100, 10, "h");
+                tokio::spawn(async move { l.record(req).await })
+            })
+            .collect();
+        let (mut created, mut existing) = (0, 0);
+        for t in tasks {
+            match t.await.expect("task").expect("record") {
+                RecordOutcome::Created(_) => created += 1,
+                RecordOutcome::Existing(_) => existing += 1,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        // THEN exactly one created it and 49 saw it, reserved once
+        assert_eq!((created, existing), (1, 49), "iteration {it}");
+        let b = book(f.ledger.as_ref(), &o).await;
+        assert_eq!((b.reserved, b.count), (fen(10), 1), "iteration {it}");
+    }
+    println!(
+        "{RACE_ITERATIONS} iterations of 50 same-number records in {:?}",
+        started.elapsed()
+    );
+}
+
+async fn concurrent_refunds_of_one_order_never_exceed_total_or_count(f: &Fixture) {
+    let started = Instant::now();
+    for it in 0..RACE_ITERATIONS {
+        let f = &f.fresh().await;
+        // GIVEN 50 tasks asking 30 each of an order of 1000 (1500 in all), and
+        // 60 tasks asking 1 each of another order of 1000 (count-bound)
+        for (label, tasks_n, fee, expected_ok) in [("AMT", 50u64, 30u64, 33u64), ("CNT", 60, 1, 50)]
+        {
+            let o = format!("ORDER-{label}-{it}");
+            let tasks: Vec<_> = (0..tasks_n)
+                .map(|i| {
+                    let l = Arc::clone(&f.ledger);
+                    let req = new_refund(&format!("{label}-{it}-{i}"), &o, 1000, fee, "h");
+                    tokio::spawn(async move { l.record(req).await })
+                })
+                .collect();
+            let (mut ok, mut sum) = (0u64, 0u64);
+            for t in tasks {
+                match t.await.expect("task").expect("record") {
+                    RecordOutcome::Created(r) => {
+                        ok += 1;
+                        sum += r.refund_fee.get();
+                    }
+                    RecordOutcome::AmountExceeded { .. } | RecordOutcome::TooManyRefunds { .. } => {
+                    }
+                    other => panic!("unexpected outcome {other:?}"),
+                }
+            }
+            // THEN the accepted sum fits the total, the count fits 50, and the book agrees
+            assert!(sum <= 1000, "{label} iteration {it}: accepted {sum} > 1000");
+            assert!(ok <= u64::from(MAX_REFUNDS_PER_ORDER));
+            // Refusals are only right when the order was really full: all slots or amount used.
+            assert_eq!(ok, expected_ok, "{label} iteration {it}");
+            let b = book(f.ledger.as_ref(), &o).await;
+            assert_eq!((b.reserved.get(), u64::from(b.count)), (sum, ok));
+            assert_eq!(b.refunds.len() as u64, ok);
+        }
+    }
+    println!(
+        "{RACE_ITERATIONS} iterations of the over-refund races in {:?}",
+        started.elapsed()
+    );
+}
+
+async fn admin_views_list_order_refunds_and_pending_ages(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN two refunds of an order, one failed, one waiting since T0
+    created(l, new_refund("R1", "ORDER-1", 100, 10, "h")).await;
+    let mut n2 = new_refund("R2", "ORDER-1", 100, 20, "h");
+    n2.now = T0.plus(Duration::from_secs(1));
+    n2.next_check_at = T0;
+    created(l, n2).await;
+    let a = leased(l, "R1", "A", T0).await;
+    applied(l, move_to(&a, RefundStatus::Failed, T0)).await;
+    let now = T0.plus(Duration::from_secs(600));
+    // WHEN the operator views the order THEN both refunds appear, oldest first
+    let view = admin::order_view(l, &order("ORDER-1"), now)
+        .await
+        .unwrap()
+        .expect("order view");
+    let lines: Vec<_> = view
+        .refunds
+        .iter()
+        .map(|r| (r.out_refund_no.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![("R1", RefundStatus::Failed), ("R2", RefundStatus::Recorded)]
+    );
+    assert_eq!(view.book.reserved, fen(20));
+    // WHEN the operator lists pending refunds THEN R2 shows its age and how late its check is
+    let pending = admin::pending(l, now, 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].out_refund_no, no("R2"));
+    assert_eq!(pending[0].age, Duration::from_secs(599));
+    assert_eq!(pending[0].overdue, Duration::from_secs(600));
+    assert!(
+        admin::order_view(l, &order("ORDER-NONE"), now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
