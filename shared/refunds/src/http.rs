@@ -96,7 +96,7 @@ fn body_error(r: BytesRejection) -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
-            format!("request body is larger than the limit"),
+            "request body is larger than the limit",
         )
     } else {
         ApiError::bad_request("invalid_body", r.body_text())
