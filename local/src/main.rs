@@ -275,9 +275,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let (sandbox, source, base_url, ca_pem) = match (&args.wxpay_base_url, &args.secret_file) {
         (Some(url), Some(secret)) => {
             let ca = match &args.ca_file {
-                Some(p) => Some(
-                    std::fs::read(p).map_err(context(format!("reading {}", p.display())))?,
-                ),
+                Some(p) => {
+                    Some(std::fs::read(p).map_err(context(format!("reading {}", p.display())))?)
+                }
                 None => None,
             };
             (None, SecretSource::file(secret), url.clone(), ca)
@@ -394,9 +394,7 @@ mod tests {
         assert_eq!(a.sandbox_listen.to_string(), "127.0.0.1:3001");
         assert_eq!(a.poll_every, Duration::from_secs(2));
         assert_eq!(a.settle_after, Duration::from_secs(2));
-        assert!(
-            Args::try_parse_from(["wxrefund-local", "--wxpay-base-url", "https://x"]).is_err()
-        );
+        assert!(Args::try_parse_from(["wxrefund-local", "--wxpay-base-url", "https://x"]).is_err());
         assert!(Args::try_parse_from(["wxrefund-local", "--ca-file", "ca.pem"]).is_err());
         assert!(
             Args::try_parse_from([

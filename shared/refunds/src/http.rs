@@ -122,10 +122,17 @@ impl CreateRefund {
         let invalid =
             |e: &dyn std::fmt::Display| ApiError::bad_request("validation_error", e.to_string());
         let out_refund_no = OutRefundNo::new(self.out_refund_no).map_err(|e| invalid(&e))?;
+        // One order must have one refund limit, and the ledger keys it by out_trade_no: a request
+        // naming the order only by transaction_id would get a second, separate limit (and could
+        // over-refund locally or pass the 50 cap), so it is refused.
         let order = match (self.out_trade_no, self.transaction_id) {
             (Some(o), None) => OrderRef::OutTradeNo(OutTradeNo::new(o).map_err(|e| invalid(&e))?),
             (None, Some(t)) => {
-                OrderRef::TransactionId(TransactionId::new(t).map_err(|e| invalid(&e))?)
+                TransactionId::new(t).map_err(|e| invalid(&e))?;
+                return Err(ApiError::bad_request(
+                    "validation_error",
+                    "name the order by out_trade_no: refunds are limited per out_trade_no, so transaction_id alone is not accepted",
+                ));
             }
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request(
@@ -136,7 +143,7 @@ impl CreateRefund {
             (None, None) => {
                 return Err(ApiError::bad_request(
                     "validation_error",
-                    "one of out_trade_no or transaction_id is required",
+                    "out_trade_no is required",
                 ));
             }
         };
@@ -235,6 +242,8 @@ async fn create_refund(
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?;
     let cmd = req.validate()?;
     let (status, rec) = match svc.submit(cmd).await? {
+        // Refused for good by WeChat at once: nothing is in flight any more.
+        Submitted::New(rec) if rec.status.is_final() => (StatusCode::OK, rec),
         Submitted::New(rec) => (StatusCode::ACCEPTED, rec),
         Submitted::Replay(rec) if rec.status.is_final() => (StatusCode::OK, rec),
         Submitted::Replay(rec) => (StatusCode::ACCEPTED, rec),
@@ -439,6 +448,11 @@ mod tests {
                 r#"{"out_refund_no":"R1","total_fee":100,"refund_fee":1}"#,
                 "validation_error",
                 "required",
+            ),
+            (
+                r#"{"out_refund_no":"R1","transaction_id":"4200000001202611270000000001","total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "out_trade_no",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","transaction_id":"42","total_fee":100,"refund_fee":1}"#,

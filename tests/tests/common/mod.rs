@@ -19,7 +19,9 @@ use tempfile::TempDir;
 use tower::ServiceExt;
 use wxpay::client::{ClientConfig, PacingConfig};
 use wxpay::{OutRefundNo, OutTradeNo};
-use wxpay_sandbox::{Fault, FaultKind, NewOrder, OrderView, Outcome, RunningSandbox, Sandbox, SandboxConfig};
+use wxpay_sandbox::{
+    Fault, FaultKind, NewOrder, OrderView, Outcome, RunningSandbox, Sandbox, SandboxConfig,
+};
 use wxrefund::gateway::WxPayGateway;
 use wxrefund::ledger::Ledger;
 use wxrefund::ledger::dynamo::{DynamoLedger, create_table};
@@ -226,7 +228,8 @@ impl Stack {
         refund_fee: u64,
         notify_url: Option<String>,
     ) {
-        let json = std::fs::read_to_string(&self.sandbox.files().merchant_json).expect("merchant.json");
+        let json =
+            std::fs::read_to_string(&self.sandbox.files().merchant_json).expect("merchant.json");
         let merchant = MerchantConfig::from_json(&json, SystemTime::now()).expect("merchant.json");
         let client = wxpay::client::WxPayClient::new(&self.client_config, Some(&merchant.identity))
             .expect("a separate WeChat client");
@@ -256,7 +259,12 @@ impl Stack {
     // ---- HTTP ----------------------------------------------------------------------------------
 
     /// Sends one request through the router; returns the status and the JSON body.
-    pub async fn call(&self, method: Method, uri: &str, body: Option<Vec<u8>>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> (StatusCode, Value) {
         let (status, bytes) = self.call_raw(method, uri, body, "application/json").await;
         let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             panic!(
@@ -280,7 +288,12 @@ impl Stack {
             .header("content-type", content_type)
             .body(body.map(Body::from).unwrap_or_else(Body::empty))
             .expect("request");
-        let resp = self.router.clone().oneshot(req).await.expect("router is infallible");
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("router is infallible");
         let status = resp.status();
         let bytes = resp
             .into_body()
@@ -294,8 +307,12 @@ impl Stack {
 
     /// `POST /refunds` with this JSON.
     pub async fn post_refund(&self, body: &Value) -> (StatusCode, Value) {
-        self.call(Method::POST, "/refunds", Some(body.to_string().into_bytes()))
-            .await
+        self.call(
+            Method::POST,
+            "/refunds",
+            Some(body.to_string().into_bytes()),
+        )
+        .await
     }
 
     pub async fn get_refund(&self, out_refund_no: &str) -> (StatusCode, Value) {
@@ -322,7 +339,12 @@ impl Stack {
             serde_json::from_str(SCHEDULER_PAYLOAD).expect("lambda_http parses the payload");
         let req: lambda_http::Request = payload.into();
         assert_eq!(req.uri().path(), wxrefund::http::EVENTS_PATH);
-        let resp = self.router.clone().oneshot(req).await.expect("router is infallible");
+        let resp = self
+            .router
+            .clone()
+            .oneshot(req)
+            .await
+            .expect("router is infallible");
         let status = resp.status();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let v: Value = serde_json::from_slice(&bytes).expect("poll report is JSON");
@@ -367,12 +389,20 @@ impl Stack {
 
     pub async fn ledger_order(&self, out_trade_no: &str) -> Vec<RefundRecord> {
         let order = wxpay::OrderRef::OutTradeNo(OutTradeNo::new(out_trade_no).expect("valid"));
-        self.ledger.list_by_order(&order).await.expect("ledger list")
+        self.ledger
+            .list_by_order(&order)
+            .await
+            .expect("ledger list")
     }
 }
 
 /// A `POST /refunds` body.
-pub fn refund_body(out_refund_no: &str, out_trade_no: &str, total_fee: u64, refund_fee: u64) -> Value {
+pub fn refund_body(
+    out_refund_no: &str,
+    out_trade_no: &str,
+    total_fee: u64,
+    refund_fee: u64,
+) -> Value {
     json!({
         "out_refund_no": out_refund_no,
         "out_trade_no": out_trade_no,

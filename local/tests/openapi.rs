@@ -1,0 +1,374 @@
+//! `local/openapi.json` checked against the code: every documented operation is a real route of
+//! `wxrefund::http::router`, and the schemas name exactly the serde fields of the API types.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+use serde_json::Value;
+use tower::ServiceExt;
+use wxpay::notify::{NotifyError, RefundNotification};
+use wxpay::query::{RefundQueryRequest, RefundQueryResponse};
+use wxpay::refund::{RefundRequest, RefundResponse};
+use wxpay::{CallOutcome, MchId};
+use wxrefund::gateway::WeChat;
+use wxrefund::http::{CreateRefund, OrderRefunds, RefundView};
+use wxrefund::ledger::embedded::EmbeddedLedger;
+use wxrefund::service::{RefundService, ServiceConfig};
+use wxrefund::state::{LastError, RefundStatus};
+
+const DOC: &str = include_str!("../openapi.json");
+
+fn doc() -> Value {
+    serde_json::from_str(DOC).expect("openapi.json is JSON")
+}
+
+/// WeChat that cannot be reached: the routes answer without it (errors are fine here).
+struct Offline;
+
+#[async_trait]
+impl WeChat for Offline {
+    fn mch_id(&self) -> MchId {
+        MchId::new("1900000109").expect("mch_id")
+    }
+    async fn refund(&self, _: &RefundRequest) -> CallOutcome<RefundResponse> {
+        CallOutcome::NotSent("offline".into())
+    }
+    async fn query(&self, _: &RefundQueryRequest) -> CallOutcome<RefundQueryResponse> {
+        CallOutcome::NotSent("offline".into())
+    }
+    async fn decrypt_notification(&self, _: &[u8]) -> Result<RefundNotification, NotifyError> {
+        Err(NotifyError::MissingReqInfo)
+    }
+}
+
+fn router(dir: &tempfile::TempDir) -> axum::Router {
+    let ledger = EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("ledger");
+    let svc = RefundService::new(
+        Arc::new(ledger),
+        Arc::new(Offline),
+        ServiceConfig::default(),
+    );
+    wxrefund::http::router(Arc::new(svc))
+}
+
+/// Status and body of one request through the router.
+async fn send(
+    router: &axum::Router,
+    method: Method,
+    uri: &str,
+    body: &str,
+) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The router's own "no route" answers, as opposed to a handler's 404 for a missing refund.
+fn is_fallback(status: StatusCode, body: &str) -> bool {
+    status == StatusCode::METHOD_NOT_ALLOWED
+        || (status == StatusCode::NOT_FOUND && body.contains("no such route"))
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_a_route() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = router(&dir);
+    let doc = doc();
+    let paths = doc["paths"].as_object().expect("paths");
+    assert_eq!(
+        paths.keys().cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from(
+            [
+                "/refunds",
+                "/refunds/{out_refund_no}",
+                "/orders/{out_trade_no}/refunds",
+                "/wxpay/refund-notify",
+            ]
+            .map(String::from)
+        )
+    );
+    let mut checked = 0;
+    for (path, ops) in paths {
+        let uri = path
+            .replace("{out_refund_no}", "R-openapi-1")
+            .replace("{out_trade_no}", "order-openapi-1");
+        for (method, op) in ops.as_object().expect("operations") {
+            let m: Method = method.to_uppercase().parse().expect("method");
+            let (status, body) = send(&router, m.clone(), &uri, "{}").await;
+            assert!(
+                !is_fallback(status, &body),
+                "{method} {path} is not a route: {status} {body}"
+            );
+            let documented: BTreeSet<u16> = op["responses"]
+                .as_object()
+                .expect("responses")
+                .keys()
+                .map(|k| k.parse().expect("numeric status"))
+                .collect();
+            assert!(
+                documented.contains(&status.as_u16()),
+                "{method} {path} answered {status}, which is not documented ({documented:?}): {body}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 4);
+    // The check above can tell a missing route from a real one.
+    let (s, b) = send(&router, Method::GET, "/no-such-path", "").await;
+    assert!(is_fallback(s, &b));
+    let (s, b) = send(&router, Method::DELETE, "/refunds", "").await;
+    assert!(is_fallback(s, &b));
+}
+
+#[tokio::test]
+async fn documented_statuses_of_post_refunds_are_reachable_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = router(&dir);
+    let ok =
+        r#"{"out_refund_no":"R-oa-2","out_trade_no":"order-oa-2","total_fee":100,"refund_fee":10}"#;
+    let (s, body) = send(&router, Method::POST, "/refunds", ok).await;
+    // WeChat is offline: recorded and left to the poller, still 202.
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let view: RefundView = serde_json::from_str(&body).expect("a RefundView");
+    assert_eq!(view.status, RefundStatus::RetryWait);
+    let reused =
+        r#"{"out_refund_no":"R-oa-2","out_trade_no":"order-oa-2","total_fee":100,"refund_fee":11}"#;
+    let (s, body) = send(&router, Method::POST, "/refunds", reused).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    let over =
+        r#"{"out_refund_no":"R-oa-3","out_trade_no":"order-oa-2","total_fee":100,"refund_fee":95}"#;
+    let (s, body) = send(&router, Method::POST, "/refunds", over).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let big = format!(r#"{{"refund_desc":"{}"}}"#, "x".repeat(20_000));
+    let (s, body) = send(&router, Method::POST, "/refunds", &big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (s, body) = send(&router, Method::GET, "/refunds/R-oa-404", "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    let (s, body) = send(&router, Method::GET, "/orders/order-oa-2/refunds", "").await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY, "{body}");
+
+    // Every error code seen is in the Error schema's enum, and the body has exactly its fields.
+    let doc = doc();
+    let codes: BTreeSet<String> =
+        doc["components"]["schemas"]["Error"]["properties"]["error"]["enum"]
+            .as_array()
+            .expect("error enum")
+            .iter()
+            .map(|v| v.as_str().expect("string").to_owned())
+            .collect();
+    for (m, uri, b) in [
+        (Method::POST, "/refunds", reused),
+        (Method::POST, "/refunds", over),
+        (Method::POST, "/refunds", "{"),
+        (Method::GET, "/refunds/R-oa-404", ""),
+        (Method::GET, "/refunds/R-oa-2?x=1", ""),
+        (Method::GET, "/orders/order-oa-2/refunds", ""),
+        (Method::GET, "/nope", ""),
+    ] {
+        let (_, body) = send(&router, m, uri, b).await;
+        let v: Value = serde_json::from_str(&body).expect("error JSON");
+        assert_eq!(keys(&v), set(&["error", "message"]), "{body}");
+        let code = v["error"].as_str().expect("code");
+        assert!(codes.contains(code), "error code {code} is not documented");
+    }
+}
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().expect("object").keys().cloned().collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn schema(name: &str) -> Value {
+    doc()["components"]["schemas"][name].clone()
+}
+
+fn properties(name: &str) -> BTreeSet<String> {
+    keys(&schema(name)["properties"])
+}
+
+fn names(v: &Value) -> BTreeSet<String> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|s| s.as_str().expect("string").to_owned())
+        .collect()
+}
+
+/// The field names serde's derive knows for `T` (it hands them to `deserialize_struct`).
+fn serde_fields<'de, T: Deserialize<'de>>() -> BTreeSet<String> {
+    struct Probe<'a>(&'a mut Vec<&'static str>);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0.extend_from_slice(fields);
+            Err(de::Error::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+    let mut fields = Vec::new();
+    let _ = T::deserialize(Probe(&mut fields));
+    assert!(!fields.is_empty(), "not a struct");
+    fields.into_iter().map(str::to_owned).collect()
+}
+
+fn sample_view(filled: bool) -> RefundView {
+    let some = |s: &str| filled.then(|| s.to_owned());
+    RefundView {
+        out_refund_no: "R-1".into(),
+        out_trade_no: some("order-1"),
+        transaction_id: some("4200000000000000000000000001"),
+        refund_id: some("50000000000000000000000000001"),
+        total_fee: 1000,
+        refund_fee: 300,
+        status: RefundStatus::Success,
+        attempts: 1,
+        last_error: filled.then(|| LastError {
+            code: "SYSTEMERROR".into(),
+            message: "x".into(),
+        }),
+        refund_recv_account: some("支付用户零钱"),
+        success_time: some("2026-01-01 12:00:00"),
+        created_at: "2026-01-01T04:00:00Z".into(),
+        updated_at: "2026-01-01T04:00:02Z".into(),
+        external: false,
+        needs_person: false,
+    }
+}
+
+#[test]
+fn refund_view_schema_matches_its_serde_fields() {
+    let full = serde_json::to_value(sample_view(true)).expect("serialize");
+    let props = properties("RefundView");
+    assert_eq!(keys(&full), props);
+    assert_eq!(serde_fields::<RefundView>(), props);
+    // Every field is always present (None is null), so all are required...
+    assert_eq!(names(&schema("RefundView")["required"]), props);
+    // ...and exactly the Option fields are nullable.
+    let empty = serde_json::to_value(sample_view(false)).expect("serialize");
+    let nulls: BTreeSet<String> = empty
+        .as_object()
+        .expect("object")
+        .iter()
+        .filter(|(_, v)| v.is_null())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let nullable: BTreeSet<String> = schema("RefundView")["properties"]
+        .as_object()
+        .expect("properties")
+        .iter()
+        .filter(|(_, p)| p["nullable"] == Value::Bool(true))
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(nulls, nullable);
+    // Types: integers, booleans and strings where serde puts them.
+    for (k, v) in full.as_object().expect("object") {
+        let p = &schema("RefundView")["properties"][k];
+        let ty = p["type"].as_str().unwrap_or("object");
+        let ok = match v {
+            Value::Number(_) => ty == "integer",
+            Value::Bool(_) => ty == "boolean",
+            Value::String(_) => ty == "string" || p["$ref"].is_string(),
+            Value::Object(_) => p["allOf"].is_array(),
+            _ => false,
+        };
+        assert!(ok, "{k}: {v} vs schema {p}");
+    }
+    let statuses = names(&schema("RefundStatus")["enum"]);
+    let wire: BTreeSet<String> = RefundStatus::ALL
+        .iter()
+        .map(|s| {
+            serde_json::to_value(s)
+                .expect("status")
+                .as_str()
+                .expect("string")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(statuses, wire);
+    let last_error = serde_json::to_value(LastError {
+        code: "c".into(),
+        message: "m".into(),
+    })
+    .expect("serialize");
+    assert_eq!(keys(&last_error), properties("LastError"));
+    assert_eq!(serde_fields::<LastError>(), properties("LastError"));
+}
+
+#[test]
+fn create_refund_and_order_refunds_schemas_match_their_serde_fields() {
+    let props = properties("CreateRefund");
+    assert_eq!(serde_fields::<CreateRefund>(), props);
+    assert_eq!(
+        schema("CreateRefund")["additionalProperties"],
+        Value::Bool(false),
+        "the API rejects unknown fields"
+    );
+    // The documented required fields make a valid request, and without any one of them it is
+    // refused (by serde, or by validation for out_trade_no, which serde sees as optional).
+    let required = names(&schema("CreateRefund")["required"]);
+    let minimal = serde_json::json!({"out_refund_no": "R-1", "out_trade_no": "order-1",
+                                     "total_fee": 100, "refund_fee": 10});
+    assert_eq!(keys(&minimal), required);
+    let valid = |v: &Value| {
+        serde_json::from_value::<CreateRefund>(v.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.validate().map_err(|e| e.message))
+    };
+    valid(&minimal).expect("required fields suffice");
+    for k in &required {
+        let mut less = minimal.clone();
+        less.as_object_mut().expect("object").remove(k);
+        assert!(valid(&less).is_err(), "{k}");
+    }
+    let accounts = names(&Value::Array(
+        schema("CreateRefund")["properties"]["refund_account"]["enum"]
+            .as_array()
+            .expect("enum")
+            .iter()
+            .filter(|v| !v.is_null())
+            .cloned()
+            .collect(),
+    ));
+    for a in &accounts {
+        assert!(a.parse::<wxpay::refund::RefundAccount>().is_ok(), "{a}");
+    }
+
+    let list = serde_json::to_value(OrderRefunds {
+        out_trade_no: "order-1".into(),
+        refunds: vec![sample_view(true)],
+    })
+    .expect("serialize");
+    assert_eq!(keys(&list), properties("OrderRefunds"));
+    assert_eq!(serde_fields::<OrderRefunds>(), properties("OrderRefunds"));
+    assert_eq!(
+        schema("OrderRefunds")["properties"]["refunds"]["items"]["$ref"],
+        "#/components/schemas/RefundView"
+    );
+}

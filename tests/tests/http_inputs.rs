@@ -1,0 +1,105 @@
+//! Every class of bad HTTP input, through the real router: a clear status and a JSON
+//! `{"error", "message"}` body, and nothing reaches the ledger or WeChat.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{Stack, refund_body};
+
+fn assert_error_body(what: &str, body: &serde_json::Value, code: &str) {
+    let obj = body
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: not an object: {body}"));
+    assert_eq!(obj.len(), 2, "{what}: exactly error and message: {body}");
+    assert_eq!(body["error"], code, "{what}: {body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_json_errors_and_touch_nothing() {
+    // GIVEN a stack with a paid order
+    let stack = Stack::new().await;
+    stack.create_order("ORDER-HTTP-1", 1000);
+    let good = refund_body("R-HTTP-1", "ORDER-HTTP-1", 1000, 10);
+
+    // malformed JSON → 400
+    let (status, body) = stack
+        .call(
+            Method::POST,
+            "/refunds",
+            Some(br#"{"out_refund_no":"R-HTTP-1","#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_body("malformed JSON", &body, "invalid_json");
+
+    // an unknown field → 400 naming it
+    let mut unknown = good.clone();
+    unknown["amount"] = 10.into();
+    let (status, body) = stack.post_refund(&unknown).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_body("unknown field", &body, "invalid_json");
+    assert!(
+        body["message"].as_str().unwrap().contains("amount"),
+        "{body}"
+    );
+
+    // a valid shape with an invalid value → 400 validation_error
+    let (status, body) = stack
+        .post_refund(&refund_body("R-HTTP-1", "ORDER-HTTP-1", 1000, 1001))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_body("refund over total", &body, "validation_error");
+
+    // a body over 16 KiB → 413
+    let mut big = good.clone();
+    big["refund_desc"] = "x".repeat(wxrefund::http::MAX_JSON_BODY + 1).into();
+    let (status, body) = stack.post_refund(&big).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_error_body("oversize body", &body, "body_too_large");
+
+    // an unknown refund → 404
+    let (status, body) = stack.get_refund("R-NOPE-1").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error_body("unknown refund", &body, "not_found");
+
+    // an unknown route → 404
+    let (status, body) = stack.call(Method::GET, "/nowhere", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error_body("unknown route", &body, "not_found");
+
+    // the wrong method → 405
+    for (method, uri) in [
+        (Method::GET, "/refunds"),
+        (Method::DELETE, "/refunds/R-HTTP-1"),
+        (Method::PUT, "/orders/ORDER-HTTP-1/refunds"),
+    ] {
+        let (status, body) = stack.call(method.clone(), uri, None).await;
+        assert_eq!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}: {body}"
+        );
+        assert_error_body(&format!("{method} {uri}"), &body, "method_not_allowed");
+    }
+
+    // an unknown query parameter → 400
+    let (status, body) = stack
+        .call(Method::GET, "/refunds/R-HTTP-1?refrsh=true", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_body("unknown query parameter", &body, "invalid_query");
+
+    // THEN none of it reached the ledger or WeChat
+    assert!(stack.maybe_record("R-HTTP-1").await.is_none());
+    assert_eq!(stack.apply_calls("R-HTTP-1"), 0);
+    assert_eq!(stack.order_books("ORDER-HTTP-1").refund_count, 0);
+
+    // AND the good request still works afterwards
+    let (status, view) = stack.post_refund(&good).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(stack.apply_calls("R-HTTP-1"), 1);
+}
