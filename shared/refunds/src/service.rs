@@ -156,6 +156,16 @@ fn to_domain(s: &wxpay::RefundStatus) -> RefundStatus {
     }
 }
 
+/// A failed call as the merchant's error (the query could not be answered).
+fn upstream<T>(outcome: CallOutcome<T>) -> ServiceError {
+    match outcome {
+        CallOutcome::Ok(_) => ServiceError::Internal("upstream() called on a success".into()),
+        CallOutcome::Rejected(e) => ServiceError::Upstream(e.to_string()),
+        CallOutcome::NotSent(r) => ServiceError::Upstream(r),
+        CallOutcome::Unknown(r) => ServiceError::Upstream(r.to_string()),
+    }
+}
+
 fn wx_error(e: &WxError) -> LastError {
     LastError {
         code: e.code.as_str().to_string(),
@@ -667,9 +677,7 @@ impl RefundService {
                     }
                 }
                 CallOutcome::Rejected(e) if e.code == ErrCode::RefundNotExist => break,
-                CallOutcome::Rejected(e) => return Err(ServiceError::Upstream(e.to_string())),
-                CallOutcome::NotSent(r) => return Err(ServiceError::Upstream(r)),
-                CallOutcome::Unknown(r) => return Err(ServiceError::Upstream(r.to_string())),
+                other => return Err(upstream(other)),
             }
         }
         let mut local = self.ledger.list_by_order(order).await?;
@@ -696,32 +704,8 @@ impl RefundService {
                     let rec = match existing {
                         Some(r) => r,
                         None => {
-                            let ext = ExternalRefund {
-                                out_refund_no: found.out_refund_no.clone(),
-                                order: order.clone(),
-                                out_trade_no: None,
-                                transaction_id: None,
-                                refund_id: Some(found.refund_id.clone()),
-                                total_fee: order_total.unwrap_or(found.refund_fee),
-                                refund_fee: found.refund_fee,
-                                status: to_domain(&found.refund_status),
-                                refund_account: found.refund_account.clone(),
-                                refund_recv_account: found.refund_recv_account.clone(),
-                                success_time: found.refund_success_time.clone(),
-                                now,
-                                next_check_at: Some(now.plus(self.cfg.min_backoff)),
-                            };
-                            match self.ledger.record_external(ext).await? {
-                                ExternalOutcome::Created(r) | ExternalOutcome::Existing(r) => {
-                                    warn!(out_refund_no = %r.out_refund_no, order = %order, "refund made outside wxrefund recorded as external");
-                                    r
-                                }
-                                ExternalOutcome::InvalidStatus(s) => {
-                                    return Err(ServiceError::Internal(format!(
-                                        "external refund with status {s}"
-                                    )));
-                                }
-                            }
+                            let ext = self.external(order, found, order_total, now);
+                            self.record_external(ext).await?
                         }
                     };
                     local.push(rec);
@@ -734,6 +718,44 @@ impl RefundService {
                 .then(a.out_refund_no.cmp(&b.out_refund_no))
         });
         Ok(local)
+    }
+
+    /// A refund WeChat reports that the ledger does not have (made in the merchant platform).
+    fn external(
+        &self,
+        order: &OrderRef,
+        found: &WxRefundRecord,
+        order_total: Option<Fen>,
+        now: UnixMillis,
+    ) -> ExternalRefund {
+        ExternalRefund {
+            out_refund_no: found.out_refund_no.clone(),
+            order: order.clone(),
+            out_trade_no: None,
+            transaction_id: None,
+            refund_id: Some(found.refund_id.clone()),
+            total_fee: order_total.unwrap_or(found.refund_fee),
+            refund_fee: found.refund_fee,
+            status: to_domain(&found.refund_status),
+            refund_account: found.refund_account.clone(),
+            refund_recv_account: found.refund_recv_account.clone(),
+            success_time: found.refund_success_time.clone(),
+            now,
+            next_check_at: Some(now.plus(self.cfg.min_backoff)),
+        }
+    }
+
+    async fn record_external(&self, ext: ExternalRefund) -> Result<RefundRecord, ServiceError> {
+        match self.ledger.record_external(ext).await? {
+            ExternalOutcome::Created(r) => {
+                warn!(out_refund_no = %r.out_refund_no, order = %r.order, "refund made outside wxrefund recorded as external");
+                Ok(r)
+            }
+            ExternalOutcome::Existing(r) => Ok(r),
+            ExternalOutcome::InvalidStatus(s) => Err(ServiceError::Internal(format!(
+                "external refund with status {s}"
+            ))),
+        }
     }
 
     // ---- notification ---------------------------------------------------------------------------
@@ -767,10 +789,7 @@ impl RefundService {
         match self.ledger.get(&n.out_refund_no).await? {
             Some(rec) if rec.status.is_final() || rec.status == RefundStatus::Submitting => Ok(rec),
             Some(rec) if rec.status == RefundStatus::Recorded => self.attempt(rec).await,
-            Some(rec) => {
-                let after = self.reconcile(rec, None).await?;
-                Ok(after)
-            }
+            Some(rec) => self.reconcile(rec, None).await,
             None => {
                 // Made outside our API (merchant platform): confirm it exists, then record it.
                 let query = RefundQueryRequest {
@@ -779,9 +798,7 @@ impl RefundService {
                 };
                 let resp = match self.wechat.query(&query).await {
                     CallOutcome::Ok(resp) => resp,
-                    CallOutcome::Rejected(e) => return Err(ServiceError::Upstream(e.to_string())),
-                    CallOutcome::NotSent(r) => return Err(ServiceError::Upstream(r)),
-                    CallOutcome::Unknown(r) => return Err(ServiceError::Upstream(r.to_string())),
+                    other => return Err(upstream(other)),
                 };
                 let found = resp
                     .refunds
@@ -790,28 +807,15 @@ impl RefundService {
                     .ok_or_else(|| {
                         ServiceError::Upstream("query does not confirm the notified refund".into())
                     })?;
-                let now = UnixMillis::now();
-                let ext = ExternalRefund {
-                    out_refund_no: n.out_refund_no.clone(),
-                    order: OrderRef::OutTradeNo(n.out_trade_no.clone()),
-                    out_trade_no: Some(n.out_trade_no.clone()),
-                    transaction_id: Some(n.transaction_id.clone()),
-                    refund_id: Some(found.refund_id.clone()),
-                    total_fee: resp.total_fee.unwrap_or(n.total_fee),
-                    refund_fee: found.refund_fee,
-                    status: to_domain(&found.refund_status),
-                    refund_account: found.refund_account.clone(),
-                    refund_recv_account: found.refund_recv_account.clone(),
-                    success_time: found.refund_success_time.clone(),
-                    now,
-                    next_check_at: Some(now.plus(self.cfg.min_backoff)),
-                };
-                match self.ledger.record_external(ext).await? {
-                    ExternalOutcome::Created(r) | ExternalOutcome::Existing(r) => Ok(r),
-                    ExternalOutcome::InvalidStatus(s) => Err(ServiceError::Internal(format!(
-                        "external refund with status {s}"
-                    ))),
-                }
+                let mut ext = self.external(
+                    &OrderRef::OutTradeNo(n.out_trade_no.clone()),
+                    found,
+                    resp.total_fee.or(Some(n.total_fee)),
+                    UnixMillis::now(),
+                );
+                ext.out_trade_no = Some(n.out_trade_no.clone());
+                ext.transaction_id = Some(n.transaction_id.clone());
+                self.record_external(ext).await
             }
         }
     }
