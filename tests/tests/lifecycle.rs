@@ -411,3 +411,31 @@ async fn concurrent_identical_requests_make_one_refund() {
         RefundStatus::Processing
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_reloaded_once_and_the_same_refund_goes_through() {
+    // GIVEN a stack still holding the merchant's old API key, while its secret already has the new
+    let stack = Stack::with_stale_key().await;
+    stack.create_order("ORDER-ROTATE-1", 800);
+
+    // WHEN a refund is asked for
+    let (status, view) = stack
+        .post_refund(&refund_body("R-ROTATE-1", "ORDER-ROTATE-1", 800, 300))
+        .await;
+
+    // THEN WeChat's signature refusal makes the gateway reload the secret and send the same
+    // request again, which WeChat accepts: one refund, never a FAILED one
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], "PROCESSING", "{view}");
+    assert!(view["last_error"].is_null(), "{view}");
+    let books = stack.order_books("ORDER-ROTATE-1");
+    assert_eq!(books.refunds.len(), 1, "exactly one refund at WeChat");
+    assert_eq!(books.refunds[0].refund_fee, 300);
+
+    // AND the new key stays in use: the next call needs no reload and succeeds at once
+    let (status, view) = stack
+        .post_refund(&refund_body("R-ROTATE-2", "ORDER-ROTATE-1", 800, 200))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], "PROCESSING", "{view}");
+}

@@ -569,32 +569,26 @@ impl RefundService {
                     break 'pages;
                 }
                 report.examined += 1;
-                let before = rec.status;
+                let attempts_before = rec.attempts;
+                let no = rec.out_refund_no.clone();
                 match self.drive(rec).await {
-                    Ok(after) if after.status.is_final() => {
-                        report.settled += 1;
-                        if after.status.needs_person() {
-                            report.needs_person += 1;
-                        }
-                    }
                     Ok(after) => {
-                        if matches!(
-                            before,
-                            RefundStatus::RetryWait
-                                | RefundStatus::Unknown
-                                | RefundStatus::Recorded
-                        ) || after.attempts > 1
-                            && after.status == RefundStatus::Processing
-                            && before != RefundStatus::Processing
-                        {
+                        if after.attempts > attempts_before {
                             report.retried += 1;
                         }
-                        report.still_pending += 1;
+                        if after.status.is_final() {
+                            report.settled += 1;
+                            if after.status.needs_person() {
+                                report.needs_person += 1;
+                            }
+                        } else {
+                            report.still_pending += 1;
+                        }
                     }
                     Err(ServiceError::InProgress(_)) => report.still_pending += 1,
                     Err(e) => {
                         report.errors += 1;
-                        error!(error = %e, "poll: refund could not be driven");
+                        error!(out_refund_no = %no, error = %e, "poll: refund could not be driven");
                     }
                 }
             }
@@ -602,6 +596,12 @@ impl RefundService {
                 Some(next) => cursor = Some(next),
                 None => break,
             }
+        }
+        // An idle poll (every minute on Lambda, every few seconds locally) is not news.
+        let level_info = report.examined > 0 || report.errors > 0;
+        if !level_info {
+            tracing::debug!(pages = report.pages, "poll finished: nothing due");
+            return Ok(report);
         }
         info!(
             examined = report.examined,

@@ -67,20 +67,26 @@ impl Drop for Stack {
 impl Stack {
     /// The default stack: DynamoDB ledger on moto, router driven in-process.
     pub async fn new() -> Stack {
-        Stack::build(LedgerKind::Dynamo, false).await
+        Stack::build(LedgerKind::Dynamo, false, false).await
+    }
+
+    /// A stack whose in-memory merchant key is stale (rotated away) while the secret source already
+    /// holds the current one: the first signed call fails and the gateway must reload.
+    pub async fn with_stale_key() -> Stack {
+        Stack::build(LedgerKind::Dynamo, false, true).await
     }
 
     pub async fn with_ledger(kind: LedgerKind) -> Stack {
-        Stack::build(kind, false).await
+        Stack::build(kind, false, false).await
     }
 
     /// The router served on a loopback port, and `notify_url` pointing at its
     /// `/wxpay/refund-notify`, so the sandbox's notifications reach the service.
     pub async fn served() -> Stack {
-        Stack::build(LedgerKind::Dynamo, true).await
+        Stack::build(LedgerKind::Dynamo, true, false).await
     }
 
-    async fn build(kind: LedgerKind, serve: bool) -> Stack {
+    async fn build(kind: LedgerKind, serve: bool, stale_key: bool) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let listener = if serve {
             Some(
@@ -114,8 +120,12 @@ impl Stack {
 
         let files = sandbox.files().clone();
         let json = std::fs::read_to_string(&files.merchant_json).expect("read merchant.json");
-        let merchant =
+        let mut merchant =
             MerchantConfig::from_json(&json, SystemTime::now()).expect("merchant.json is valid");
+        if stale_key {
+            merchant.api_v2_key =
+                wxpay::ApiKey::new("0ldKeyRotatedAway000000000000000").expect("a 32-char key");
+        }
         let mut client = ClientConfig::for_base_url(sandbox.base_url());
         client.extra_root_ca_pem = Some(std::fs::read(&files.ca_pem).expect("read ca.pem"));
         client.connect_timeout = Duration::from_secs(1);
