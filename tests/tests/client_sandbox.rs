@@ -33,6 +33,9 @@ fn gateway(stack: &Stack, config: ClientConfig) -> WxPayGateway {
     .expect("gateway")
 }
 
+/// What a fault's outcome must look like.
+type Expect = fn(&CallOutcome<wxpay::refund::RefundResponse>) -> bool;
+
 fn request(order: &str, no: &str, total: u64, fee: u64) -> RefundRequest {
     RefundRequest {
         order: OrderRef::OutTradeNo(order.parse().expect("order")),
@@ -87,10 +90,7 @@ async fn the_sandbox_legacy_p12_authenticates_a_refund_and_no_certificate_is_ref
 async fn each_sandbox_fault_produces_its_outcome_class() {
     let stack = Stack::new().await;
     let gw = gateway(&stack, stack.client_config.clone());
-    let cases: Vec<(
-        FaultKind,
-        fn(&CallOutcome<wxpay::refund::RefundResponse>) -> bool,
-    )> = vec![
+    let cases: Vec<(FaultKind, Expect)> = vec![
         (
             FaultKind::SystemErrorBefore,
             |o| matches!(o, CallOutcome::Rejected(e) if e.code == ErrCode::SystemError && e.class() == RetryClass::RetrySame),
@@ -214,7 +214,7 @@ async fn a_burst_of_refunds_is_paced_under_the_client_budget() {
     }
 
     // THEN only about one second's budget went out; the rest was refused locally, never sent
-    assert!(sent >= 1 && sent <= 7, "sent {sent}");
+    assert!((1..=7).contains(&sent), "sent {sent}");
     assert_eq!(sent + paced, 20);
     let taken: u32 = (0..20)
         .map(|i| stack.apply_calls(&format!("R-PACE-{i}")))
