@@ -35,6 +35,9 @@ use wxpay::{ErrCode, FieldError, MerchantKeys, NonceStr, SignType, XmlMap};
 
 use crate::secrets::{MerchantConfig, SecretSource, SecretsError};
 
+/// Secret reloads (after a signature failure) happen at most this often.
+const MIN_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The merchant's keys and the HTTPS client built from its certificate, swapped as one on rotation.
 struct Current {
     keys: MerchantKeys,
@@ -48,7 +51,7 @@ pub struct WxPayGateway {
     client_config: ClientConfig,
     source: Option<SecretSource>,
     /// Serialises reloads so a burst of signature failures fetches the secret once.
-    reload_lock: tokio::sync::Mutex<()>,
+    reload_lock: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +77,7 @@ impl WxPayGateway {
             })),
             client_config,
             source,
-            reload_lock: tokio::sync::Mutex::new(()),
+            reload_lock: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -90,10 +93,15 @@ impl WxPayGateway {
         let Some(source) = &self.source else {
             return false;
         };
-        let _guard = self.reload_lock.lock().await;
+        let mut last = self.reload_lock.lock().await;
         if !Arc::ptr_eq(seen, &self.current()) {
             return true; // someone else reloaded meanwhile
         }
+        // The notify route is public: a forged body must not turn into a secret fetch per request.
+        if last.is_some_and(|t: std::time::Instant| t.elapsed() < MIN_RELOAD_INTERVAL) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
         let config = match source.reload().await {
             Ok(c) => c,
             Err(e) => {
@@ -135,6 +143,7 @@ impl WxPayGateway {
     ) -> CallOutcome<T> {
         let mut cur = self.current();
         let mut reloaded = false;
+        let mut earlier_unknown: Option<UnknownReason> = None;
         loop {
             let outcome = self.send(&cur, path, needs_cert, &body, parse).await;
             let signature_problem =
@@ -144,11 +153,16 @@ impl WxPayGateway {
                 ) || matches!(&outcome, CallOutcome::Unknown(UnknownReason::BadSignature));
             if signature_problem && !reloaded && self.reload(&cur).await {
                 reloaded = true;
+                if let CallOutcome::Unknown(reason) = &outcome {
+                    earlier_unknown = Some(reason.clone());
+                }
                 cur = self.current();
                 continue;
             }
-            if outcome.is_failure() {
-                cur.client.record_failure();
+            // The first try may have been taken (a success reply whose signature we could not
+            // verify): a refusal of the repeat says nothing about it, so the outcome stays unknown.
+            if let (Some(reason), CallOutcome::Rejected(_)) = (&earlier_unknown, &outcome) {
+                return CallOutcome::Unknown(reason.clone());
             }
             return outcome;
         }
@@ -169,7 +183,16 @@ impl WxPayGateway {
         };
         let sign_type: SignType = cur.keys.sign_type;
         match cur.client.post_xml(path, xml, needs_cert).await {
-            Ok(reply) => outcome::from_http(reply.status, &reply.body, &cur.keys, sign_type, parse),
+            Ok(reply) => {
+                let outcome =
+                    outcome::from_http(reply.status, &reply.body, &cur.keys, sign_type, parse);
+                // Transport failures are counted by the client itself; refusals and unusable
+                // replies that did arrive spend WeChat's failing-request budget too.
+                if outcome.is_failure() {
+                    cur.client.record_failure();
+                }
+                outcome
+            }
             Err(e) => match e {
                 TransportError::NotSent(_)
                 | TransportError::Paced(_)

@@ -43,7 +43,7 @@ pub struct ServiceConfig {
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
-            lease_ttl: Duration::from_secs(45),
+            lease_ttl: Duration::from_secs(90),
             first_check: Duration::from_secs(60),
             min_backoff: Duration::from_secs(60),
             max_backoff: Duration::from_secs(4 * 3600),
@@ -291,6 +291,22 @@ impl RefundService {
         let outcome = self.wechat.refund(&request).await;
         let now = UnixMillis::now();
         let (to, changes) = match outcome {
+            CallOutcome::Ok(resp)
+                if resp.out_refund_no != rec.out_refund_no || resp.refund_fee != rec.refund_fee =>
+            {
+                error!(out_refund_no = %rec.out_refund_no, reply_out_refund_no = %resp.out_refund_no, ours = rec.refund_fee.get(), reply_refund_fee = resp.refund_fee.get(), "acceptance does not match the request; treating the outcome as unknown");
+                (
+                    RefundStatus::Unknown,
+                    Changes {
+                        last_error: Patch::Set(LastError {
+                            code: "REPLY_MISMATCH".into(),
+                            message: "WeChat's acceptance names another refund or amount".into(),
+                        }),
+                        next_check_at: Some(now.plus(self.cfg.min_backoff)),
+                        ..Changes::default()
+                    },
+                )
+            }
             CallOutcome::Ok(resp) => {
                 info!(out_refund_no = %rec.out_refund_no, refund_id = %resp.refund_id, "refund accepted by WeChat");
                 (
@@ -306,8 +322,19 @@ impl RefundService {
                 )
             }
             CallOutcome::Rejected(e) => {
+                let definitive = matches!(e.class(), RetryClass::Final | RetryClass::FixRequest);
+                if definitive && rec.attempts > 1 {
+                    // An earlier attempt of this number may have been taken (SYSTEMERROR has been
+                    // seen on refunds that succeeded): a refusal of the repeat proves nothing about
+                    // it. Ask before releasing the amount.
+                    return self.verify_before_failing(rec, owner, e).await;
+                }
                 let status = match e.class() {
                     RetryClass::Final | RetryClass::FixRequest => RefundStatus::Failed,
+                    RetryClass::Misconfigured => {
+                        error!(out_refund_no = %rec.out_refund_no, err_code = %e.code, err_code_des = %e.description, "merchant configuration rejected by WeChat (key, certificate or account): an operator must fix it; the refund waits");
+                        RefundStatus::RetryWait
+                    }
                     RetryClass::RetrySame | RetryClass::RetryLater | RetryClass::NotFound => {
                         RefundStatus::RetryWait
                     }
@@ -350,6 +377,59 @@ impl RefundService {
                     },
                 )
             }
+        };
+        self.apply(&rec, Some(owner), to, changes, now).await
+    }
+
+    /// A definitive refusal of a repeated attempt: query the number (still holding the lease) and
+    /// fail the refund only if WeChat has never taken it.
+    async fn verify_before_failing(
+        &self,
+        rec: RefundRecord,
+        owner: &str,
+        refusal: WxError,
+    ) -> Result<RefundRecord, ServiceError> {
+        let query = RefundQueryRequest {
+            selector: QuerySelector::OutRefundNo(rec.out_refund_no.clone()),
+            offset: None,
+        };
+        let outcome = self.wechat.query(&query).await;
+        let now = UnixMillis::now();
+        let (to, last_error, delay) = match outcome {
+            CallOutcome::Ok(resp) => {
+                if let Some(found) = resp
+                    .refunds
+                    .iter()
+                    .find(|r| r.out_refund_no == rec.out_refund_no)
+                {
+                    warn!(out_refund_no = %rec.out_refund_no, err_code = %refusal.code, "repeat refused, but an earlier attempt was taken: adopting it");
+                    return self.adopt(&rec, Some(owner), found, now).await;
+                }
+                (
+                    RefundStatus::Unknown,
+                    wx_error(&refusal),
+                    self.cfg.min_backoff,
+                )
+            }
+            CallOutcome::Rejected(e) if e.code == ErrCode::RefundNotExist => {
+                warn!(out_refund_no = %rec.out_refund_no, err_code = %refusal.code, err_code_des = %refusal.description, "refund refused for good and never taken");
+                (
+                    RefundStatus::Failed,
+                    wx_error(&refusal),
+                    self.cfg.min_backoff,
+                )
+            }
+            // Cannot tell: keep the amount and find out later.
+            _ => (
+                RefundStatus::Unknown,
+                wx_error(&refusal),
+                self.cfg.min_backoff,
+            ),
+        };
+        let changes = Changes {
+            last_error: Patch::Set(last_error),
+            next_check_at: Some(now.plus(delay)),
+            ..Changes::default()
         };
         self.apply(&rec, Some(owner), to, changes, now).await
     }
@@ -401,7 +481,9 @@ impl RefundService {
 
     /// Checks of an accepted refund get sparser as it ages: half its age, within the bounds.
     fn processing_delay(&self, rec: &RefundRecord, now: UnixMillis) -> Duration {
-        (rec.created_at.age_at(now) / 2).clamp(self.cfg.min_backoff, self.cfg.max_backoff)
+        (rec.created_at.age_at(now) / 2)
+            .min(self.cfg.max_backoff)
+            .max(self.cfg.min_backoff)
     }
 
     // ---- get / reconcile ------------------------------------------------------------------------
@@ -461,6 +543,10 @@ impl RefundService {
                     Some(o) => self.submit_leased(rec, o).await,
                     None => Ok(rec),
                 },
+                RefundStatus::Unknown | RefundStatus::RetryWait if !rec.is_due(now) => {
+                    // A refresh or a notification must not skip the backoff WeChat asked for.
+                    Ok(rec)
+                }
                 RefundStatus::Unknown | RefundStatus::RetryWait => {
                     info!(out_refund_no = %rec.out_refund_no, "WeChat has no such refund; re-submitting the same number");
                     self.attempt(rec).await
@@ -508,7 +594,15 @@ impl RefundService {
     ) -> Result<RefundRecord, ServiceError> {
         let to = to_domain(&found.refund_status);
         if found.refund_fee != rec.refund_fee {
-            error!(out_refund_no = %rec.out_refund_no, ours = rec.refund_fee.get(), wechat = found.refund_fee.get(), "WeChat reports another refund_fee for this number");
+            error!(out_refund_no = %rec.out_refund_no, ours = rec.refund_fee.get(), wechat = found.refund_fee.get(), "WeChat reports another refund_fee for this number: not adopted, needs a person");
+            let e = LastError {
+                code: "AMOUNT_MISMATCH".into(),
+                message: format!(
+                    "WeChat reports refund_fee {} for this number",
+                    found.refund_fee
+                ),
+            };
+            return self.recheck_later(rec, owner, e, now).await;
         }
         let changes = Changes {
             refund_id: Some(found.refund_id.clone()),
@@ -536,7 +630,11 @@ impl RefundService {
         let (to, delay) = match rec.status {
             // An attempt we took over and could not resolve becomes an unknown outcome.
             RefundStatus::Submitting => (RefundStatus::Unknown, self.cfg.min_backoff),
-            RefundStatus::Processing => (RefundStatus::Processing, self.processing_delay(rec, now)),
+            // Checks of refunds whose fate is open get sparser with age, so an unanswerable
+            // refund does not cost a query a minute forever.
+            RefundStatus::Processing | RefundStatus::Unknown => {
+                (rec.status, self.processing_delay(rec, now))
+            }
             s => (s, self.retry_delay(rec.attempts)),
         };
         let changes = Changes {
@@ -704,7 +802,7 @@ impl RefundService {
                     let rec = match existing {
                         Some(r) => r,
                         None => {
-                            let ext = self.external(order, found, order_total, now);
+                            let ext = self.external(order, found, order_total, now)?;
                             self.record_external(ext).await?
                         }
                     };
@@ -727,14 +825,18 @@ impl RefundService {
         found: &WxRefundRecord,
         order_total: Option<Fen>,
         now: UnixMillis,
-    ) -> ExternalRefund {
-        ExternalRefund {
+    ) -> Result<ExternalRefund, ServiceError> {
+        // The order's total is fixed by the first record; a guess would freeze a wrong one.
+        let total_fee = order_total.ok_or_else(|| {
+            ServiceError::Upstream("WeChat's refund query reply lacks the order's total_fee".into())
+        })?;
+        Ok(ExternalRefund {
             out_refund_no: found.out_refund_no.clone(),
             order: order.clone(),
             out_trade_no: None,
             transaction_id: None,
             refund_id: Some(found.refund_id.clone()),
-            total_fee: order_total.unwrap_or(found.refund_fee),
+            total_fee,
             refund_fee: found.refund_fee,
             status: to_domain(&found.refund_status),
             refund_account: found.refund_account.clone(),
@@ -742,7 +844,7 @@ impl RefundService {
             success_time: found.refund_success_time.clone(),
             now,
             next_check_at: Some(now.plus(self.cfg.min_backoff)),
-        }
+        })
     }
 
     async fn record_external(&self, ext: ExternalRefund) -> Result<RefundRecord, ServiceError> {
@@ -807,14 +909,18 @@ impl RefundService {
                     .ok_or_else(|| {
                         ServiceError::Upstream("query does not confirm the notified refund".into())
                     })?;
+                // Only what the signed query says is trusted; the notification is unauthenticated.
+                let out_trade_no = resp.out_trade_no.clone().ok_or_else(|| {
+                    ServiceError::Upstream("query reply lacks out_trade_no".into())
+                })?;
                 let mut ext = self.external(
-                    &OrderRef::OutTradeNo(n.out_trade_no.clone()),
+                    &OrderRef::OutTradeNo(out_trade_no.clone()),
                     found,
-                    resp.total_fee.or(Some(n.total_fee)),
+                    resp.total_fee,
                     UnixMillis::now(),
-                );
-                ext.out_trade_no = Some(n.out_trade_no.clone());
-                ext.transaction_id = Some(n.transaction_id.clone());
+                )?;
+                ext.out_trade_no = Some(out_trade_no);
+                ext.transaction_id = resp.transaction_id.clone();
                 self.record_external(ext).await
             }
         }
@@ -852,5 +958,186 @@ mod tests {
         let mut c = cmd();
         c.refund_account = Some(RefundAccount::RechargeFunds);
         assert_ne!(c.request_hash(), base);
+    }
+
+    // ---- workflows against a scripted WeChat ---------------------------------------------------
+    //
+    // The sandbox cannot produce "an attempt taken but answered SYSTEMERROR, then the repeat
+    // refused for good", so these drive the workflows against a scripted port (the one fake: the
+    // end-to-end suite in tests/ covers everything the sandbox can do).
+
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use wxpay::errors::Stage;
+    use wxpay::notify::{NotifyError, RefundNotification};
+    use wxpay::query::RefundQueryResponse;
+    use wxpay::refund::RefundResponse;
+    use wxpay::{MchId, XmlMap};
+
+    use crate::ledger::embedded::EmbeddedLedger;
+
+    #[derive(Default)]
+    struct Scripted {
+        refunds: Mutex<VecDeque<CallOutcome<RefundResponse>>>,
+        queries: Mutex<VecDeque<CallOutcome<RefundQueryResponse>>>,
+    }
+
+    #[async_trait]
+    impl WeChat for Scripted {
+        fn mch_id(&self) -> MchId {
+            "1900000109".parse().unwrap()
+        }
+        async fn refund(&self, _: &RefundRequest) -> CallOutcome<RefundResponse> {
+            self.refunds
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted refund reply")
+        }
+        async fn query(&self, _: &RefundQueryRequest) -> CallOutcome<RefundQueryResponse> {
+            self.queries
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted query reply")
+        }
+        async fn decrypt_notification(&self, _: &[u8]) -> Result<RefundNotification, NotifyError> {
+            Err(NotifyError::MissingReqInfo)
+        }
+    }
+
+    fn refused(code: &str) -> WxError {
+        WxError {
+            stage: Stage::Result,
+            code: ErrCode::parse(code),
+            description: code.to_lowercase(),
+            return_msg: "OK".into(),
+            raw: String::new(),
+        }
+    }
+
+    fn found(status: wxpay::RefundStatus) -> RefundQueryResponse {
+        RefundQueryResponse {
+            transaction_id: None,
+            out_trade_no: Some("ORDER-1".parse().unwrap()),
+            total_fee: Some(Fen::new(100).unwrap()),
+            settlement_total_fee: None,
+            fee_type: None,
+            cash_fee: None,
+            refund_count: 1,
+            total_refund_count: None,
+            refunds: vec![WxRefundRecord {
+                out_refund_no: "R-1".parse().unwrap(),
+                refund_id: "5001".parse().unwrap(),
+                refund_channel: None,
+                refund_fee: Fen::new(10).unwrap(),
+                settlement_refund_fee: None,
+                refund_status: status,
+                refund_account: None,
+                refund_recv_account: None,
+                refund_success_time: None,
+                coupon_refund_fee: None,
+                coupons: vec![],
+            }],
+            fields: XmlMap::new(),
+        }
+    }
+
+    async fn service(wechat: Scripted) -> (RefundService, Arc<Scripted>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Arc::new(EmbeddedLedger::open(dir.path().join("l.redb")).unwrap());
+        let wechat = Arc::new(wechat);
+        let cfg = ServiceConfig {
+            min_backoff: Duration::ZERO,
+            first_check: Duration::ZERO,
+            ..ServiceConfig::default()
+        };
+        let svc = RefundService::new(ledger, Arc::clone(&wechat) as Arc<dyn WeChat>, cfg);
+        (svc, wechat, dir)
+    }
+
+    async fn first_attempt_systemerror_then_final_refusal(
+        query: CallOutcome<RefundQueryResponse>,
+    ) -> (RefundRecord, crate::state::OrderBook) {
+        // GIVEN a refund whose first attempt got SYSTEMERROR (maybe taken) and whose repeat is
+        // refused for good
+        let script = Scripted::default();
+        script.refunds.lock().unwrap().extend([
+            CallOutcome::Rejected(refused("SYSTEMERROR")),
+            CallOutcome::Rejected(refused("USER_ACCOUNT_ABNORMAL")),
+        ]);
+        script.queries.lock().unwrap().push_back(query);
+        let (svc, wechat, _dir) = service(script).await;
+        let first = match svc.submit(cmd()).await.unwrap() {
+            Submitted::New(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(first.status, RefundStatus::RetryWait);
+        // WHEN the poller re-submits the same number
+        let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+        assert_eq!((report.examined, report.retried), (1, 1));
+        assert!(
+            wechat.refunds.lock().unwrap().is_empty(),
+            "the same number was sent twice"
+        );
+        assert!(
+            wechat.queries.lock().unwrap().is_empty(),
+            "WeChat was asked before failing"
+        );
+        let rec = svc.get(&"R-1".parse().unwrap(), false).await.unwrap();
+        let book = svc.ledger().order(&cmd().order).await.unwrap().unwrap();
+        (rec, book)
+    }
+
+    #[tokio::test]
+    async fn a_final_refusal_of_a_repeat_adopts_the_earlier_attempt_when_wechat_has_it() {
+        let (rec, book) = first_attempt_systemerror_then_final_refusal(CallOutcome::Ok(found(
+            wxpay::RefundStatus::Processing,
+        )))
+        .await;
+        // THEN the refund WeChat took is adopted and its amount stays reserved
+        assert_eq!(rec.status, RefundStatus::Processing);
+        assert_eq!(rec.refund_id.as_ref().map(|r| r.as_str()), Some("5001"));
+        assert_eq!(book.reserved, Fen::new(10).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_final_refusal_of_a_repeat_fails_only_when_wechat_never_took_it() {
+        let (rec, book) = first_attempt_systemerror_then_final_refusal(CallOutcome::Rejected(
+            refused("REFUNDNOTEXIST"),
+        ))
+        .await;
+        // THEN FAILED with WeChat's reason, and the amount is released
+        assert_eq!(rec.status, RefundStatus::Failed);
+        assert_eq!(rec.last_error.unwrap().code, "USER_ACCOUNT_ABNORMAL");
+        assert_eq!(book.reserved, Fen::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_final_refusal_of_a_repeat_stays_unknown_when_the_query_fails() {
+        let (rec, book) =
+            first_attempt_systemerror_then_final_refusal(CallOutcome::NotSent("down".into())).await;
+        // THEN the amount stays reserved until WeChat can be asked
+        assert_eq!(rec.status, RefundStatus::Unknown);
+        assert_eq!(book.reserved, Fen::new(10).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_configuration_refusal_keeps_the_refund_waiting_not_failed() {
+        let script = Scripted::default();
+        script
+            .refunds
+            .lock()
+            .unwrap()
+            .push_back(CallOutcome::Rejected(refused("CERT_ERROR")));
+        let (svc, _wechat, _dir) = service(script).await;
+        let rec = match svc.submit(cmd()).await.unwrap() {
+            Submitted::New(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(rec.status, RefundStatus::RetryWait);
+        assert_eq!(rec.last_error.unwrap().code, "CERT_ERROR");
     }
 }

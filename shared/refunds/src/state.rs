@@ -288,6 +288,11 @@ impl OrderBook {
     pub fn available(&self) -> Fen {
         self.total_fee.saturating_sub(self.reserved)
     }
+
+    /// No refund reserves anything or takes a slot (all earlier ones FAILED).
+    pub fn holds_nothing(&self) -> bool {
+        self.reserved == Fen::ZERO && self.count == 0
+    }
 }
 
 #[cfg(test)]

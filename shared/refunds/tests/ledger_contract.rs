@@ -143,6 +143,7 @@ contract!(
     record_refuses_amounts_over_the_total,
     fifty_first_refund_is_refused,
     total_fee_mismatch_is_refused,
+    a_wrong_first_total_does_not_lock_an_order_whose_refunds_all_failed,
     lease_is_acquired_held_and_taken_over_after_expiry,
     stale_version_and_stale_lease_owner_cannot_write,
     final_failure_releases_the_reservation_for_a_new_refund,
@@ -347,6 +348,27 @@ async fn total_fee_mismatch_is_refused(f: &Fixture) {
         other => panic!("expected TotalFeeMismatch, got {other:?}"),
     }
     assert_eq!(l.get(&no("R2")).await.unwrap(), None);
+}
+
+async fn a_wrong_first_total_does_not_lock_an_order_whose_refunds_all_failed(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN an order first seen with a wrong total (90), whose refund WeChat refused for good
+    created(l, new_refund("R1", "ORDER-1", 90, 10, "h")).await;
+    let a = leased(l, "R1", "A", T0).await;
+    applied(l, move_to(&a, RefundStatus::Failed, T0)).await;
+    // WHEN a refund arrives with the right total (100)
+    let rec = created(l, new_refund("R2", "ORDER-1", 100, 95, "h")).await;
+    // THEN it is accepted and the order now carries the right total
+    assert_eq!(rec.total_fee, fen(100));
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.total_fee, b.reserved, b.count), (fen(100), fen(95), 1));
+    // AND once the order holds a refund, its total is fixed again
+    assert!(matches!(
+        l.record(new_refund("R3", "ORDER-1", 90, 1, "h"))
+            .await
+            .unwrap(),
+        RecordOutcome::TotalFeeMismatch { .. }
+    ));
 }
 
 async fn lease_is_acquired_held_and_taken_over_after_expiry(f: &Fixture) {

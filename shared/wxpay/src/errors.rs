@@ -23,6 +23,10 @@ pub enum RetryClass {
     FixRequest,
     /// The queried refund does not exist (REFUNDNOTEXIST).
     NotFound,
+    /// Our merchant configuration is wrong (key, certificate, appid/mch_id, permissions): no
+    /// request of ours can succeed until an operator fixes it. The refund is kept, not failed, so
+    /// it never needs a new number.
+    Misconfigured,
 }
 
 macro_rules! err_codes {
@@ -75,17 +79,17 @@ err_codes! {
     OrderNotReady = "ORDER_NOT_READY" => RetryLater,
     InvalidTransactionId = "INVALID_TRANSACTIONID" => FixRequest,
     ParamError = "PARAM_ERROR" => FixRequest,
-    AppIdNotExist = "APPID_NOT_EXIST" => FixRequest,
-    MchIdNotExist = "MCHID_NOT_EXIST" => FixRequest,
-    AppIdMchIdNotMatch = "APPID_MCHID_NOT_MATCH" => FixRequest,
+    AppIdNotExist = "APPID_NOT_EXIST" => Misconfigured,
+    MchIdNotExist = "MCHID_NOT_EXIST" => Misconfigured,
+    AppIdMchIdNotMatch = "APPID_MCHID_NOT_MATCH" => Misconfigured,
     RequirePostMethod = "REQUIRE_POST_METHOD" => FixRequest,
-    SignError = "SIGNERROR" => FixRequest,
+    SignError = "SIGNERROR" => Misconfigured,
     XmlFormatError = "XML_FORMAT_ERROR" => FixRequest,
     OrderNotExist = "ORDERNOTEXIST" => FixRequest,
     RefundFeeMismatch = "REFUND_FEE_MISMATCH" => FixRequest,
     InvalidRequest = "INVALID_REQUEST" => FixRequest,
-    NoAuth = "NOAUTH" => FixRequest,
-    CertError = "CERT_ERROR" => FixRequest,
+    NoAuth = "NOAUTH" => Misconfigured,
+    CertError = "CERT_ERROR" => Misconfigured,
     LackParams = "LACK_PARAMS" => FixRequest,
     NotUtf8 = "NOT_UTF8" => FixRequest,
     PostDataEmpty = "POST_DATA_EMPTY" => FixRequest,

@@ -154,7 +154,7 @@ mod tests {
         match check(body.as_bytes(), &keys(SignType::Md5), SignType::Md5) {
             Err(ReplyError::Rejected(e)) => {
                 assert_eq!(e.code, ErrCode::SignError);
-                assert_eq!(e.class(), RetryClass::FixRequest);
+                assert_eq!(e.class(), RetryClass::Misconfigured);
             }
             other => panic!("{other:?}"),
         }

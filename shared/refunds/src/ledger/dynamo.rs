@@ -486,17 +486,19 @@ impl Ledger for DynamoLedger {
             );
             o.set = vec![
                 format!("{okey} = if_not_exists({okey}, {v_okey})"),
-                format!("{total} = if_not_exists({total}, {v_total})"),
+                // Equal to the stored total, or replacing the total of an order holding nothing.
+                format!("{total} = {v_total}"),
                 format!("{reserved} = if_not_exists({reserved}, {v_zero}) + {v_fee}"),
                 format!("{cnt} = if_not_exists({cnt}, {v_zero}) + {v_one}"),
                 format!("{created} = if_not_exists({created}, {v_now})"),
                 format!("{updated} = {v_now}"),
             ];
             o.add = vec![format!("{nos} {v_nos}")];
-            // Create-if-absent: a missing order is created with this request's total.
+            // Create-if-absent: a missing order is created with this request's total; an order
+            // holding nothing (every refund FAILED) takes it too (see ledger::refusal).
             o.condition = format!(
-                "attribute_not_exists({pk}) OR ({total} = {v_total} AND {reserved} <= {v_maxres} \
-                 AND {cnt} < {v_max})"
+                "attribute_not_exists({pk}) OR ({reserved} = {v_zero} AND {cnt} = {v_zero}) \
+                 OR ({total} = {v_total} AND {reserved} <= {v_maxres} AND {cnt} < {v_max})"
             );
 
             let items = vec![

@@ -200,6 +200,8 @@ impl Ledger for EmbeddedLedger {
             if let Some(refused) = refusal(&book, &n) {
                 return Ok((refused, false));
             }
+            // An order holding nothing takes this request's total (see refusal()).
+            book.total_fee = n.total_fee;
             // refusal() proved the sum fits, so this cannot overflow.
             book.reserved = book
                 .reserved

@@ -315,8 +315,11 @@ fn order_ids(order: &OrderRef) -> (Option<OutTradeNo>, Option<TransactionId>) {
 
 /// Why an existing order refuses a new refund, in the order the merchant should hear it:
 /// a wrong total first (the request is wrong), then the 50 cap, then the amount.
+///
+/// An order that holds nothing (every earlier refund FAILED) takes the new request's total: the
+/// first request's total may have been the wrong one WeChat refused, and must not lock the order.
 pub(crate) fn refusal(book: &OrderBook, n: &NewRefund) -> Option<RecordOutcome> {
-    if book.total_fee != n.total_fee {
+    if book.total_fee != n.total_fee && !book.holds_nothing() {
         return Some(RecordOutcome::TotalFeeMismatch { book: book.clone() });
     }
     if book.count >= MAX_REFUNDS_PER_ORDER {
@@ -325,7 +328,7 @@ pub(crate) fn refusal(book: &OrderBook, n: &NewRefund) -> Option<RecordOutcome> 
     let fits = book
         .reserved
         .checked_add(n.refund_fee)
-        .is_some_and(|sum| sum <= book.total_fee);
+        .is_some_and(|sum| sum <= n.total_fee);
     if !fits {
         return Some(RecordOutcome::AmountExceeded { book: book.clone() });
     }
