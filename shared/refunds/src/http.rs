@@ -87,7 +87,15 @@ impl From<ServiceError> for ApiError {
         if status.is_server_error() {
             error!(error = %e, "request failed");
         }
-        ApiError::new(status, code, e.to_string())
+        // Store and internal failures are logged in full; the caller gets no infrastructure detail.
+        let message = match &e {
+            ServiceError::Ledger(_) => {
+                "the refund ledger is unavailable; retry the same request".into()
+            }
+            ServiceError::Internal(_) => "internal error; retry the same request".into(),
+            _ => e.to_string(),
+        };
+        ApiError::new(status, code, message)
     }
 }
 

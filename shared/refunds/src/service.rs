@@ -775,6 +775,12 @@ impl RefundService {
                     }
                 }
                 CallOutcome::Rejected(e) if e.code == ErrCode::RefundNotExist => break,
+                // WeChat asks for per-number queries past 20 partial refunds and may refuse deep
+                // offsets: keep the pages read; the ledger (and its poller) covers the rest.
+                CallOutcome::Rejected(e) if e.code == ErrCode::ParamError && offset > 0 => {
+                    warn!(order = %order, offset, err_code_des = %e.description, "order query paging refused; listing what was read plus the ledger");
+                    break;
+                }
                 other => return Err(upstream(other)),
             }
         }

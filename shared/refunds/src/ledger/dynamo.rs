@@ -664,7 +664,14 @@ impl Ledger for DynamoLedger {
                 }
                 let out = q.send().await.map_err(unavailable)?;
                 for item in out.items() {
-                    let rec = refund_from_item(item)?;
+                    // One unreadable item must not stop the poller for every other refund.
+                    let rec = match refund_from_item(item) {
+                        Ok(rec) => rec,
+                        Err(e) => {
+                            tracing::error!(error = %e, "pending refund skipped: unreadable item");
+                            continue;
+                        }
+                    };
                     // The index is eventually consistent: a just-finished refund may linger.
                     if !rec.status.is_final() {
                         items.push(rec);

@@ -320,11 +320,19 @@ impl Ledger for EmbeddedLedger {
                     more = true;
                     break;
                 }
-                let rec = read_refund(&refunds, no)?.ok_or_else(|| LedgerError::Corrupt {
-                    key: no.to_owned(),
-                    problem: "pending entry without its refund".into(),
-                })?;
-                items.push(rec);
+                // One unreadable entry must not stop the poller for every other refund.
+                match read_refund(&refunds, no) {
+                    Ok(Some(rec)) => items.push(rec),
+                    Ok(None) => {
+                        tracing::error!(
+                            out_refund_no = no,
+                            "pending entry without its refund skipped"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "pending refund skipped: unreadable item")
+                    }
+                }
             }
             let next = match (more, items.last()) {
                 (true, Some(last)) => Some(Cursor::new(format!(
