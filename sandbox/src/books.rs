@@ -1,7 +1,9 @@
-//! The sandbox's books: paid orders, their refunds, injected faults and the notification log, all in
-//! memory behind one mutex, plus the refund rules of protocol doc §5 that decide what a request does.
+//! The sandbox's books: paid orders, their refunds, injected faults and the notification log, in
+//! memory behind one mutex (and, when a [`Store`] is attached, saved to `books.json` after every
+//! change), plus the refund rules of protocol doc §5 that decide what a request does.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -9,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::{OffsetDateTime, UtcOffset};
 use tokio::time::Instant;
+
+use crate::persist::Store;
 
 /// WeChat reports times in Beijing time.
 pub const BEIJING: UtcOffset = match UtcOffset::from_hms(8, 0, 0) {
@@ -164,16 +168,23 @@ impl Fault {
 }
 
 /// Takes (and counts down) the first matching fault: the order's own faults win over global ones.
-fn take_fault(list: &mut Vec<Fault>, endpoint: Endpoint, phase: Phase) -> Option<FaultKind> {
+/// The flag says whether the list changed (a fault without `times` is used, not consumed).
+fn take_fault(
+    list: &mut Vec<Fault>,
+    endpoint: Endpoint,
+    phase: Phase,
+) -> Option<(FaultKind, bool)> {
     let i = list.iter().position(|f| f.matches(endpoint, phase))?;
     let kind = list[i].kind.clone();
+    let mut changed = false;
     if let Some(n) = list[i].times.as_mut() {
         *n = n.saturating_sub(1);
+        changed = true;
         if *n == 0 {
             list.remove(i);
         }
     }
-    Some(kind)
+    Some((kind, changed))
 }
 
 #[derive(Clone, Debug)]
@@ -196,6 +207,16 @@ pub struct NotifyLog {
     pub delivered: bool,
     pub gave_up: bool,
     pub last_error: Option<String>,
+    /// When the next retry is due (wall clock), so a restart resumes the schedule; internal.
+    #[serde(skip)]
+    pub next_attempt_at: Option<OffsetDateTime>,
+}
+
+impl NotifyLog {
+    /// Settled, addressed, and neither delivered nor given up: a push is (or should be) running.
+    pub fn pending(&self) -> bool {
+        self.url.is_some() && !self.delivered && !self.gave_up
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -227,7 +248,10 @@ impl Refund {
     }
 }
 
-#[derive(Debug, Default)]
+/// Change them through [`Books::update`] and the methods here: each real change bumps
+/// `generation`, which is what gets the books saved. A field written directly inside `update` must
+/// be followed by [`State::touch`].
+#[derive(Clone, Debug, Default)]
 pub struct State {
     pub orders: BTreeMap<String, Order>,
     by_txn: HashMap<String, String>,
@@ -235,6 +259,8 @@ pub struct State {
     by_refund_id: HashMap<String, String>,
     pub apply_calls: HashMap<String, u32>,
     pub faults: Vec<Fault>,
+    /// Bumped on every change; never saved (a loaded state starts at 0, like its store).
+    generation: u64,
 }
 
 /// A business error: `result_code=FAIL` with this `err_code` / `err_code_des`.
@@ -287,6 +313,70 @@ pub enum Selector {
 }
 
 impl State {
+    /// Rebuilds a state (and its indexes) from saved parts; `Err` names the first inconsistency.
+    pub fn from_parts(
+        orders: Vec<Order>,
+        refunds: Vec<Refund>,
+        apply_calls: HashMap<String, u32>,
+        faults: Vec<Fault>,
+    ) -> Result<State, String> {
+        let mut st = State {
+            apply_calls,
+            faults,
+            ..State::default()
+        };
+        for o in orders {
+            st.insert_order(o).map_err(|e| e.to_string())?;
+        }
+        for r in refunds {
+            let Some(o) = st.orders.get(&r.out_trade_no) else {
+                return Err(format!(
+                    "refund {} names order {}, which is not in the file",
+                    r.out_refund_no, r.out_trade_no
+                ));
+            };
+            if !o.refunds.contains(&r.out_refund_no) {
+                return Err(format!(
+                    "refund {} is not listed by its order {}",
+                    r.out_refund_no, r.out_trade_no
+                ));
+            }
+            if st
+                .by_refund_id
+                .insert(r.refund_id.clone(), r.out_refund_no.clone())
+                .is_some()
+            {
+                return Err(format!("refund_id {} appears twice", r.refund_id));
+            }
+            if let Some(dup) = st.refunds.insert(r.out_refund_no.clone(), r) {
+                return Err(format!("out_refund_no {} appears twice", dup.out_refund_no));
+            }
+        }
+        if let Some((o, n)) = st
+            .orders
+            .values()
+            .flat_map(|o| o.refunds.iter().map(move |n| (o, n)))
+            .find(|(_, n)| !st.refunds.contains_key(*n))
+        {
+            return Err(format!(
+                "order {} lists refund {n}, which is not in the file",
+                o.out_trade_no
+            ));
+        }
+        st.generation = 0;
+        Ok(st)
+    }
+
+    /// Marks the books changed, so that [`Books::update`] saves them.
+    pub fn touch(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Counts changes since this state was created or loaded.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn find_order(&self, key: &OrderKey) -> Option<&Order> {
         match key {
             OrderKey::TransactionId(t) => self.by_txn.get(t).and_then(|o| self.orders.get(o)),
@@ -314,6 +404,7 @@ impl State {
         self.by_txn
             .insert(order.transaction_id.clone(), order.out_trade_no.clone());
         self.orders.insert(order.out_trade_no.clone(), order);
+        self.touch();
         Ok(())
     }
 
@@ -324,12 +415,17 @@ impl State {
         endpoint: Endpoint,
         phase: Phase,
     ) -> Option<FaultKind> {
-        if let Some(o) = order.and_then(|o| self.orders.get_mut(o))
-            && let Some(k) = take_fault(&mut o.faults, endpoint, phase)
-        {
-            return Some(k);
+        let taken = match order.and_then(|o| self.orders.get_mut(o)) {
+            Some(o) => take_fault(&mut o.faults, endpoint, phase),
+            None => None,
         }
-        take_fault(&mut self.faults, endpoint, phase)
+        .or_else(|| take_fault(&mut self.faults, endpoint, phase));
+        let (kind, changed) = taken?;
+        // Only a counted-down fault is a change; an endless one is merely used (query path).
+        if changed {
+            self.touch();
+        }
+        Some(kind)
     }
 
     pub fn count_apply_call(&mut self, out_refund_no: &str) {
@@ -337,6 +433,39 @@ impl State {
             .apply_calls
             .entry(out_refund_no.to_string())
             .or_insert(0) += 1;
+        self.touch();
+    }
+
+    /// Where the settled refund's notification goes (`None`: nowhere, with the reason).
+    pub fn set_notify_target(
+        &mut self,
+        out_refund_no: &str,
+        url: Option<String>,
+        error: Option<String>,
+    ) {
+        if let Some(r) = self.refunds.get_mut(out_refund_no) {
+            r.notify.url = url;
+            r.notify.last_error = error;
+            self.touch();
+        }
+    }
+
+    /// Records one push attempt; `next_at` is when the next one is due (None: no more).
+    pub fn record_notify_attempt(
+        &mut self,
+        out_refund_no: &str,
+        result: Result<(), String>,
+        next_at: Option<OffsetDateTime>,
+    ) {
+        if let Some(r) = self.refunds.get_mut(out_refund_no) {
+            let delivered = result.is_ok();
+            r.notify.attempts = r.notify.attempts.saturating_add(1);
+            r.notify.delivered |= delivered;
+            r.notify.last_error = result.err();
+            r.notify.gave_up = !delivered && next_at.is_none();
+            r.notify.next_attempt_at = if delivered { None } else { next_at };
+            self.touch();
+        }
     }
 
     /// Sum of refunds that still hold money (a REFUNDCLOSE releases its amount).
@@ -432,6 +561,7 @@ impl State {
         if let Some(o) = self.orders.get_mut(&order_name) {
             o.refunds.push(refund.out_refund_no.clone());
         }
+        self.touch();
         Ok(Accepted {
             order,
             refund,
@@ -492,6 +622,9 @@ impl State {
                 r.success_time = Some(wall);
             }
             settled.push(r.out_refund_no.clone());
+        }
+        if !settled.is_empty() {
+            self.touch();
         }
         settled.sort();
         settled
@@ -640,12 +773,62 @@ pub struct OrderView {
 #[derive(Clone, Debug, Default)]
 pub struct Books {
     inner: Arc<Mutex<State>>,
+    /// Where changes are saved; None keeps the books in memory only.
+    store: Option<Arc<Store>>,
+}
+
+/// Read access to the books (changes go through [`Books::update`], which saves them).
+pub struct BooksRead<'a>(MutexGuard<'a, State>);
+
+impl Deref for BooksRead<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
 }
 
 impl Books {
-    /// The state; a poisoned lock is recovered (the sandbox must keep answering).
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    /// Books starting from `state` (e.g. loaded from `store`), saved to `store` after each change.
+    pub fn new(state: State, store: Option<Arc<Store>>) -> Books {
+        Books {
+            inner: Arc::new(Mutex::new(state)),
+            store,
+        }
+    }
+
+    /// A poisoned lock is recovered (the sandbox must keep answering).
+    fn raw(&self) -> MutexGuard<'_, State> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state, read-only.
+    pub fn read(&self) -> BooksRead<'_> {
+        BooksRead(self.raw())
+    }
+
+    /// The same as [`Books::read`]: the name callers used before changes had to be saved.
+    pub fn lock(&self) -> BooksRead<'_> {
+        self.read()
+    }
+
+    /// Runs `f` on the state under the lock. If it changed the books (see [`State::touch`]) and a
+    /// store is attached, a snapshot containing the change is on disk when this returns, so a
+    /// reply sent afterwards never reports something a kill could take back.
+    pub fn update<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        let (result, before, after) = {
+            let mut st = self.raw();
+            let before = st.generation;
+            let result = f(&mut st);
+            (result, before, st.generation)
+        };
+        if after != before
+            && let Some(store) = &self.store
+        {
+            // Outside the books lock: requests keep being served while the file is written, and
+            // whoever writes next saves every change made meanwhile (group commit).
+            store.commit(after, || self.raw().clone());
+        }
+        result
     }
 
     pub fn create_order(&self, new: NewOrder) -> Result<OrderView, AdminError> {
@@ -682,29 +865,29 @@ impl Books {
             faults: new.faults,
             refunds: Vec::new(),
         };
-        let mut st = self.lock();
-        st.insert_order(order)?;
-        let found = view(&st, &new.out_trade_no);
-        found.ok_or(AdminError::NotFound(new.out_trade_no))
+        self.update(|st| {
+            st.insert_order(order)?;
+            view(st, &new.out_trade_no).ok_or(AdminError::NotFound(new.out_trade_no))
+        })
     }
 
     pub fn order(&self, out_trade_no: &str) -> Option<OrderView> {
-        view(&self.lock(), out_trade_no)
+        view(&self.read(), out_trade_no)
     }
 
     pub fn orders(&self) -> Vec<OrderView> {
-        let st = self.lock();
+        let st = self.read();
         st.orders.keys().filter_map(|k| view(&st, k)).collect()
     }
 
     pub fn refund(&self, out_refund_no: &str) -> Option<RefundView> {
-        let st = self.lock();
+        let st = self.read();
         st.refunds.get(out_refund_no).map(|r| refund_view(&st, r))
     }
 
     /// How many apply requests carried this out_refund_no (0 if none).
     pub fn apply_calls(&self, out_refund_no: &str) -> u32 {
-        self.lock()
+        self.read()
             .apply_calls
             .get(out_refund_no)
             .copied()
@@ -713,35 +896,44 @@ impl Books {
 
     /// Adds a fault to an order (`Some`) or globally (`None`).
     pub fn add_fault(&self, order: Option<&str>, fault: Fault) -> Result<(), AdminError> {
-        let mut st = self.lock();
-        match order {
-            Some(o) => st
-                .orders
-                .get_mut(o)
-                .ok_or_else(|| AdminError::NotFound(format!("no order {o}")))?
-                .faults
-                .push(fault),
-            None => st.faults.push(fault),
-        }
-        Ok(())
+        self.update(|st| {
+            match order {
+                Some(o) => st
+                    .orders
+                    .get_mut(o)
+                    .ok_or_else(|| AdminError::NotFound(format!("no order {o}")))?
+                    .faults
+                    .push(fault),
+                None => st.faults.push(fault),
+            }
+            st.touch();
+            Ok(())
+        })
     }
 
     pub fn clear_faults(&self, order: Option<&str>) -> Result<(), AdminError> {
-        let mut st = self.lock();
-        match order {
-            Some(o) => st
-                .orders
-                .get_mut(o)
-                .ok_or_else(|| AdminError::NotFound(format!("no order {o}")))?
-                .faults
-                .clear(),
-            None => st.faults.clear(),
-        }
-        Ok(())
+        self.update(|st| {
+            let list = match order {
+                Some(o) => {
+                    &mut st
+                        .orders
+                        .get_mut(o)
+                        .ok_or_else(|| AdminError::NotFound(format!("no order {o}")))?
+                        .faults
+                }
+                None => &mut st.faults,
+            };
+            // Clearing an empty list changes nothing and need not be saved.
+            if !list.is_empty() {
+                list.clear();
+                st.touch();
+            }
+            Ok(())
+        })
     }
 
     pub fn global_faults(&self) -> Vec<Fault> {
-        self.lock().faults.clone()
+        self.read().faults.clone()
     }
 }
 

@@ -44,6 +44,8 @@ pub struct StateFiles {
     pub client_key_pem: PathBuf,
     /// The secret JSON of DESIGN.md ("Secrets and the merchant identity").
     pub merchant_json: PathBuf,
+    /// The books (orders, refunds, faults, notification state), when persistence is on.
+    pub books_json: PathBuf,
 }
 
 impl StateFiles {
@@ -56,6 +58,7 @@ impl StateFiles {
             client_cert_pem: dir.join("apiclient_cert.pem"),
             client_key_pem: dir.join("apiclient_key.pem"),
             merchant_json: dir.join("merchant.json"),
+            books_json: dir.join(crate::persist::BOOKS_FILE),
         }
     }
 }

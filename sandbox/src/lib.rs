@@ -1,12 +1,14 @@
 //! `wxpay-sandbox`: a local stand-in for api.mch.weixin.qq.com (refund apply and query), built from
 //! the protocol doc: mutual TLS on `/secapi/`, signatures, refund rules, query paging, settling
-//! with encrypted notifications, rate limits, fault injection and an admin API. See README.md.
+//! with encrypted notifications, rate limits, fault injection and an admin API. Its books are saved
+//! in the state dir (`books.json`) after every change and reloaded on start. See README.md.
 
 pub mod admin;
 pub mod books;
 pub mod certs;
 pub mod notify;
 pub mod p12;
+pub mod persist;
 pub mod protocol;
 pub mod server;
 pub mod tls;
@@ -26,6 +28,7 @@ use wxpay::ApiKey;
 pub use books::{Books, Fault, FaultKind, FaultTarget, NewOrder, OrderView, Outcome, RefundView};
 pub use certs::{MerchantJson, StateFiles};
 pub use notify::{decrypt_req_info, encrypt_req_info};
+pub use persist::{BOOKS_FILE, PersistError};
 
 pub const DEFAULT_MCH_ID: &str = "1900000109";
 pub const DEFAULT_APPID: &str = "wx2421b1c4370ec43b";
@@ -52,6 +55,12 @@ pub struct SandboxConfig {
     pub failure_qps: u32,
     /// Per-attempt timeout of a notification push.
     pub notify_timeout: Duration,
+    /// Save the books to `state_dir/books.json` after every change and load them on start, so a
+    /// killed sandbox forgets nothing (like WeChat). False: in memory only; the file is neither
+    /// read nor written.
+    pub persist: bool,
+    /// Discard a saved `books.json` on start (with `persist`) instead of loading it.
+    pub fresh: bool,
 }
 
 impl Default for SandboxConfig {
@@ -68,6 +77,8 @@ impl Default for SandboxConfig {
             apply_qps: 150,
             failure_qps: 6,
             notify_timeout: Duration::from_secs(5),
+            persist: true,
+            fresh: false,
         }
     }
 }
@@ -88,6 +99,8 @@ pub enum SandboxError {
     },
     #[error("notification HTTP client: {0}")]
     Client(String),
+    #[error(transparent)]
+    Books(#[from] persist::PersistError),
 }
 
 pub struct Sandbox;
@@ -115,6 +128,35 @@ impl Sandbox {
         .map_err(|e| SandboxError::Config(format!("certificate task: {e}")))??;
         let tls = tls::server_config(&pki)?;
 
+        // Before binding: a start that cannot have its books must not answer anybody.
+        let books = if config.persist {
+            let store = Arc::new(persist::Store::new(&config.state_dir));
+            let state = tokio::task::spawn_blocking({
+                let store = store.clone();
+                let fresh = config.fresh;
+                move || {
+                    if fresh {
+                        store.discard().map(|()| None)
+                    } else {
+                        store.load()
+                    }
+                }
+            })
+            .await
+            .map_err(|e| SandboxError::Config(format!("books task: {e}")))??;
+            if let Some(st) = &state {
+                tracing::info!(
+                    path = %store.path().display(),
+                    orders = st.orders.len(),
+                    refunds = st.refunds.len(),
+                    "wxpay-sandbox books loaded"
+                );
+            }
+            Books::new(state.unwrap_or_default(), Some(store))
+        } else {
+            Books::default()
+        };
+
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| SandboxError::Bind {
@@ -131,7 +173,6 @@ impl Sandbox {
             .map_err(|e| SandboxError::Client(e.to_string()))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let qps = |n: u32| Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
-        let books = Books::default();
         let app = Arc::new(server::App {
             books: books.clone(),
             merchant: pki.merchant.clone(),
@@ -147,6 +188,11 @@ impl Sandbox {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let server = tokio::spawn(server::serve(listener, acceptor, app.clone()));
         let settler = tokio::spawn(server::settle_loop(app.clone()));
+        // Loaded PROCESSING refunds settle through the loop above; pending pushes restart here.
+        let resumed = server::resume_pushes(&app);
+        if resumed > 0 {
+            tracing::info!(resumed, "wxpay-sandbox notification pushes resumed");
+        }
         tracing::info!(%addr, "wxpay-sandbox listening");
         Ok(RunningSandbox {
             addr,

@@ -16,7 +16,7 @@ struct Args {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
-    /// Where ca.pem, apiclient_cert.{p12,pem}, apiclient_key.pem and merchant.json are written.
+    /// Where ca.pem, apiclient_cert.{p12,pem}, apiclient_key.pem, merchant.json and books.json live.
     #[arg(long, default_value = "./wxpay-sandbox-state")]
     state_dir: PathBuf,
     #[arg(long, default_value = wxpay_sandbox::DEFAULT_MCH_ID)]
@@ -41,6 +41,12 @@ struct Args {
     /// Failing requests per second before FREQUENCY_LIMITED.
     #[arg(long, default_value_t = 6)]
     failure_qps: u32,
+    /// Discard the saved books (STATE_DIR/books.json) and start empty.
+    #[arg(long)]
+    fresh: bool,
+    /// Keep the books in memory only (books.json is neither read nor written).
+    #[arg(long, conflicts_with = "fresh")]
+    no_persist: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -81,6 +87,8 @@ async fn main() -> std::process::ExitCode {
         notify_url: args.notify_url,
         apply_qps: args.apply_qps,
         failure_qps: args.failure_qps,
+        persist: !args.no_persist,
+        fresh: args.fresh,
         ..SandboxConfig::default()
     };
     let sandbox = match Sandbox::start(config).await {
@@ -93,7 +101,7 @@ async fn main() -> std::process::ExitCode {
     println!("{}", sandbox.base_url());
     let f = sandbox.files();
     eprintln!(
-        "wxpay-sandbox: mch_id {} appid {}; files in {} (ca.pem, apiclient_cert.p12 [password = mch_id], apiclient_cert.pem, apiclient_key.pem, merchant.json); admin API at {}/sandbox/",
+        "wxpay-sandbox: mch_id {} appid {}; files in {} (ca.pem, apiclient_cert.p12 [password = mch_id], apiclient_cert.pem, apiclient_key.pem, merchant.json, books.json); admin API at {}/sandbox/",
         sandbox.merchant().mch_id,
         sandbox.merchant().appid,
         f.dir.display(),

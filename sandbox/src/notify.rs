@@ -88,35 +88,48 @@ pub struct Push {
     pub body: String,
     pub retry_factor: f64,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Attempts already made (by an earlier run of the sandbox); 0 for a fresh push.
+    pub attempts_done: u32,
+    /// How long to wait before the first attempt here (a resumed retry not yet due).
+    pub first_wait: Duration,
 }
 
-/// Delivers one notification: first attempt now, then the retry schedule, until a SUCCESS reply.
+/// Delivers one notification: first attempt after `first_wait` (normally now), then the rest of
+/// the retry schedule, until a SUCCESS reply. Each attempt is saved in the books.
 pub async fn deliver(mut p: Push) {
-    let mut delays = RETRY_SCHEDULE.iter();
+    let factor = if p.retry_factor.is_finite() && p.retry_factor > 0.0 {
+        p.retry_factor
+    } else {
+        1.0
+    };
+    // After n failed attempts the next failure waits RETRY_SCHEDULE[n].
+    let mut delays = RETRY_SCHEDULE
+        .iter()
+        .skip(usize::try_from(p.attempts_done).unwrap_or(usize::MAX));
+    let mut wait = p.first_wait;
     loop {
-        let result = attempt(&p.client, &p.url, &p.body).await;
-        let delivered = result.is_ok();
-        let next = if delivered { None } else { delays.next() };
-        {
-            let mut st = p.books.lock();
-            if let Some(r) = st.refunds.get_mut(&p.out_refund_no) {
-                r.notify.attempts += 1;
-                r.notify.delivered |= delivered;
-                r.notify.last_error = result.err();
-                r.notify.gave_up = !delivered && next.is_none();
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = p.shutdown.changed() => return,
             }
         }
-        let Some(delay) = next else { return };
-        let factor = if p.retry_factor.is_finite() && p.retry_factor > 0.0 {
-            p.retry_factor
+        let result = attempt(&p.client, &p.url, &p.body).await;
+        let next = if result.is_ok() {
+            None
         } else {
-            1.0
+            delays.next().map(|d| d.div_f64(factor))
         };
-        let wait = delay.div_f64(factor);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = p.shutdown.changed() => return,
-        }
+        let next_at = next.map(|d| {
+            let now = time::OffsetDateTime::now_utc();
+            now.checked_add(time::Duration::try_from(d).unwrap_or(time::Duration::ZERO))
+                .unwrap_or(now)
+        });
+        let no = p.out_refund_no.clone();
+        p.books
+            .update(|st| st.record_notify_attempt(&no, result, next_at));
+        let Some(d) = next else { return };
+        wait = d;
     }
 }
 

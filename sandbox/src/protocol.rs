@@ -335,7 +335,7 @@ async fn apply_inner(
         return return_fail("缺少参数out_trade_no");
     }
     if let Some(n) = map.non_empty("out_refund_no") {
-        app.books.lock().count_apply_call(n);
+        app.books.update(|st| st.count_apply_call(n));
     }
     if app.apply_limiter.check().is_err() {
         return biz_fail(
@@ -349,13 +349,12 @@ async fn apply_inner(
         Err(e) => return biz_fail(app, s, &e),
     };
 
-    let (order_name, latency, before) = {
-        let mut st = app.books.lock();
+    let (order_name, latency, before) = app.books.update(|st| {
         let name = st.find_order(&req.order).map(|o| o.out_trade_no.clone());
         let latency = st.take_fault(name.as_deref(), Endpoint::Apply, Phase::Latency);
         let before = st.take_fault(name.as_deref(), Endpoint::Apply, Phase::Before);
         (name, latency, before)
-    };
+    });
     if let Some(FaultKind::Latency { ms }) = latency {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
@@ -391,8 +390,9 @@ async fn apply_inner(
 
     let now = time::OffsetDateTime::now_utc();
     let settle_at = tokio::time::Instant::now() + app.settle_after;
-    let (result, after) = {
-        let mut st = app.books.lock();
+    // `update` returns only once a taken refund is saved: the reply below may not promise more
+    // than a restarted sandbox would remember.
+    let (result, after) = app.books.update(|st| {
         let result = st.apply(&req, now, settle_at);
         // "After" faults need a taken (or idempotently re-found) refund to be meaningful.
         let after = if result.is_ok() {
@@ -401,7 +401,7 @@ async fn apply_inner(
             None
         };
         (result, after)
-    };
+    });
     let accepted = match result {
         Ok(a) => a,
         Err(e) if e.code == "ORDERNOTEXIST" => return unsigned_biz_fail(&e),
@@ -492,8 +492,7 @@ async fn query_inner(
         },
     };
 
-    let (latency, before) = {
-        let mut st = app.books.lock();
+    let (latency, before) = app.books.update(|st| {
         let name = match &selector {
             Selector::TransactionId(t) => st
                 .find_order(&OrderKey::TransactionId(t.clone()))
@@ -506,7 +505,7 @@ async fn query_inner(
             st.take_fault(name.as_deref(), Endpoint::Query, Phase::Latency),
             st.take_fault(name.as_deref(), Endpoint::Query, Phase::Before),
         )
-    };
+    });
     if let Some(FaultKind::Latency { ms }) = latency {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
@@ -523,7 +522,7 @@ async fn query_inner(
         None => {}
     }
 
-    let (order, records) = match app.books.lock().query(&selector) {
+    let (order, records) = match app.books.read().query(&selector) {
         Ok(v) => v,
         Err(e) => return biz_fail(app, s, &e),
     };

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use wxpay::ApiKey;
 
 use crate::admin;
-use crate::books::{Books, Endpoint};
+use crate::books::{Books, Endpoint, RefundStatus, State};
 use crate::certs::MerchantJson;
 use crate::notify;
 use crate::protocol::{self, Reply};
@@ -157,46 +157,89 @@ async fn render(reply: Reply, app: &App) -> Result<Response<Full<Bytes>>, Droppe
     }
 }
 
-/// Settles due refunds and starts their notification pushes.
+/// Settles due refunds and starts their notification pushes (after the settled state is saved,
+/// so a notification never announces what a restart would undo).
 pub fn settle(app: &Arc<App>, force: bool) -> Vec<String> {
-    let pushes = {
-        let mut st = app.books.lock();
+    let (settled, pushes) = app.books.update(|st| {
         let settled = st.settle(
             tokio::time::Instant::now(),
             time::OffsetDateTime::now_utc(),
             force,
         );
-        let mut pushes = Vec::new();
-        for no in &settled {
-            let Some((url, fields)) = st.notification(no, app.default_notify_url.as_deref()) else {
-                continue;
-            };
-            let body = build_notification(app, &fields);
-            let Some(r) = st.refunds.get_mut(no) else {
-                continue;
-            };
-            r.notify.url = url.clone();
-            match (url, body) {
-                (Some(url), Ok(body)) => pushes.push((no.clone(), url, body)),
-                (None, _) => r.notify.last_error = Some("no notify_url".into()),
-                (_, Err(e)) => r.notify.last_error = Some(e),
-            }
-        }
+        let pushes: Vec<_> = settled
+            .iter()
+            .filter_map(|no| prepare_push(app, st, no))
+            .collect();
         (settled, pushes)
-    };
-    let (settled, pushes) = pushes;
+    });
     for (no, url, body) in pushes {
-        tokio::spawn(notify::deliver(notify::Push {
-            books: app.books.clone(),
-            client: app.notify_client.clone(),
-            out_refund_no: no,
-            url,
-            body,
-            retry_factor: app.notify_retry_factor,
-            shutdown: app.shutdown.clone(),
-        }));
+        spawn_push(app, no, url, body, 0, Duration::ZERO);
     }
     settled
+}
+
+/// Builds a settled refund's notification and records where it goes; None when it goes nowhere.
+fn prepare_push(app: &App, st: &mut State, no: &str) -> Option<(String, String, String)> {
+    let (url, fields) = st.notification(no, app.default_notify_url.as_deref())?;
+    match (url, build_notification(app, &fields)) {
+        (Some(url), Ok(body)) => {
+            st.set_notify_target(no, Some(url.clone()), None);
+            Some((no.to_string(), url, body))
+        }
+        (None, _) => {
+            st.set_notify_target(no, None, Some("no notify_url".into()));
+            None
+        }
+        (Some(url), Err(e)) => {
+            st.set_notify_target(no, Some(url), Some(e));
+            None
+        }
+    }
+}
+
+fn spawn_push(app: &App, no: String, url: String, body: String, done: u32, wait: Duration) {
+    tokio::spawn(notify::deliver(notify::Push {
+        books: app.books.clone(),
+        client: app.notify_client.clone(),
+        out_refund_no: no,
+        url,
+        body,
+        retry_factor: app.notify_retry_factor,
+        shutdown: app.shutdown.clone(),
+        attempts_done: done,
+        first_wait: wait,
+    }));
+}
+
+/// After a restart: restarts the pushes of loaded refunds that were settled but neither delivered
+/// nor given up, continuing their retry schedule where it stood (an attempt that was due while the
+/// sandbox was down goes out now). The body is rebuilt, with a fresh nonce, as a retry would be.
+pub fn resume_pushes(app: &Arc<App>) -> usize {
+    let wall = time::OffsetDateTime::now_utc();
+    let mut pending: Vec<_> = {
+        let st = app.books.read();
+        st.refunds
+            .values()
+            .filter(|r| r.status != RefundStatus::Processing && r.notify.pending())
+            .filter_map(|r| {
+                let (url, fields) =
+                    st.notification(&r.out_refund_no, app.default_notify_url.as_deref())?;
+                let body = build_notification(app, &fields).ok()?;
+                let wait = r
+                    .notify
+                    .next_attempt_at
+                    .and_then(|t| Duration::try_from(t - wall).ok())
+                    .unwrap_or(Duration::ZERO);
+                Some((r.out_refund_no.clone(), url?, body, r.notify.attempts, wait))
+            })
+            .collect()
+    };
+    pending.sort_by(|a, b| a.0.cmp(&b.0));
+    let resumed = pending.len();
+    for (no, url, body, done, wait) in pending {
+        spawn_push(app, no, url, body, done, wait);
+    }
+    resumed
 }
 
 fn build_notification(app: &App, fields: &[(String, String)]) -> Result<String, String> {

@@ -7,5 +7,6 @@ mod common;
 mod faults;
 mod files_tls;
 mod notify;
+mod persistence;
 mod query;
 mod rate_limits;
