@@ -24,6 +24,11 @@ pub const BEIJING: UtcOffset = match UtcOffset::from_hms(8, 0, 0) {
 pub const MAX_REFUNDS_PER_ORDER: usize = 50;
 /// The refund window (doc §5.1; v3 defines it as payment + 365 days).
 pub const REFUND_WINDOW_DAYS: i64 = 365;
+/// At most this many coupons per order: enough for any test, and it keeps replies far below the
+/// client parser's plausibility limits (50 per query record, 100 per apply reply).
+pub const MAX_COUPONS_PER_ORDER: usize = 20;
+/// `coupon_refund_id` is String(20) (doc §3.2).
+const MAX_COUPON_ID_LEN: usize = 20;
 
 /// `yyyy-MM-dd HH:mm:ss` in Beijing time.
 pub fn wechat_time(t: OffsetDateTime) -> String {
@@ -78,6 +83,146 @@ impl RefundStatus {
             RefundStatus::Refundclose => "REFUNDCLOSE",
         }
     }
+}
+
+/// `coupon_type` (doc §3.2). A `CASH` (recharge) coupon is funded by money the merchant loaded in
+/// advance; a `NO_CASH` (non-recharge) one is not, so WeChat leaves it out of the settlement
+/// amounts (`settlement_total_fee`, `settlement_refund_fee`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CouponType {
+    #[serde(rename = "CASH")]
+    Cash,
+    #[serde(rename = "NO_CASH")]
+    NoCash,
+}
+
+impl CouponType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CouponType::Cash => "CASH",
+            CouponType::NoCash => "NO_CASH",
+        }
+    }
+}
+
+/// A coupon that paid part of an order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coupon {
+    /// Also the `coupon_refund_id` of every refund of it: WeChat's 退款代金券ID names the coupon.
+    pub coupon_id: String,
+    pub coupon_type: CouponType,
+    pub fee: u64,
+}
+
+/// A coupon in `POST /sandbox/orders`; without `coupon_id` one is generated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCoupon {
+    #[serde(default)]
+    pub coupon_id: Option<String>,
+    pub coupon_type: CouponType,
+    pub fee: u64,
+}
+
+/// What one refund gave back of one coupon (`coupon_*_$n`, `coupon_*_$n_$m`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CouponRefund {
+    /// The coupon's `coupon_id`.
+    pub coupon_refund_id: String,
+    pub coupon_type: CouponType,
+    pub coupon_refund_fee: u64,
+}
+
+/// Sums fen, None on overflow.
+fn sum_fen(values: impl IntoIterator<Item = u64>) -> Option<u64> {
+    values.into_iter().try_fold(0u64, u64::checked_add)
+}
+
+/// Checks an order's coupons: ids of 1–20 letters, digits, `-` or `_` (they go into signed XML),
+/// unique, each worth something, at most [`MAX_COUPONS_PER_ORDER`], and together less than
+/// `total_fee` (WeChat always takes some cash). Used for new orders and for loaded books.
+pub fn check_coupons(coupons: &[Coupon], total_fee: u64) -> Result<(), String> {
+    if coupons.len() > MAX_COUPONS_PER_ORDER {
+        return Err(format!(
+            "at most {MAX_COUPONS_PER_ORDER} coupons per order, got {}",
+            coupons.len()
+        ));
+    }
+    for (i, c) in coupons.iter().enumerate() {
+        let id = &c.coupon_id;
+        if id.is_empty()
+            || id.len() > MAX_COUPON_ID_LEN
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "coupon_id {:?} must be 1 to {MAX_COUPON_ID_LEN} letters, digits, '-' or '_'",
+                id.chars().take(40).collect::<String>()
+            ));
+        }
+        if coupons[..i].iter().any(|o| o.coupon_id == *id) {
+            return Err(format!("coupon_id {id} appears twice"));
+        }
+        if c.fee == 0 {
+            return Err(format!("coupon {id}: fee must be a positive number of fen"));
+        }
+    }
+    match sum_fen(coupons.iter().map(|c| c.fee)) {
+        Some(sum) if sum < total_fee => Ok(()),
+        sum => Err(format!(
+            "the coupons add up to {} fen; they must be less than total_fee ({total_fee}), \
+             the rest being paid in cash",
+            sum.map_or_else(|| "more than 2^64".to_string(), |s| s.to_string())
+        )),
+    }
+}
+
+/// Splits a refund of `refund_fee` over what is left of the order's cash and of each coupon.
+///
+/// Each coupon refunds `floor(left_c * refund_fee / left_total)` (`left_total` = cash left + all
+/// coupons left), cash the rest. Should that take more cash than is left (rounding down several
+/// coupons can leave up to one fen per coupon over), the excess comes from the coupons in order,
+/// up to what is left of each. So no part is ever overdrawn, and the refund that completes the
+/// order (`refund_fee == left_total`) refunds exactly what is left of each coupon and of the
+/// cash: the sums always come out exact. Proportional to what is *left* (not to the original
+/// amounts) so that a run of small refunds cannot drain the cash before the coupons.
+///
+/// Returns (cash part, coupon parts in `coupons_left` order); None when `refund_fee` exceeds what
+/// is left.
+pub fn split_refund(
+    refund_fee: u64,
+    cash_left: u64,
+    coupons_left: &[u64],
+) -> Option<(u64, Vec<u64>)> {
+    let left_total = cash_left.checked_add(sum_fen(coupons_left.iter().copied())?)?;
+    if refund_fee > left_total {
+        return None;
+    }
+    if left_total == 0 {
+        return Some((0, vec![0; coupons_left.len()]));
+    }
+    let mut parts = coupons_left
+        .iter()
+        .map(|&left| {
+            // u128: the product of two u64 cannot overflow; the quotient is ≤ left.
+            let p = u128::from(left) * u128::from(refund_fee) / u128::from(left_total);
+            u64::try_from(p).ok()
+        })
+        .collect::<Option<Vec<u64>>>()?;
+    let mut cash = refund_fee.checked_sub(sum_fen(parts.iter().copied())?)?;
+    let mut excess = cash.saturating_sub(cash_left);
+    if excess > 0 {
+        cash = cash_left;
+        for (part, &left) in parts.iter_mut().zip(coupons_left) {
+            let take = excess.min(left.checked_sub(*part)?);
+            *part = part.checked_add(take)?;
+            excess -= take;
+        }
+    }
+    (excess == 0).then_some((cash, parts))
 }
 
 /// Which endpoint a fault applies to.
@@ -198,6 +343,35 @@ pub struct Order {
     pub faults: Vec<Fault>,
     /// out_refund_no values in the order they were accepted.
     pub refunds: Vec<String>,
+    /// The coupons that paid part of it (checked by [`check_coupons`]); the rest was cash.
+    pub coupons: Vec<Coupon>,
+}
+
+impl Order {
+    /// `cash_fee`: what the payer paid in cash. Coupons are checked to be less than the total,
+    /// so the subtraction is exact.
+    pub fn cash_fee(&self) -> u64 {
+        let coupons = sum_fen(self.coupons.iter().map(|c| c.fee)).unwrap_or(u64::MAX);
+        self.total_fee.saturating_sub(coupons)
+    }
+
+    /// `settlement_total_fee` = total minus the NO_CASH coupons; WeChat sends it only when there
+    /// are some, and so do we.
+    pub fn settlement_total_fee(&self) -> Option<u64> {
+        let no_cash: Vec<u64> = self
+            .coupons
+            .iter()
+            .filter(|c| c.coupon_type == CouponType::NoCash)
+            .map(|c| c.fee)
+            .collect();
+        if no_cash.is_empty() {
+            return None;
+        }
+        Some(
+            self.total_fee
+                .saturating_sub(sum_fen(no_cash).unwrap_or(u64::MAX)),
+        )
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -235,9 +409,34 @@ pub struct Refund {
     pub notify_url: Option<String>,
     pub refund_desc: Option<String>,
     pub notify: NotifyLog,
+    /// What this refund gave back of each coupon (only coupons with a part > 0), in the order's
+    /// coupon order; the rest of `refund_fee` is cash.
+    pub coupons: Vec<CouponRefund>,
 }
 
 impl Refund {
+    /// `coupon_refund_fee`. Parts are checked on creation and load to add up to at most
+    /// `refund_fee`, so none of these sums saturates.
+    pub fn coupon_refund_fee(&self) -> u64 {
+        sum_fen(self.coupons.iter().map(|c| c.coupon_refund_fee)).unwrap_or(u64::MAX)
+    }
+
+    /// `cash_refund_fee` = refund minus coupons.
+    pub fn cash_refund_fee(&self) -> u64 {
+        self.refund_fee.saturating_sub(self.coupon_refund_fee())
+    }
+
+    /// `settlement_refund_fee` = refund minus NO_CASH coupon refunds (doc §3.2).
+    pub fn settlement_refund_fee(&self) -> u64 {
+        let no_cash = self
+            .coupons
+            .iter()
+            .filter(|c| c.coupon_type == CouponType::NoCash)
+            .map(|c| c.coupon_refund_fee);
+        self.refund_fee
+            .saturating_sub(sum_fen(no_cash).unwrap_or(u64::MAX))
+    }
+
     /// Where the money goes (`refund_recv_accout` [sic]).
     pub fn recv_account(&self) -> &'static str {
         match self.status {
@@ -326,6 +525,8 @@ impl State {
             ..State::default()
         };
         for o in orders {
+            check_coupons(&o.coupons, o.total_fee)
+                .map_err(|e| format!("order {}: {e}", o.out_trade_no))?;
             st.insert_order(o).map_err(|e| e.to_string())?;
         }
         for r in refunds {
@@ -335,6 +536,25 @@ impl State {
                     r.out_refund_no, r.out_trade_no
                 ));
             };
+            // The fee getters of Refund rely on these: parts of the order's coupons, ≤ the refund.
+            if let Some(c) = r.coupons.iter().find(|c| {
+                !o.coupons
+                    .iter()
+                    .any(|oc| oc.coupon_id == c.coupon_refund_id && oc.coupon_type == c.coupon_type)
+            }) {
+                return Err(format!(
+                    "refund {} refunds coupon {}, which its order {} does not have",
+                    r.out_refund_no, c.coupon_refund_id, r.out_trade_no
+                ));
+            }
+            if sum_fen(r.coupons.iter().map(|c| c.coupon_refund_fee))
+                .is_none_or(|sum| sum > r.refund_fee)
+            {
+                return Err(format!(
+                    "refund {}: its coupon parts exceed its refund_fee",
+                    r.out_refund_no
+                ));
+            }
             if !o.refunds.contains(&r.out_refund_no) {
                 return Err(format!(
                     "refund {} is not listed by its order {}",
@@ -479,6 +699,52 @@ impl State {
             .sum()
     }
 
+    /// What a new refund of `refund_fee` gives back of each coupon of `order` (see
+    /// [`split_refund`]), counting only refunds that still hold money (a REFUNDCLOSE releases its
+    /// coupon parts with its amount). Books that do not add up are a `SYSTEMERROR`, never a panic.
+    fn coupon_parts(&self, order: &Order, refund_fee: u64) -> Result<Vec<CouponRefund>, BizError> {
+        let broken = || BizError::new("SYSTEMERROR", "系统超时，请使用相同参数重试");
+        if order.coupons.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<&Refund> = order
+            .refunds
+            .iter()
+            .filter_map(|n| self.refunds.get(n))
+            .filter(|r| r.status != RefundStatus::Refundclose)
+            .collect();
+        let coupons_left = order
+            .coupons
+            .iter()
+            .map(|c| {
+                let refunded = sum_fen(held.iter().flat_map(|r| {
+                    r.coupons
+                        .iter()
+                        .filter(|p| p.coupon_refund_id == c.coupon_id)
+                        .map(|p| p.coupon_refund_fee)
+                }))?;
+                c.fee.checked_sub(refunded)
+            })
+            .collect::<Option<Vec<u64>>>()
+            .ok_or_else(broken)?;
+        let cash_left = sum_fen(held.iter().map(|r| r.cash_refund_fee()))
+            .and_then(|refunded| order.cash_fee().checked_sub(refunded))
+            .ok_or_else(broken)?;
+        let (_cash, parts) =
+            split_refund(refund_fee, cash_left, &coupons_left).ok_or_else(broken)?;
+        Ok(order
+            .coupons
+            .iter()
+            .zip(parts)
+            .filter(|(_, part)| *part > 0)
+            .map(|(c, part)| CouponRefund {
+                coupon_refund_id: c.coupon_id.clone(),
+                coupon_type: c.coupon_type,
+                coupon_refund_fee: part,
+            })
+            .collect())
+    }
+
     /// The refund rules, in the order WeChat appears to apply them.
     pub fn apply(
         &mut self,
@@ -539,6 +805,7 @@ impl State {
             });
         }
 
+        let coupons = self.coupon_parts(&order, req.refund_fee)?;
         let refund = Refund {
             out_refund_no: req.out_refund_no.clone(),
             refund_id: new_refund_id(now),
@@ -553,6 +820,7 @@ impl State {
             notify_url: req.notify_url.clone(),
             refund_desc: req.refund_desc.clone(),
             notify: NotifyLog::default(),
+            coupons,
         };
         self.by_refund_id
             .insert(refund.refund_id.clone(), refund.out_refund_no.clone());
@@ -654,17 +922,23 @@ impl State {
             ("refund_id".into(), r.refund_id.clone()),
             ("out_refund_no".into(), r.out_refund_no.clone()),
             ("total_fee".into(), o.total_fee.to_string()),
-            ("refund_fee".into(), r.refund_fee.to_string()),
-            ("settlement_refund_fee".into(), r.refund_fee.to_string()),
-            ("refund_status".into(), r.status.as_str().into()),
         ];
+        if let Some(s) = o.settlement_total_fee() {
+            f.push(("settlement_total_fee".into(), s.to_string()));
+        }
+        f.push(("refund_fee".into(), r.refund_fee.to_string()));
+        f.push((
+            "settlement_refund_fee".into(),
+            r.settlement_refund_fee().to_string(),
+        ));
+        f.push(("refund_status".into(), r.status.as_str().into()));
         if let Some(t) = r.success_time {
             f.push(("success_time".into(), wechat_time(t)));
         }
         f.push(("refund_recv_accout".into(), r.recv_account().into()));
         f.push(("refund_account".into(), r.refund_account.clone()));
         f.push(("refund_request_source".into(), "API".into()));
-        f.push(("cash_refund_fee".into(), r.refund_fee.to_string()));
+        f.push(("cash_refund_fee".into(), r.cash_refund_fee().to_string()));
         Some((url, f))
     }
 }
@@ -681,6 +955,15 @@ fn new_refund_id(now: OffsetDateTime) -> String {
         t.day(),
         rand::random::<u32>() % 100_000,
         r
+    )
+}
+
+/// A coupon id like WeChat's (digits); the index keeps the ids of one order distinct.
+fn new_coupon_id(index: usize) -> String {
+    format!(
+        "{:010}{:02}",
+        rand::random::<u64>() % 10_000_000_000,
+        index % 100
     )
 }
 
@@ -734,6 +1017,9 @@ pub struct NewOrder {
     pub notify_url: Option<String>,
     #[serde(default)]
     pub faults: Vec<Fault>,
+    /// Coupons that paid part of the order (together less than `total_fee`).
+    #[serde(default)]
+    pub coupons: Vec<NewCoupon>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -751,6 +1037,10 @@ pub struct RefundView {
     /// Apply requests (with a valid signature) that carried this out_refund_no.
     pub apply_calls: u32,
     pub notify: NotifyLog,
+    pub coupon_refund_fee: u64,
+    pub cash_refund_fee: u64,
+    pub settlement_refund_fee: u64,
+    pub coupons: Vec<CouponRefund>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -767,6 +1057,10 @@ pub struct OrderView {
     pub refund_count: usize,
     pub refunds: Vec<RefundView>,
     pub faults: Vec<Fault>,
+    pub cash_fee: u64,
+    /// Present when a NO_CASH coupon paid part of the order.
+    pub settlement_total_fee: Option<u64>,
+    pub coupons: Vec<Coupon>,
 }
 
 /// A cheap, cloneable handle on the books (shared by the server, the admin API and tests).
@@ -855,6 +1149,17 @@ impl Books {
             })?,
             None => now,
         };
+        let coupons: Vec<Coupon> = new
+            .coupons
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| Coupon {
+                coupon_id: c.coupon_id.unwrap_or_else(|| new_coupon_id(i)),
+                coupon_type: c.coupon_type,
+                fee: c.fee,
+            })
+            .collect();
+        check_coupons(&coupons, new.total_fee).map_err(AdminError::BadRequest)?;
         let order = Order {
             out_trade_no: new.out_trade_no.clone(),
             transaction_id,
@@ -864,6 +1169,7 @@ impl Books {
             notify_url: new.notify_url.filter(|u| !u.is_empty()),
             faults: new.faults,
             refunds: Vec::new(),
+            coupons,
         };
         self.update(|st| {
             st.insert_order(order)?;
@@ -951,6 +1257,10 @@ fn refund_view(st: &State, r: &Refund) -> RefundView {
         refund_desc: r.refund_desc.clone(),
         apply_calls: st.apply_calls.get(&r.out_refund_no).copied().unwrap_or(0),
         notify: r.notify.clone(),
+        coupon_refund_fee: r.coupon_refund_fee(),
+        cash_refund_fee: r.cash_refund_fee(),
+        settlement_refund_fee: r.settlement_refund_fee(),
+        coupons: r.coupons.clone(),
     }
 }
 
@@ -974,10 +1284,105 @@ fn view(st: &State, out_trade_no: &str) -> Option<OrderView> {
             .map(|r| refund_view(st, r))
             .collect(),
         faults: o.faults.clone(),
+        cash_fee: o.cash_fee(),
+        settlement_total_fee: o.settlement_total_fee(),
+        coupons: o.coupons.clone(),
     })
 }
 
 /// Settle delay helper so callers don't mix clocks.
 pub fn settle_deadline(after: Duration) -> Instant {
     Instant::now() + after
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies refunds of `amounts` to cash/coupons through [`split_refund`], checking the
+    /// invariants after each; returns what was refunded of the cash and of each coupon.
+    fn run(cash: u64, coupons: &[u64], amounts: &[u64]) -> (u64, Vec<u64>) {
+        let (mut cash_left, mut left) = (cash, coupons.to_vec());
+        for &r in amounts {
+            let (c, parts) = split_refund(r, cash_left, &left).expect("refund fits");
+            assert_eq!(
+                c + parts.iter().sum::<u64>(),
+                r,
+                "parts add up to the refund"
+            );
+            cash_left = cash_left.checked_sub(c).expect("cash never overdrawn");
+            for (l, p) in left.iter_mut().zip(&parts) {
+                *l = l.checked_sub(*p).expect("coupon never overdrawn");
+            }
+        }
+        (
+            cash - cash_left,
+            coupons.iter().zip(&left).map(|(c, l)| c - l).collect(),
+        )
+    }
+
+    #[test]
+    fn split_is_proportional_and_the_completing_refund_takes_the_rest() {
+        // GIVEN 850 cash + coupons of 100 and 50 WHEN 300 then 700 are refunded
+        let (mut cash, mut left) = (850, vec![100, 50]);
+        let (c, parts) = split_refund(300, cash, &left).unwrap();
+        // THEN 300 = 30 + 15 coupons + 255 cash
+        assert_eq!((c, parts.clone()), (255, vec![30, 15]));
+        cash -= c;
+        left = left.iter().zip(&parts).map(|(l, p)| l - p).collect();
+        // AND the completing 700 refunds exactly what is left of each
+        assert_eq!(split_refund(700, cash, &left), Some((595, vec![70, 35])));
+        // AND more than is left is refused
+        assert_eq!(split_refund(701, cash, &left), None);
+    }
+
+    #[test]
+    fn small_refunds_never_overdraw_cash_and_sums_come_out_exact() {
+        // GIVEN 1 fen of cash and coupons of 500 and 499 (rounding down both leaves no cash)
+        // WHEN the order is refunded 1 fen at a time, then with uneven amounts
+        let ones = vec![1; 1000];
+        // THEN nothing is overdrawn (checked in `run`) and everything is refunded exactly
+        assert_eq!(run(1, &[500, 499], &ones), (1, vec![500, 499]));
+        let uneven = [7, 333, 1, 1, 2, 250, 99, 307];
+        assert_eq!(uneven.iter().sum::<u64>(), 1000);
+        assert_eq!(run(850, &[100, 50], &uneven), (850, vec![100, 50]));
+        assert_eq!(run(3, &[331, 333, 333], &uneven), (3, vec![331, 333, 333]));
+        // AND without coupons everything is cash
+        assert_eq!(split_refund(5, 10, &[]), Some((5, vec![])));
+    }
+
+    #[test]
+    fn split_handles_the_largest_amounts_without_overflow() {
+        // GIVEN amounts near the money limit, whose products exceed u64
+        let max = wxpay::money::MAX_FEN;
+        // WHEN a refund of almost everything is split THEN parts are exact and within bounds
+        let (c, parts) = split_refund(max - 1, 1, &[max / 2, max / 2 - 1]).unwrap();
+        assert_eq!(c + parts.iter().sum::<u64>(), max - 1);
+        assert!(parts[0] <= max / 2 && parts[1] < max / 2 && c <= 1);
+        // AND an overflowing "left" total is refused, not wrapped
+        assert_eq!(split_refund(1, u64::MAX, &[1]), None);
+    }
+
+    #[test]
+    fn coupons_are_checked() {
+        let c = |id: &str, fee| Coupon {
+            coupon_id: id.into(),
+            coupon_type: CouponType::Cash,
+            fee,
+        };
+        // GIVEN valid coupons THEN accepted
+        assert_eq!(check_coupons(&[c("C1", 100), c("C2", 50)], 1000), Ok(()));
+        // WHEN they reach the total, repeat an id, are worth nothing, or have a bad id THEN refused
+        let e = check_coupons(&[c("C1", 600), c("C2", 400)], 1000).unwrap_err();
+        assert!(e.contains("less than total_fee"), "{e}");
+        assert!(check_coupons(&[c("C1", u64::MAX), c("C2", 1)], 1000).is_err());
+        let e = check_coupons(&[c("C1", 1), c("C1", 1)], 1000).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        assert!(check_coupons(&[c("C1", 0)], 1000).is_err());
+        for bad in ["", "a]]>b", "x".repeat(21).as_str(), "券"] {
+            assert!(check_coupons(&[c(bad, 1)], 1000).is_err(), "{bad:?}");
+        }
+        let many: Vec<Coupon> = (0..21).map(|i| c(&format!("C{i}"), 1)).collect();
+        assert!(check_coupons(&many, 1000).is_err());
+    }
 }

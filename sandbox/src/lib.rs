@@ -25,7 +25,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wxpay::ApiKey;
 
-pub use books::{Books, Fault, FaultKind, FaultTarget, NewOrder, OrderView, Outcome, RefundView};
+pub use books::{
+    Books, Coupon, CouponRefund, CouponType, Fault, FaultKind, FaultTarget, NewCoupon, NewOrder,
+    OrderView, Outcome, RefundView,
+};
 pub use certs::{MerchantJson, StateFiles};
 pub use notify::{decrypt_req_info, encrypt_req_info};
 pub use persist::{BOOKS_FILE, PersistError};

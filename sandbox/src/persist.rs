@@ -19,7 +19,9 @@ use thiserror::Error;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::books::{Fault, NotifyLog, Order, Outcome, Refund, RefundStatus, State};
+use crate::books::{
+    Coupon, CouponRefund, Fault, NotifyLog, Order, Outcome, Refund, RefundStatus, State,
+};
 
 /// The books file in the state dir.
 pub const BOOKS_FILE: &str = "books.json";
@@ -193,6 +195,10 @@ struct OrderRec<'a> {
     faults: Cow<'a, [Fault]>,
     /// out_refund_no values in the order they were accepted.
     refunds: Cow<'a, [String]>,
+    /// Absent in files written before coupons existed, and left out when there are none (which
+    /// keeps coupon-free snapshots as they were).
+    #[serde(default, skip_serializing_if = "is_empty")]
+    coupons: Cow<'a, [Coupon]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -216,6 +222,13 @@ struct RefundRec<'a> {
     notify_url: Option<Cow<'a, str>>,
     refund_desc: Option<Cow<'a, str>>,
     notify: NotifyRec<'a>,
+    /// As for [`OrderRec::coupons`].
+    #[serde(default, skip_serializing_if = "is_empty")]
+    coupons: Cow<'a, [CouponRefund]>,
+}
+
+fn is_empty<T>(list: &[T]) -> bool {
+    list.is_empty()
 }
 
 #[derive(Serialize, Deserialize)]
@@ -266,6 +279,7 @@ pub fn encode(st: &State) -> Vec<u8> {
                 notify_url: opt(&o.notify_url),
                 faults: Cow::Borrowed(&o.faults),
                 refunds: Cow::Borrowed(&o.refunds),
+                coupons: Cow::Borrowed(&o.coupons),
             })
             .collect(),
         refunds: st
@@ -292,6 +306,7 @@ pub fn encode(st: &State) -> Vec<u8> {
                     last_error: opt(&r.notify.last_error),
                     next_attempt_at: r.notify.next_attempt_at,
                 },
+                coupons: Cow::Borrowed(&r.coupons),
             })
             .collect(),
         apply_calls: Cow::Borrowed(&st.apply_calls),
@@ -325,6 +340,7 @@ pub fn decode(bytes: &[u8], wall: OffsetDateTime, now: Instant) -> Result<State,
             notify_url: own(o.notify_url),
             faults: o.faults.into_owned(),
             refunds: o.refunds.into_owned(),
+            coupons: o.coupons.into_owned(),
         })
         .collect();
     let refunds = snap
@@ -351,6 +367,7 @@ pub fn decode(bytes: &[u8], wall: OffsetDateTime, now: Instant) -> Result<State,
                 last_error: own(r.notify.last_error),
                 next_attempt_at: r.notify.next_attempt_at,
             },
+            coupons: r.coupons.into_owned(),
         })
         .collect();
     State::from_parts(
@@ -380,6 +397,7 @@ mod tests {
                 notify_url: Some("http://127.0.0.1:3000/wxpay/refund-notify".into()),
                 faults: Vec::new(),
                 refunds: Vec::new(),
+                coupons: Vec::new(),
             })
             .unwrap();
             for r in 0..refunds_per_order {
@@ -438,6 +456,110 @@ mod tests {
                 .is_some()
         );
         assert_eq!(back.orders["order-0000"].refunds.len(), 3);
+    }
+
+    /// An order of 1000 paid with a CASH coupon of 100 and a NO_CASH one of 50, refunded 300.
+    fn state_with_coupons() -> State {
+        let mut st = State::default();
+        let now = OffsetDateTime::now_utc();
+        st.insert_order(Order {
+            out_trade_no: "order-cp".into(),
+            transaction_id: crate::books::new_transaction_id(now),
+            total_fee: 1000,
+            paid_at: now,
+            outcome: Outcome::Success,
+            notify_url: None,
+            faults: Vec::new(),
+            refunds: Vec::new(),
+            coupons: vec![
+                Coupon {
+                    coupon_id: "C1".into(),
+                    coupon_type: crate::books::CouponType::Cash,
+                    fee: 100,
+                },
+                Coupon {
+                    coupon_id: "C2".into(),
+                    coupon_type: crate::books::CouponType::NoCash,
+                    fee: 50,
+                },
+            ],
+        })
+        .unwrap();
+        st.apply(
+            &ApplyRequest {
+                order: OrderKey::OutTradeNo("order-cp".into()),
+                out_refund_no: "refund-cp-1".into(),
+                total_fee: 1000,
+                refund_fee: 300,
+                refund_account: "REFUND_SOURCE_UNSETTLED_FUNDS".into(),
+                notify_url: None,
+                refund_desc: None,
+            },
+            now,
+            Instant::now(),
+        )
+        .unwrap();
+        st
+    }
+
+    #[test]
+    fn coupons_round_trip_and_files_without_them_still_load() {
+        // GIVEN books with a coupon order and a refund of part of its coupons
+        let st = state_with_coupons();
+        assert_eq!(st.refunds["refund-cp-1"].coupons.len(), 2);
+        // WHEN encoded and decoded THEN the coupons and the refund's parts come back
+        let back = decode(&encode(&st), OffsetDateTime::now_utc(), Instant::now()).unwrap();
+        assert_eq!(
+            back.orders["order-cp"].coupons,
+            st.orders["order-cp"].coupons
+        );
+        let r = &back.refunds["refund-cp-1"];
+        assert_eq!(r.coupons, st.refunds["refund-cp-1"].coupons);
+        assert_eq!(
+            (
+                r.coupon_refund_fee(),
+                r.cash_refund_fee(),
+                r.settlement_refund_fee()
+            ),
+            (45, 255, 285)
+        );
+        // GIVEN a file written before coupons existed (no "coupons" keys at all)
+        let old = encode(&state_with(1, 2));
+        let text = String::from_utf8(old.clone()).unwrap();
+        assert!(
+            !text.contains("coupons"),
+            "coupon-free snapshots are unchanged"
+        );
+        // WHEN loaded THEN it loads, with no coupons and all-cash refunds
+        let back = decode(&old, OffsetDateTime::now_utc(), Instant::now()).unwrap();
+        assert!(back.orders["order-0000"].coupons.is_empty());
+        let r = &back.refunds["refund-0000-01"];
+        assert_eq!((r.coupon_refund_fee(), r.cash_refund_fee()), (0, 100));
+    }
+
+    #[test]
+    fn coupon_parts_that_do_not_match_their_order_are_refused() {
+        // GIVEN a valid coupon snapshot
+        let good: serde_json::Value =
+            serde_json::from_slice(&encode(&state_with_coupons())).unwrap();
+        let (wall, now) = (OffsetDateTime::now_utc(), Instant::now());
+        // WHEN a refund names a coupon its order lacks, or its parts exceed it, or the order's
+        // coupons reach its total
+        let mut unknown = good.clone();
+        unknown["refunds"][0]["coupons"][0]["coupon_refund_id"] = serde_json::json!("C9");
+        let mut too_much = good.clone();
+        too_much["refunds"][0]["coupons"][0]["coupon_refund_fee"] = serde_json::json!(301);
+        let mut order = good.clone();
+        order["orders"][0]["coupons"][0]["fee"] = serde_json::json!(950);
+        // THEN each is refused with a reason
+        for (bad, why) in [
+            (unknown, "does not have"),
+            (too_much, "exceed its refund_fee"),
+            (order, "less than total_fee"),
+        ] {
+            let e = decode(&serde_json::to_vec(&bad).unwrap(), wall, now).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        }
     }
 
     #[test]

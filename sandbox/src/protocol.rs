@@ -422,7 +422,10 @@ async fn apply_inner(
     };
     let o = &accepted.order;
     let r = &accepted.refund;
-    let fields: Vec<(String, String)> = vec![
+    // The settlement amounts differ from the plain ones only when NO_CASH coupons paid part of
+    // the order, and WeChat sends them only then.
+    let settlement_total = o.settlement_total_fee();
+    let mut fields: Vec<(String, String)> = vec![
         ("result_code".into(), "SUCCESS".into()),
         ("transaction_id".into(), o.transaction_id.clone()),
         ("out_trade_no".into(), o.out_trade_no.clone()),
@@ -431,12 +434,32 @@ async fn apply_inner(
         // Seen empty in real replies.
         ("refund_channel".into(), String::new()),
         ("refund_fee".into(), r.refund_fee.to_string()),
-        ("coupon_refund_fee".into(), "0".into()),
-        ("total_fee".into(), o.total_fee.to_string()),
-        ("cash_fee".into(), o.total_fee.to_string()),
-        ("coupon_refund_count".into(), "0".into()),
-        ("cash_refund_fee".into(), r.refund_fee.to_string()),
     ];
+    if settlement_total.is_some() {
+        fields.push((
+            "settlement_refund_fee".into(),
+            r.settlement_refund_fee().to_string(),
+        ));
+    }
+    fields.push((
+        "coupon_refund_fee".into(),
+        r.coupon_refund_fee().to_string(),
+    ));
+    fields.push(("total_fee".into(), o.total_fee.to_string()));
+    if let Some(t) = settlement_total {
+        fields.push(("settlement_total_fee".into(), t.to_string()));
+    }
+    fields.push(("cash_fee".into(), o.cash_fee().to_string()));
+    fields.push(("coupon_refund_count".into(), r.coupons.len().to_string()));
+    fields.push(("cash_refund_fee".into(), r.cash_refund_fee().to_string()));
+    for (n, c) in r.coupons.iter().enumerate() {
+        fields.push((format!("coupon_type_{n}"), c.coupon_type.as_str().into()));
+        fields.push((
+            format!("coupon_refund_fee_{n}"),
+            c.coupon_refund_fee.to_string(),
+        ));
+        fields.push((format!("coupon_refund_id_{n}"), c.coupon_refund_id.clone()));
+    }
     signed_reply(app, s, fields, bad_sign)
 }
 
@@ -541,12 +564,17 @@ async fn query_inner(
         ("transaction_id".into(), order.transaction_id.clone()),
         ("out_trade_no".into(), order.out_trade_no.clone()),
         ("total_fee".into(), order.total_fee.to_string()),
-        ("cash_fee".into(), order.total_fee.to_string()),
+    ];
+    if let Some(t) = order.settlement_total_fee() {
+        f.push(("settlement_total_fee".into(), t.to_string()));
+    }
+    f.extend([
+        ("cash_fee".into(), order.cash_fee().to_string()),
         ("fee_type".into(), "CNY".into()),
         ("refund_count".into(), page.len().to_string()),
         // Reportedly the sum of the records returned, not of the order.
         ("refund_fee".into(), page_fee.to_string()),
-    ];
+    ]);
     // Present when offset was sent, and (D95) when an order-number query was cut at 10 records.
     if offset.is_some() || (by_order && total > PAGE) {
         f.push(("total_refund_count".into(), total.to_string()));
@@ -557,7 +585,10 @@ async fn query_inner(
         push("refund_id", r.refund_id.clone());
         push("refund_channel", "ORIGINAL".into());
         push("refund_fee", r.refund_fee.to_string());
-        push("settlement_refund_fee", r.refund_fee.to_string());
+        push(
+            "settlement_refund_fee",
+            r.settlement_refund_fee().to_string(),
+        );
         push("refund_status", r.status.as_str().into());
         push("refund_account", r.refund_account.clone());
         push("refund_recv_accout", r.recv_account().into());
@@ -566,8 +597,22 @@ async fn query_inner(
         {
             push("refund_success_time", wechat_time(t));
         }
-        push("coupon_refund_fee", "0".into());
-        push("coupon_refund_count", "0".into());
+        push("coupon_refund_fee", r.coupon_refund_fee().to_string());
+        push("coupon_refund_count", r.coupons.len().to_string());
+        for (m, c) in r.coupons.iter().enumerate() {
+            f.push((
+                format!("coupon_type_{n}_{m}"),
+                c.coupon_type.as_str().into(),
+            ));
+            f.push((
+                format!("coupon_refund_id_{n}_{m}"),
+                c.coupon_refund_id.clone(),
+            ));
+            f.push((
+                format!("coupon_refund_fee_{n}_{m}"),
+                c.coupon_refund_fee.to_string(),
+            ));
+        }
     }
     signed_reply(app, s, f, false)
 }

@@ -233,13 +233,26 @@ where
     T: FromStr,
     T::Err: fmt::Display,
 {
-    match rec.get(base).filter(|v| !v.is_empty()) {
+    indexed_field(rec, base, &format!("_{n}"))
+}
+
+/// A field of one group, its wire name (for errors) being `base` + `suffix` (`_3`, `_3_1`).
+fn indexed_field<T>(
+    group: &BTreeMap<&str, &str>,
+    base: &str,
+    suffix: &str,
+) -> Result<Option<T>, FieldError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    match group.get(base).filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) => v
             .parse()
             .map(Some)
             .map_err(|e: T::Err| FieldError::Invalid {
-                field: format!("{base}_{n}"),
+                field: format!("{base}{suffix}"),
                 problem: e.to_string(),
             }),
     }
@@ -269,6 +282,11 @@ impl TryFrom<&XmlMap> for RefundQueryResponse {
                 "record _{n} present but refund_count is {refund_count}"
             )));
         }
+        if let Some(((n, m), _)) = coupons.iter().find(|((n, _), _)| *n >= refund_count) {
+            return Err(FieldError::Inconsistent(format!(
+                "coupon _{n}_{m} present but refund_count is {refund_count}"
+            )));
+        }
         let empty = BTreeMap::new();
         let mut refunds = Vec::with_capacity(refund_count as usize);
         for n in 0..refund_count {
@@ -290,10 +308,11 @@ impl TryFrom<&XmlMap> for RefundQueryResponse {
             let coupon_list = (0..coupon_count)
                 .map(|m| {
                     let c = coupons.get(&(n, m)).unwrap_or(&empty);
+                    let suffix = format!("_{n}_{m}");
                     Ok(CouponRefund {
-                        coupon_type: field_of(c, "coupon_type", n)?,
-                        coupon_refund_id: field_of(c, "coupon_refund_id", n)?,
-                        coupon_refund_fee: field_of(c, "coupon_refund_fee", n)?,
+                        coupon_type: indexed_field(c, "coupon_type", &suffix)?,
+                        coupon_refund_id: indexed_field(c, "coupon_refund_id", &suffix)?,
+                        coupon_refund_fee: indexed_field(c, "coupon_refund_fee", &suffix)?,
                     })
                 })
                 .collect::<Result<Vec<_>, FieldError>>()?;
@@ -472,6 +491,23 @@ mod tests {
             RefundQueryResponse::try_from(&map),
             Err(FieldError::Inconsistent(_))
         ));
+        let mut map = reply_map(&records, None);
+        map.insert("coupon_type_5_0", "CASH");
+        assert!(matches!(
+            RefundQueryResponse::try_from(&map),
+            Err(FieldError::Inconsistent(_))
+        ));
+        let mut map = reply_map(&records, None);
+        map.insert("coupon_refund_fee_2_1", "1.5");
+        assert_eq!(
+            RefundQueryResponse::try_from(&map)
+                .map(|_| ())
+                .map_err(|e| match e {
+                    FieldError::Invalid { field, .. } => field,
+                    other => other.to_string(),
+                }),
+            Err("coupon_refund_fee_2_1".to_string())
+        );
         let mut map = reply_map(&records, None);
         map.insert("refund_count", "99999");
         assert!(matches!(
