@@ -4,40 +4,37 @@
 //!
 //! Killing it at any moment loses nothing: a refund is committed to the ledger (durably) before
 //! WeChat is called, and on the next start the poller finishes whatever was in flight.
+//!
+//! `wxrefund-local bench` builds the same stack (`wxrefund_local::stack`) and load-tests it
+//! (`wxrefund_local::bench`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::header;
-use axum::routing::get;
-use clap::Parser;
-use tokio::sync::watch;
-use tracing::{info, warn};
-use wxpay::client::ClientConfig;
-use wxpay_sandbox::{RunningSandbox, Sandbox, SandboxConfig};
-use wxrefund::gateway::WxPayGateway;
-use wxrefund::ledger::embedded::EmbeddedLedger;
-use wxrefund::secrets::SecretSource;
-use wxrefund::service::{RefundService, ServiceConfig};
+use clap::{Parser, Subcommand};
+use wxpay_sandbox::RunningSandbox;
 use wxrefund::state::UnixMillis;
-
-/// The OpenAPI 3 document of the HTTP API, served at `GET /openapi.json`.
-const OPENAPI_JSON: &str = include_str!("../openapi.json");
+use wxrefund_local::bench::{self, BenchArgs};
+use wxrefund_local::stack::{BoxError, ExternalWxPay, Stack, StackConfig, parse_duration};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "wxrefund-local",
     version,
+    // The run's flags configure the stack the run starts; bench has its own.
+    args_conflicts_with_subcommands = true,
     about = "wxrefund on one machine: WeChat Pay sandbox + embedded ledger + HTTP API + poller",
     long_about = "Runs the refund API (the same routes as the Lambda functions, plus GET /openapi.json), \
 the poller and, unless --wxpay-base-url is given, an in-process WeChat Pay v2 sandbox. \
 State lives in --data-dir: ledger.redb (durable; kill -9 loses nothing) and sandbox/ \
-(certificates and merchant.json; the sandbox's books are in memory)."
+(certificates, merchant.json and the sandbox's books.json, written before each reply). \
+`wxrefund-local bench` runs a load test against the same stack instead."
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address of the refund API (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
@@ -67,66 +64,32 @@ struct Args {
     notify_url: Option<String>,
 }
 
-/// Parses `3s`, `500ms`, `2m`, `1h` (a bare number is seconds).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 2s, 500ms or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    let d = Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Load test: the whole stack in-process on free ports, refunds over real HTTP at a paced
+    /// rate, latency and throughput, then the sandbox's books checked against the ledger.
+    Bench(BenchArgs),
+}
+
+impl Args {
+    fn stack_config(&self) -> StackConfig {
+        let external = match (&self.wxpay_base_url, &self.secret_file) {
+            (Some(url), Some(secret)) => Some(ExternalWxPay {
+                base_url: url.clone(),
+                secret_file: secret.clone(),
+                ca_file: self.ca_file.clone(),
+            }),
+            // clap's `requires` makes one without the other impossible.
+            _ => None,
+        };
+        StackConfig {
+            settle_after: self.settle_after,
+            poll_every: self.poll_every,
+            external,
+            notify_url: self.notify_url.clone(),
+            ..StackConfig::new(self.listen, self.sandbox_listen, self.data_dir.clone())
+        }
     }
-    Ok(d)
-}
-
-/// Local timings: fast enough to watch a refund settle, with the same relations as production
-/// (the lease outlives one WeChat call including pacing waits).
-fn service_config(notify_url: String) -> ServiceConfig {
-    ServiceConfig {
-        lease_ttl: Duration::from_secs(10),
-        first_check: Duration::from_secs(1),
-        min_backoff: Duration::from_secs(1),
-        max_backoff: Duration::from_secs(30),
-        notify_url: Some(notify_url),
-        ..ServiceConfig::default()
-    }
-}
-
-/// The client timeout is shortened so that one call (5 s) plus the pacer's longest wait (2 s)
-/// stays inside the 10 s lease.
-fn client_config(base_url: &str, ca_pem: Option<Vec<u8>>) -> ClientConfig {
-    let mut cfg = ClientConfig::for_base_url(base_url);
-    cfg.connect_timeout = Duration::from_secs(2);
-    cfg.total_timeout = Duration::from_secs(5);
-    cfg.extra_root_ca_pem = ca_pem;
-    cfg
-}
-
-/// The address others use to reach `addr`: a wildcard bind is reached over loopback.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
-    } else {
-        addr
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-fn context<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnce(E) -> BoxError {
-    move |e| format!("{what}: {e}").into()
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -154,40 +117,13 @@ async fn shutdown_signal() {
     }
 }
 
-/// Runs `svc.poll` every `every` until `stop` flips. A poll that is under way is finished first:
-/// each step is a fenced ledger write, so stopping between polls leaves nothing half done.
-async fn run_poller(svc: Arc<RefundService>, every: Duration, mut stop: watch::Receiver<bool>) {
-    // Long enough for a page of due refunds; the next tick waits for a long poll to end.
-    let budget = every.max(Duration::from_secs(5));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = tick.tick() => {}
-        }
-        // `poll` logs a line per run; skipping idle runs keeps the console readable.
-        match svc.ledger().due(UnixMillis::now(), None, 1).await {
-            Ok(page) if page.items.is_empty() => continue,
-            Ok(_) => {}
-            Err(e) => {
-                warn!(error = %e, "poller: reading due refunds failed");
-                continue;
-            }
-        }
-        if let Err(e) = svc.poll(budget).await {
-            warn!(error = %e, "poller: poll failed");
-        }
-    }
-}
-
 fn banner(
     api: SocketAddr,
     sandbox: Option<(&RunningSandbox, &Path)>,
     wxpay_base_url: &str,
     ledger: &Path,
     notify_url: &str,
-    args: &Args,
+    poll_every: Duration,
 ) -> String {
     let api = format!("http://{api}");
     // A tag per start, so the walk-through can be pasted again after a restart without meeting
@@ -202,7 +138,7 @@ fn banner(
     ));
     match sandbox {
         Some((sb, ca)) => s.push_str(&format!(
-            "  sandbox     {}  (WeChat Pay v2 stand-in, HTTPS with its own CA {}; admin API under /sandbox/; books in memory)\n",
+            "  sandbox     {}  (WeChat Pay v2 stand-in, HTTPS with its own CA {}; admin API under /sandbox/; books in sandbox/books.json)\n",
             sb.base_url(),
             ca.display()
         )),
@@ -210,8 +146,7 @@ fn banner(
     }
     s.push_str(&format!("  ledger      {}\n", ledger.display()));
     s.push_str(&format!(
-        "  notify_url  {notify_url}; poller every {:?}\n",
-        args.poll_every
+        "  notify_url  {notify_url}; poller every {poll_every:?}\n"
     ));
     s.push_str("\nTry it:\n");
     if let Some((sb, ca)) = sandbox {
@@ -253,121 +188,38 @@ fn banner(
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
-    std::fs::create_dir_all(&args.data_dir).map_err(context(format!(
-        "creating the data dir {}",
-        args.data_dir.display()
-    )))?;
-    // Bound first, so that port 0 works and the notify_url names the real port.
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(context(format!("binding {}", args.listen)))?;
-    let api_addr = reachable(
-        listener
-            .local_addr()
-            .map_err(context("reading the API address"))?,
-    );
-    let notify_url = args
-        .notify_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{api_addr}/wxpay/refund-notify"));
-    wxpay::refund::check_notify_url(&notify_url).map_err(context("--notify-url"))?;
-
-    let (sandbox, source, base_url, ca_pem) = match (&args.wxpay_base_url, &args.secret_file) {
-        (Some(url), Some(secret)) => {
-            let ca = match &args.ca_file {
-                Some(p) => {
-                    Some(std::fs::read(p).map_err(context(format!("reading {}", p.display())))?)
-                }
-                None => None,
-            };
-            (None, SecretSource::file(secret), url.clone(), ca)
-        }
-        _ => {
-            let sb = Sandbox::start(SandboxConfig {
-                listen: args.sandbox_listen,
-                state_dir: args.data_dir.join("sandbox"),
-                settle_after: args.settle_after,
-                notify_url: Some(notify_url.clone()),
-                ..SandboxConfig::default()
-            })
-            .await
-            .map_err(context("starting the sandbox"))?;
-            let files = sb.files().clone();
-            let ca = std::fs::read(&files.ca_pem)
-                .map_err(context(format!("reading {}", files.ca_pem.display())))?;
-            let url = sb.base_url().to_string();
-            (
-                Some((sb, files.ca_pem)),
-                SecretSource::file(files.merchant_json),
-                url,
-                Some(ca),
-            )
-        }
-    };
-
-    let merchant = source
-        .load()
-        .await
-        .map_err(context("loading the merchant secret"))?;
-    info!(merchant = %merchant, "merchant configuration loaded");
-    let gateway = WxPayGateway::new(&merchant, client_config(&base_url, ca_pem), Some(source))
-        .map_err(context("building the WeChat client"))?;
-    let ledger_path = args.data_dir.join("ledger.redb");
-    // spawn_blocking: opening may repair the file after a kill, which is blocking I/O.
-    let ledger = {
-        let p = ledger_path.clone();
-        tokio::task::spawn_blocking(move || EmbeddedLedger::open(p))
-            .await
-            .map_err(context("opening the ledger"))?
-            .map_err(context(format!("opening {}", ledger_path.display())))?
-    };
-    let svc = Arc::new(RefundService::new(
-        Arc::new(ledger),
-        Arc::new(gateway),
-        service_config(notify_url.clone()),
-    ));
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let poller = tokio::spawn(run_poller(Arc::clone(&svc), args.poll_every, stop_rx));
-
-    let app = wxrefund::http::router(Arc::clone(&svc)).route(
-        "/openapi.json",
-        get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
-    );
+    let stack = Stack::start(&args.stack_config()).await?;
     println!(
         "{}",
         banner(
-            api_addr,
-            sandbox.as_ref().map(|(sb, ca)| (sb, ca.as_path())),
-            &base_url,
-            &ledger_path,
-            &notify_url,
-            &args,
+            stack.api_addr,
+            stack.sandbox.as_ref().map(|(sb, ca)| (sb, ca.as_path())),
+            &stack.wxpay_base_url,
+            &stack.ledger_path,
+            &stack.notify_url,
+            stack.poll_every,
         )
     );
-
-    let served = wxrefund::http::serve_local(app, listener, shutdown_signal()).await;
-    info!("shutting down: HTTP server stopped; stopping the poller and the sandbox");
-    let _ = stop_tx.send(true);
-    if let Err(e) = poller.await {
-        warn!(error = %e, "poller task ended abnormally");
-    }
-    if let Some((sb, _)) = sandbox {
-        sb.stop().await;
-    }
-    served.map_err(context("HTTP server"))?;
-    Ok(())
+    stack.serve(shutdown_signal()).await
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    wxrefund::runtime::init_tracing();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("wxrefund-local: {e}");
-            ExitCode::FAILURE
+    let mut args = Args::parse();
+    match args.command.take() {
+        Some(Command::Bench(b)) => {
+            bench::init_tracing();
+            bench::main(b).await
+        }
+        None => {
+            wxrefund::runtime::init_tracing();
+            match run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("wxrefund-local: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }
@@ -375,17 +227,6 @@ async fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        for bad in ["x", "1d", "-1s", "0s", ""] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn flags_parse_and_external_endpoint_needs_a_secret() {
@@ -409,17 +250,17 @@ mod tests {
     }
 
     #[test]
-    fn local_timings_keep_a_call_inside_the_lease() {
-        let svc = service_config("http://127.0.0.1:3000/wxpay/refund-notify".into());
-        let client = client_config("https://127.0.0.1:3001", None);
-        let pacing = client.pacing.max_wait;
-        assert!(client.total_timeout + pacing < svc.lease_ttl);
-        assert_eq!(client.backup_base_url, None);
-    }
-
-    #[test]
-    fn wildcard_binds_are_reached_over_loopback() {
-        let a: SocketAddr = "0.0.0.0:3000".parse().expect("addr");
-        assert_eq!(reachable(a).to_string(), "127.0.0.1:3000");
+    fn bench_is_a_subcommand_and_no_subcommand_runs_the_stack() {
+        let a = Args::try_parse_from(["wxrefund-local"]).expect("defaults");
+        assert!(a.command.is_none());
+        let a = Args::try_parse_from(["wxrefund-local", "bench", "--refunds", "10", "--rate", "5"])
+            .expect("bench");
+        match a.command {
+            Some(Command::Bench(b)) => {
+                assert_eq!(b.refunds, 10);
+                assert_eq!(b.rate, 5.0);
+            }
+            None => panic!("bench expected"),
+        }
     }
 }
