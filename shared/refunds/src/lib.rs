@@ -7,3 +7,4 @@ pub mod runtime;
 pub mod secrets;
 pub mod service;
 pub mod state;
+pub mod testing;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
-use wxrefund::ledger::dynamo::{DynamoLedger, create_table};
+use wxrefund::ledger::dynamo::DynamoLedger;
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::ledger::{
     Changes, Cursor, ExternalOutcome, ExternalRefund, LeaseOutcome, Ledger, NewRefund, Patch,
@@ -52,66 +52,12 @@ async fn embedded() -> Fixture {
 }
 
 async fn dynamo() -> Fixture {
-    let endpoint = std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
-        panic!(
-            "MOTO_ENDPOINT is not set: the DynamoDB ledger contract tests need a moto server. \
-             Run them with scripts/test (it starts moto and exports MOTO_ENDPOINT and the AWS_* \
-             variables)."
-        )
-    });
-    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-    let relay = serial_relay(&endpoint).await;
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(relay)
-        .region(aws_config::Region::new(region))
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&conf);
-    let table = format!("ledger-{}", uuid::Uuid::new_v4().simple());
-    create_table(&client, &table)
-        .await
-        .expect("create the ledger table on moto");
-    let ledger = DynamoLedger::new(client, table);
+    let ledger = wxrefund::testing::fresh_dynamo_ledger("ledger").await;
     Fixture {
         ledger: Arc::new(ledger.clone()),
         dynamo: Some(ledger),
         _dir: None,
     }
-}
-
-/// A one-request-at-a-time TCP relay in front of moto, returning its endpoint URL.
-///
-/// Why: DynamoDB executes each request (a transaction included) atomically and serializably.
-/// moto's server is threaded without a lock around DynamoDB, and its TransactWriteItems applies
-/// items one by one and, on cancellation, restores a deep copy of the whole table taken when the
-/// transaction started, wiping writes other requests made meanwhile. Concurrent requests to moto
-/// therefore lose committed writes, which DynamoDB never does. moto answers every request with
-/// `Connection: close`, so relaying one connection at a time makes each request atomic again
-/// (what DynamoDB guarantees) while our tasks still race each other between requests.
-async fn serial_relay(endpoint: &str) -> String {
-    let authority = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let upstream = tokio::net::lookup_host(&authority)
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| panic!("MOTO_ENDPOINT {endpoint:?} is not http://host:port"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the relay");
-    let addr = listener.local_addr().expect("relay address");
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            // One connection (= one request with moto) at a time.
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-        }
-    });
-    format!("http://{addr}")
 }
 
 /// Runs every listed contract test once per adapter.

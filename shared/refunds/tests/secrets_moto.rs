@@ -19,12 +19,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 async fn moto() -> Client {
-    let endpoint = std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
-        panic!(
-            "MOTO_ENDPOINT is not set: run the tests through scripts/test (it starts moto and sets \
-             MOTO_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION)"
-        )
-    });
+    let endpoint = wxrefund::testing::moto_endpoint();
     let conf = aws_config::from_env().endpoint_url(endpoint).load().await;
     Client::new(&conf)
 }

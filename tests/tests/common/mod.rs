@@ -24,7 +24,7 @@ use wxpay_sandbox::{
 };
 use wxrefund::gateway::WxPayGateway;
 use wxrefund::ledger::Ledger;
-use wxrefund::ledger::dynamo::{DynamoLedger, create_table};
+use wxrefund::ledger::dynamo::DynamoLedger;
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::secrets::{MerchantConfig, SecretSource};
 use wxrefund::service::{RefundService, ServiceConfig};
@@ -436,52 +436,5 @@ where
 
 /// A DynamoDB ledger on a fresh table of the moto server named by `MOTO_ENDPOINT`.
 pub async fn dynamo_ledger() -> DynamoLedger {
-    let endpoint = std::env::var("MOTO_ENDPOINT").unwrap_or_else(|_| {
-        panic!(
-            "MOTO_ENDPOINT is not set: the end-to-end tests need a moto server for DynamoDB. \
-             Run them with scripts/test (it starts moto and exports MOTO_ENDPOINT and the AWS_* \
-             variables)."
-        )
-    });
-    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-    let relay = serial_relay(&endpoint).await;
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(relay)
-        .region(aws_config::Region::new(region))
-        .load()
-        .await;
-    let client = aws_sdk_dynamodb::Client::new(&conf);
-    let table = format!("e2e-{}", uuid::Uuid::new_v4().simple());
-    create_table(&client, &table)
-        .await
-        .expect("create the ledger table on moto");
-    DynamoLedger::new(client, table)
-}
-
-/// A one-connection-at-a-time relay in front of moto (see `shared/refunds/tests/ledger_contract.rs`:
-/// moto's threaded server does not apply concurrent DynamoDB requests atomically; moto closes
-/// every connection after one request, so serialising connections serialises requests).
-async fn serial_relay(endpoint: &str) -> String {
-    let authority = endpoint
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let upstream = tokio::net::lookup_host(&authority)
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| panic!("MOTO_ENDPOINT {endpoint:?} is not http://host:port"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the relay");
-    let addr = listener.local_addr().expect("relay address");
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                continue;
-            };
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-        }
-    });
-    format!("http://{addr}")
+    wxrefund::testing::fresh_dynamo_ledger("e2e").await
 }
