@@ -1,1 +1,9 @@
-//! End-to-end tests live in `tests/`; the shared harness is `tests/common/mod.rs`.
+//! End-to-end support. The route-level suite lives in `tests/` (harness: `tests/common/mod.rs`);
+//! this library holds what the function crates' binary tests share: a Lambda Runtime API emulator
+//! and the harness that runs a built function binary against moto and the sandbox.
+
+pub mod lambda_binary;
+pub mod lambda_emulator;
+
+// Re-exported so a function crate's tests need only this crate to reach the sandbox and the protocol.
+pub use {wxpay, wxpay_sandbox, wxrefund};

@@ -6,6 +6,6 @@ use wxrefund::{http, runtime};
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     runtime::init_tracing();
-    let svc = runtime::production_service().await?;
+    let svc = runtime::production_service_or_exit().await;
     http::serve_lambda(http::router(svc)).await
 }

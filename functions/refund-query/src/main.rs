@@ -15,6 +15,6 @@ async fn main() -> Result<(), lambda_http::Error> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(DEFAULT_POLL_BUDGET_SECS);
-    let svc = runtime::production_service().await?;
+    let svc = runtime::production_service_or_exit().await;
     http::serve_lambda(http::router_with_poller(svc, Duration::from_secs(budget))).await
 }

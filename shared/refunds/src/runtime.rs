@@ -85,3 +85,16 @@ pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
         cfg,
     )))
 }
+
+/// [`production_service`] for a Lambda main: a failed cold start is logged as one structured line
+/// (the error's message, never its debug dump) and the process exits non-zero, which Lambda reports
+/// as an init failure and retries on the next invocation.
+pub async fn production_service_or_exit() -> Arc<RefundService> {
+    match production_service().await {
+        Ok(svc) => svc,
+        Err(e) => {
+            tracing::error!(error = %e, "cold start failed");
+            std::process::exit(1);
+        }
+    }
+}
