@@ -48,6 +48,16 @@ pub fn init_tracing() {
 /// The WeChat client settings from the environment: `WXPAY_BASE_URL` (default the production
 /// domain, with failover to api2) and `WXPAY_CA_FILE` (an extra trusted root, for the sandbox).
 pub fn client_config_from_env() -> Result<ClientConfig, BootError> {
+    // Unsigned FAIL replies are trusted as refusals, so the transport must be authenticated: the
+    // functions never talk plain HTTP (tests build their ClientConfig directly).
+    if let Ok(url) = std::env::var("WXPAY_BASE_URL")
+        && !url.is_empty()
+        && !url.starts_with("https://")
+    {
+        return Err(BootError::Config(format!(
+            "WXPAY_BASE_URL must be an https:// URL, got {url:?}"
+        )));
+    }
     let mut cfg = match std::env::var("WXPAY_BASE_URL") {
         Ok(url)
             if !url.is_empty() && url.trim_end_matches('/') != wxpay::client::DEFAULT_BASE_URL =>
