@@ -16,7 +16,9 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 pub fn temp_dir(tag: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = std::env::temp_dir().join(format!(
+    // Under target/tmp (Cargo's per-build scratch dir), so test state goes with `cargo clean`
+    // instead of piling up in /tmp.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "wxpay-sandbox-test-{}-{}-{tag}-{n}",
         std::process::id(),
         rand::random::<u32>()
