@@ -462,38 +462,21 @@ impl Ledger for DynamoLedger {
             put_cond.condition = format!("attribute_not_exists({pk})");
 
             let mut o = Expr::default();
-            let (pk, okey, total, reserved, cnt, nos, created, updated) = (
-                o.n("pk"),
-                o.n("order_key"),
-                o.n("total_fee"),
-                o.n("reserved"),
-                o.n("refund_count"),
-                o.n("refund_nos"),
-                o.n("created_at"),
-                o.n("updated_at"),
+            let pk = o.n("pk");
+            // Equal to the stored total, or replacing the total of an order holding nothing.
+            let r = reserve_on_order(
+                &mut o,
+                &n.order,
+                n.total_fee,
+                n.refund_fee.get(),
+                &n.out_refund_no,
+                n.now,
+                TotalUpdate::Replace,
             );
-            let v_okey = o.v("okey", AttributeValue::S(n.order.key()));
-            let v_total = o.v("total", num(n.total_fee.get()));
-            let v_zero = o.v("zero", num(0));
-            let v_fee = o.v("fee", num(n.refund_fee.get()));
-            let v_one = o.v("one", num(1));
+            let (total, reserved, cnt, v_total, v_zero) =
+                (r.total, r.reserved, r.cnt, r.v_total, r.v_zero);
             let v_max = o.v("max", num(MAX_REFUNDS_PER_ORDER));
             let v_maxres = o.v("maxres", num(max_reserved.get()));
-            let v_now = o.v("now", num(n.now.get()));
-            let v_nos = o.v(
-                "nos",
-                AttributeValue::Ss(vec![n.out_refund_no.as_str().to_owned()]),
-            );
-            o.set = vec![
-                format!("{okey} = if_not_exists({okey}, {v_okey})"),
-                // Equal to the stored total, or replacing the total of an order holding nothing.
-                format!("{total} = {v_total}"),
-                format!("{reserved} = if_not_exists({reserved}, {v_zero}) + {v_fee}"),
-                format!("{cnt} = if_not_exists({cnt}, {v_zero}) + {v_one}"),
-                format!("{created} = if_not_exists({created}, {v_now})"),
-                format!("{updated} = {v_now}"),
-            ];
-            o.add = vec![format!("{nos} {v_nos}")];
             // Create-if-absent: a missing order is created with this request's total; an order
             // holding nothing (every refund FAILED) takes it too (see ledger::refusal).
             o.condition = format!(
@@ -758,41 +741,22 @@ impl Ledger for DynamoLedger {
         let pk = put_cond.n("pk");
         put_cond.condition = format!("attribute_not_exists({pk})");
 
-        let mut o = Expr::default();
-        let (okey, total, reserved, cnt, nos, created, updated) = (
-            o.n("order_key"),
-            o.n("total_fee"),
-            o.n("reserved"),
-            o.n("refund_count"),
-            o.n("refund_nos"),
-            o.n("created_at"),
-            o.n("updated_at"),
-        );
         // A fact, not a request: no amount or count condition (WeChat already did it).
         let fee = if rec.status.releases_reservation() {
             0
         } else {
             rec.refund_fee.get()
         };
-        let v_okey = o.v("okey", AttributeValue::S(rec.order.key()));
-        let v_total = o.v("total", num(rec.total_fee.get()));
-        let v_zero = o.v("zero", num(0));
-        let v_fee = o.v("fee", num(fee));
-        let v_one = o.v("one", num(1));
-        let v_now = o.v("now", num(rec.created_at.get()));
-        let v_nos = o.v(
-            "nos",
-            AttributeValue::Ss(vec![rec.out_refund_no.as_str().to_owned()]),
+        let mut o = Expr::default();
+        reserve_on_order(
+            &mut o,
+            &rec.order,
+            rec.total_fee,
+            fee,
+            &rec.out_refund_no,
+            rec.created_at,
+            TotalUpdate::KeepStored,
         );
-        o.set = vec![
-            format!("{okey} = if_not_exists({okey}, {v_okey})"),
-            format!("{total} = if_not_exists({total}, {v_total})"),
-            format!("{reserved} = if_not_exists({reserved}, {v_zero}) + {v_fee}"),
-            format!("{cnt} = if_not_exists({cnt}, {v_zero}) + {v_one}"),
-            format!("{created} = if_not_exists({created}, {v_now})"),
-            format!("{updated} = {v_now}"),
-        ];
-        o.add = vec![format!("{nos} {v_nos}")];
         // No condition on the order: the refund is a fact, so the order takes it whatever it holds.
         let items = vec![
             self.put_item(refund_item(&rec), put_cond)?,
@@ -821,6 +785,72 @@ impl Ledger for DynamoLedger {
 // ---- expressions -------------------------------------------------------------------------------
 
 type Item = HashMap<String, AttributeValue>;
+
+/// How a reservation treats the order's stored `total_fee`.
+enum TotalUpdate {
+    /// Set it to this total (the caller's condition decides when that is allowed).
+    Replace,
+    /// Keep a stored total; set this one only on a new order.
+    KeepStored,
+}
+
+/// Placeholders of the order attributes a caller may put in its condition.
+struct Reservation {
+    total: String,
+    reserved: String,
+    cnt: String,
+    v_total: String,
+    v_zero: String,
+}
+
+/// The order-item update shared by `record` and `record_external`: create the order if absent,
+/// add `fee` to `reserved`, count the refund and list its number.
+fn reserve_on_order(
+    o: &mut Expr,
+    order: &OrderRef,
+    total_fee: Fen,
+    fee: u64,
+    no: &OutRefundNo,
+    now: UnixMillis,
+    total_update: TotalUpdate,
+) -> Reservation {
+    let (okey, total, reserved, cnt, nos, created, updated) = (
+        o.n("order_key"),
+        o.n("total_fee"),
+        o.n("reserved"),
+        o.n("refund_count"),
+        o.n("refund_nos"),
+        o.n("created_at"),
+        o.n("updated_at"),
+    );
+    let v_okey = o.v("okey", AttributeValue::S(order.key()));
+    let v_total = o.v("total", num(total_fee.get()));
+    let v_zero = o.v("zero", num(0));
+    let v_fee = o.v("fee", num(fee));
+    let v_one = o.v("one", num(1));
+    let v_now = o.v("now", num(now.get()));
+    let v_nos = o.v("nos", AttributeValue::Ss(vec![no.as_str().to_owned()]));
+    let set_total = match total_update {
+        TotalUpdate::Replace => format!("{total} = {v_total}"),
+        TotalUpdate::KeepStored => format!("{total} = if_not_exists({total}, {v_total})"),
+    };
+    o.set = vec![
+        format!("{okey} = if_not_exists({okey}, {v_okey})"),
+        set_total,
+        format!("{reserved} = if_not_exists({reserved}, {v_zero}) + {v_fee}"),
+        format!("{cnt} = if_not_exists({cnt}, {v_zero}) + {v_one}"),
+        format!("{created} = if_not_exists({created}, {v_now})"),
+        format!("{updated} = {v_now}"),
+    ];
+    o.add = vec![format!("{nos} {v_nos}")];
+    Reservation {
+        total,
+        reserved,
+        cnt,
+        v_total,
+        v_zero,
+    }
+}
 
 /// An update/condition expression with its placeholders. Every attribute goes through a `#name`
 /// placeholder so DynamoDB's long reserved-word list (STATUS, ...) never bites.
