@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use wxpay::client::ClientConfig;
 use wxpay_sandbox::{RunningSandbox, Sandbox, SandboxConfig};
+use wxrefund::decide::Schedule;
 use wxrefund::gateway::WxPayGateway;
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::secrets::SecretSource;
@@ -68,9 +69,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn service_config(notify_url: String) -> ServiceConfig {
     ServiceConfig {
         lease_ttl: Duration::from_secs(10),
-        first_check: Duration::from_secs(1),
-        min_backoff: Duration::from_secs(1),
-        max_backoff: Duration::from_secs(30),
+        schedule: Schedule {
+            first_check: Duration::from_secs(1),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            ..Schedule::default()
+        },
         notify_url: Some(notify_url),
         ..ServiceConfig::default()
     }

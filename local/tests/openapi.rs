@@ -11,11 +11,11 @@ use http_body_util::BodyExt;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::Value;
 use tower::ServiceExt;
+use wxpay::CallOutcome;
 use wxpay::notify::{NotifyError, RefundNotification};
 use wxpay::query::{RefundQueryRequest, RefundQueryResponse};
 use wxpay::refund::{RefundRequest, RefundResponse};
-use wxpay::{CallOutcome, MchId};
-use wxrefund::gateway::WeChat;
+use wxrefund::gateway::Gateway;
 use wxrefund::http::{CreateRefund, OrderRefunds, RefundView};
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::service::{RefundService, ServiceConfig};
@@ -31,10 +31,7 @@ fn doc() -> Value {
 struct Offline;
 
 #[async_trait]
-impl WeChat for Offline {
-    fn mch_id(&self) -> MchId {
-        MchId::new("1900000109").expect("mch_id")
-    }
+impl Gateway for Offline {
     async fn refund(&self, _: &RefundRequest) -> CallOutcome<RefundResponse> {
         CallOutcome::NotSent("offline".into())
     }
@@ -371,4 +368,41 @@ fn create_refund_and_order_refunds_schemas_match_their_serde_fields() {
         schema("OrderRefunds")["properties"]["refunds"]["items"]["$ref"],
         "#/components/schemas/RefundView"
     );
+}
+
+#[tokio::test]
+async fn each_function_serves_only_its_own_routes() {
+    // GIVEN the three Lambda functions' routers on one service
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("ledger");
+    let svc = Arc::new(RefundService::new(
+        Arc::new(ledger),
+        Arc::new(Offline),
+        ServiceConfig::default(),
+    ));
+    let refund = wxrefund::http::refund_router(Arc::clone(&svc));
+    let query = wxrefund::http::query_router(Arc::clone(&svc), std::time::Duration::from_secs(1));
+    let notify = wxrefund::http::notify_router(svc);
+    let routes = [
+        (Method::POST, "/refunds"),
+        (Method::GET, "/refunds/R-1"),
+        (Method::GET, "/orders/ORDER-1/refunds"),
+        (Method::POST, "/wxpay/refund-notify"),
+        (Method::POST, wxrefund::http::EVENTS_PATH),
+    ];
+    for (name, router, serves) in [
+        ("refund", &refund, [true, false, false, false, false]),
+        ("refund-query", &query, [false, true, true, false, true]),
+        ("refund-notify", &notify, [false, false, false, true, false]),
+    ] {
+        for ((method, uri), want) in routes.iter().zip(serves) {
+            // WHEN each route is asked of each function THEN only its own answer
+            let (status, body) = send(router, method.clone(), uri, "{}").await;
+            assert_eq!(
+                !is_fallback(status, &body),
+                want,
+                "{name}: {method} {uri} → {status} {body}"
+            );
+        }
+    }
 }

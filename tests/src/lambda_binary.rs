@@ -161,7 +161,10 @@ impl Parts {
             Arc::new(ledger),
             Arc::new(gateway),
             ServiceConfig {
-                first_check: Duration::ZERO,
+                schedule: wxrefund::decide::Schedule {
+                    first_check: Duration::ZERO,
+                    ..wxrefund::decide::Schedule::default()
+                },
                 notify_url: merchant.notify_url.clone(),
                 ..ServiceConfig::default()
             },

@@ -7,5 +7,5 @@ use wxrefund::{http, runtime};
 async fn main() -> Result<(), lambda_http::Error> {
     runtime::init_tracing();
     let svc = runtime::production_service_or_exit().await;
-    http::serve_lambda(http::router(svc)).await
+    http::serve_lambda(http::notify_router(svc)).await
 }

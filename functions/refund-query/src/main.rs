@@ -11,10 +11,17 @@ const DEFAULT_POLL_BUDGET_SECS: u64 = 45;
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     runtime::init_tracing();
-    let budget = std::env::var("POLL_BUDGET_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_POLL_BUDGET_SECS);
+    // A mistyped budget is a configuration error, not a reason to run with another one.
+    let budget = match std::env::var("POLL_BUDGET_SECS") {
+        Err(_) => DEFAULT_POLL_BUDGET_SECS,
+        Ok(s) => match s.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => secs,
+            _ => {
+                tracing::error!(value = %s, "cold start failed: POLL_BUDGET_SECS must be a positive number of seconds");
+                std::process::exit(1);
+            }
+        },
+    };
     let svc = runtime::production_service_or_exit().await;
-    http::serve_lambda(http::router_with_poller(svc, Duration::from_secs(budget))).await
+    http::serve_lambda(http::query_router(svc, Duration::from_secs(budget))).await
 }

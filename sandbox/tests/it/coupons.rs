@@ -28,7 +28,7 @@ fn coupon(kind: &str, id: &str, fee: u64) -> RefundCoupon {
 }
 
 /// The query's per-record coupons, as the client parses them, in the apply reply's shape.
-fn as_refund_coupons(r: &wxpay::query::RefundRecord) -> Vec<RefundCoupon> {
+fn as_refund_coupons(r: &wxpay::query::QueriedRefund) -> Vec<RefundCoupon> {
     r.coupons
         .iter()
         .map(|c| RefundCoupon {

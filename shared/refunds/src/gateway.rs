@@ -1,17 +1,15 @@
-//! The WeChat port the workflows call: apply refund, query refunds, decrypt a notification. The
-//! production adapter sits on `wxpay::client`; every implementation returns `CallOutcome`s.
+//! The `Gateway` port: the payment gateway the workflows call (apply refund, query refunds,
+//! decrypt a notification), and its adapter [`WxPayGateway`] on `wxpay::client`. Every
+//! implementation returns `CallOutcome`s.
 
 use async_trait::async_trait;
+use wxpay::CallOutcome;
 use wxpay::notify::{NotifyError, RefundNotification};
 use wxpay::query::{RefundQueryRequest, RefundQueryResponse};
 use wxpay::refund::{RefundRequest, RefundResponse};
-use wxpay::{CallOutcome, MchId};
 
 #[async_trait]
-pub trait WeChat: Send + Sync {
-    /// The merchant these calls are made for (for logs and checks; never the key).
-    fn mch_id(&self) -> MchId;
-
+pub trait Gateway: Send + Sync {
     /// `/secapi/pay/refund` with the merchant's client certificate.
     async fn refund(&self, request: &RefundRequest) -> CallOutcome<RefundResponse>;
 
@@ -44,7 +42,7 @@ struct Current {
     client: WxPayClient,
 }
 
-/// [`WeChat`] over `wxpay::client`: signs, sends, checks replies, and on a signature failure reloads
+/// [`Gateway`] over `wxpay::client`: signs, sends, checks replies, and on a signature failure reloads
 /// the secret once (key rotation) and repeats the same request before the failure counts.
 pub struct WxPayGateway {
     current: RwLock<Arc<Current>>,
@@ -218,11 +216,7 @@ fn parse_query(m: &XmlMap) -> Result<RefundQueryResponse, FieldError> {
 }
 
 #[async_trait]
-impl WeChat for WxPayGateway {
-    fn mch_id(&self) -> MchId {
-        self.current().keys.mch_id.clone()
-    }
-
+impl Gateway for WxPayGateway {
     async fn refund(&self, request: &RefundRequest) -> CallOutcome<RefundResponse> {
         self.call(
             REFUND_PATH,

@@ -1,8 +1,10 @@
 //! `wxrefund`: the product core shared by the Lambda functions and the local stack.
 
+pub mod decide;
 pub mod gateway;
 pub mod http;
 pub mod ledger;
+pub mod request;
 pub mod runtime;
 pub mod secrets;
 pub mod service;

@@ -173,7 +173,7 @@ impl MerchantConfig {
     }
 }
 
-/// Signs and verifies a fixed message (protocol doc §6 example fields): catches a key the signer
+/// Signs and verifies a fixed message (the signing example fields of docs/PROTOCOL.md, "Signing"): catches a key the signer
 /// cannot use before the first refund does.
 fn self_test(key: &ApiKey, sign_type: SignType) -> Result<(), SecretsError> {
     let fields = [

@@ -1,6 +1,6 @@
 //! template.yaml (AWS SAM) against the code: the ledger table must be exactly the one
 //! `wxrefund::ledger::dynamo::table_spec()` defines (the single table definition `create_table`
-//! uses in tests), and the functions, routes, schedule and policies must be wired as DESIGN.md says.
+//! uses in tests), and the functions, routes, schedule and policies must be wired as docs/DEPLOY.md ("What gets deployed") says.
 //! Pure parsing: no AWS, no moto. `cfn-lint` (scripts/test) checks the template's syntax and types.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -335,7 +335,7 @@ fn given_the_http_api_merchant_routes_need_iam_and_only_the_notify_route_is_publ
         );
     }
 
-    // THEN they are exactly DESIGN.md's routes on their binaries; only notify opts out of IAM
+    // THEN they are exactly the documented routes (docs/DEPLOY.md) on their binaries; only notify opts out of IAM
     let want = BTreeMap::from([
         (("POST", "/refunds"), ("refund", None)),
         (("GET", "/refunds/{out_refund_no}"), ("refund-query", None)),

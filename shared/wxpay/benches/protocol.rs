@@ -4,10 +4,10 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use wxpay::query::{CouponRefund, RefundQueryResponse, RefundRecord, record_fields};
+use wxpay::query::{CouponRefund, QueriedRefund, RefundQueryResponse, record_fields};
 use wxpay::refund::{RefundRequest, RefundResponse};
 use wxpay::{
-    ApiKey, Fen, MerchantKeys, NonceStr, OrderRef, RefundStatus, SignType, reply, sign, xml,
+    ApiKey, Fen, MerchantKeys, NonceStr, OrderRef, SignType, WxRefundStatus, reply, sign, xml,
 };
 
 fn keys(sign_type: SignType) -> MerchantKeys {
@@ -88,14 +88,14 @@ fn refund_round(c: &mut Criterion) {
 
 fn query_50(c: &mut Criterion) {
     let k = keys(SignType::Md5);
-    let records: Vec<RefundRecord> = (0..50u64)
-        .map(|n| RefundRecord {
+    let records: Vec<QueriedRefund> = (0..50u64)
+        .map(|n| QueriedRefund {
             out_refund_no: format!("REFUND-{n:04}").parse().expect("no"),
             refund_id: format!("500000000120261127{n:08}").parse().expect("id"),
             refund_channel: Some("ORIGINAL".into()),
             refund_fee: Fen::new(100 + n).expect("fee"),
             settlement_refund_fee: Some(Fen::new(100 + n).expect("fee")),
-            refund_status: RefundStatus::Success,
+            refund_status: WxRefundStatus::Success,
             refund_account: Some("REFUND_SOURCE_UNSETTLED_FUNDS".into()),
             refund_recv_account: Some("支付用户零钱".into()),
             refund_success_time: Some("2026-11-27 10:00:00".into()),

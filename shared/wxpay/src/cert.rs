@@ -2,7 +2,7 @@
 //! RC2-40/3DES, which OpenSSL 3 refuses, or modern AES/PBKDF2 — in pure Rust, or from a PEM
 //! cert + key pair; validated once at cold start and handed to rustls as PEM.
 //!
-//! Every failure users are known to hit (protocol doc §8, LESSONS "Certificates and keys") has its
+//! Every failure users are known to hit (docs/PROTOCOL.md, "Merchant certificate" and "Known traps") has its
 //! own error variant with a message that says what to do. No error or Debug output ever contains
 //! key material, the certificate itself or the password.
 

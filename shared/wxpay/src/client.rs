@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::cert::{CertError, MerchantIdentity};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.mch.weixin.qq.com";
-/// The cross-city backup domain ("跨城冗灾"); every method is available there (protocol doc §1).
+/// The cross-city backup domain ("跨城冗灾"); every method is available there (docs/PROTOCOL.md, "Endpoints and transport").
 pub const DEFAULT_BACKUP_BASE_URL: &str = "https://api2.mch.weixin.qq.com";
 /// Replies larger than this are not WeChat replies; reading stops there.
 const MAX_REPLY_BYTES: usize = 1 << 20;

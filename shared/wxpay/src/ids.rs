@@ -1,4 +1,4 @@
-//! Validated identifiers of the refund protocol (lengths and charsets from the protocol doc, §2).
+//! Validated identifiers of the refund protocol (lengths and charsets: docs/PROTOCOL.md, "Identifiers and amounts").
 
 use std::fmt;
 use std::str::FromStr;

@@ -24,6 +24,6 @@ pub use ids::{
 pub use merchant::MerchantKeys;
 pub use money::{Fen, MoneyError};
 pub use outcome::{CallOutcome, UnknownReason};
-pub use query::RefundStatus;
+pub use query::{QueriedRefund, WxRefundStatus};
 pub use sign::{ApiKey, SignType};
 pub use xml::{XmlError, XmlMap};

@@ -1,4 +1,4 @@
-//! Refund result notification (doc §7): decrypt `req_info` (AES-256-ECB, PKCS#7, key = lower-case
+//! Refund result notification (docs/PROTOCOL.md, "Refund notification"): decrypt `req_info` (AES-256-ECB, PKCS#7, key = lower-case
 //! hex MD5 of the APIv2 key as 32 ASCII bytes), check the merchant, type the fields. The notification
 //! is unauthenticated ECB: treat it as a hint and confirm by query.
 
@@ -14,7 +14,7 @@ use crate::fields::{FieldError, opt, opt_string, req};
 use crate::ids::{AppId, MchId, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 use crate::merchant::MerchantKeys;
 use crate::money::Fen;
-use crate::query::RefundStatus;
+use crate::query::WxRefundStatus;
 use crate::sign::ApiKey;
 use crate::xml::{self, XmlError, XmlMap};
 
@@ -58,11 +58,12 @@ pub enum NotifyError {
 
 /// The 32 ASCII bytes of the lower-case, zero-padded hex MD5 of the key.
 fn aes_key(key: &ApiKey) -> [u8; 32] {
-    let digest = Md5::digest(key.expose().as_bytes());
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest: [u8; 16] = Md5::digest(key.expose().as_bytes()).into();
     let mut out = [0u8; 32];
-    // hex of 16 bytes is exactly 32 ASCII bytes; encode_to_slice cannot fail on that size
-    if hex::encode_to_slice(&digest[..], &mut out).is_err() {
-        out = [0u8; 32];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0x0f)];
     }
     out
 }
@@ -104,7 +105,7 @@ pub struct RefundNotification {
     pub settlement_total_fee: Option<Fen>,
     pub refund_fee: Fen,
     pub settlement_refund_fee: Option<Fen>,
-    pub refund_status: RefundStatus,
+    pub refund_status: WxRefundStatus,
     pub success_time: Option<String>,
     /// `refund_recv_accout` [sic].
     pub refund_recv_account: Option<String>,
@@ -235,7 +236,7 @@ mod tests {
             let body = build(&inner(), &keys, &NonceStr::random()).unwrap();
             let n = decrypt(body.as_bytes(), &keys).unwrap();
             assert_eq!(n.out_refund_no.as_str(), "R-0001");
-            assert_eq!(n.refund_status, RefundStatus::Success);
+            assert_eq!(n.refund_status, WxRefundStatus::Success);
             assert_eq!(n.refund_fee.get(), 250);
             assert_eq!(n.refund_recv_account.as_deref(), Some("支付用户零钱"));
             assert_eq!(n.refund_request_source.as_deref(), Some("API"));

@@ -27,7 +27,6 @@ pub enum CallOutcome<T> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnknownReason {
-    Timeout,
     Transport(String),
     HttpStatus(u16),
     NotWeChatXml(String),
@@ -40,7 +39,6 @@ impl UnknownReason {
     /// A short machine code for records and logs.
     pub fn code(&self) -> &'static str {
         match self {
-            UnknownReason::Timeout => "TIMEOUT",
             UnknownReason::Transport(_) => "TRANSPORT",
             UnknownReason::HttpStatus(_) => "HTTP_STATUS",
             UnknownReason::NotWeChatXml(_) => "NOT_XML",
@@ -54,7 +52,6 @@ impl UnknownReason {
 impl fmt::Display for UnknownReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            UnknownReason::Timeout => f.write_str("timed out waiting for WeChat's reply"),
             UnknownReason::Transport(e) => write!(f, "connection failed after sending: {e}"),
             UnknownReason::HttpStatus(s) => write!(f, "WeChat answered HTTP {s}"),
             UnknownReason::NotWeChatXml(e) => write!(f, "reply is not WeChat XML: {e}"),
@@ -66,15 +63,6 @@ impl fmt::Display for UnknownReason {
 }
 
 impl<T> CallOutcome<T> {
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> CallOutcome<U> {
-        match self {
-            CallOutcome::Ok(t) => CallOutcome::Ok(f(t)),
-            CallOutcome::Rejected(e) => CallOutcome::Rejected(e),
-            CallOutcome::NotSent(s) => CallOutcome::NotSent(s),
-            CallOutcome::Unknown(r) => CallOutcome::Unknown(r),
-        }
-    }
-
     /// Whether WeChat's error budget (6 qps of failing requests) was spent by this call.
     pub fn is_failure(&self) -> bool {
         !matches!(self, CallOutcome::Ok(_) | CallOutcome::NotSent(_))

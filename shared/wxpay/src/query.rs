@@ -1,4 +1,4 @@
-//! Refund query (`/pay/refundquery`, doc §2.2 and §3.3): the four selectors with their priority,
+//! Refund query (`/pay/refundquery`, docs/PROTOCOL.md "Refund query"): the four selectors with their priority,
 //! `offset` paging, and the reply's `_$n` / `_$n_$m` lists parsed generically into records.
 
 use std::collections::BTreeMap;
@@ -85,9 +85,9 @@ impl RefundQueryRequest {
     }
 }
 
-/// `refund_status(_$n)` (doc §3.4). Unknown values are kept and treated as not final.
+/// `refund_status(_$n)` (docs/PROTOCOL.md, "Refund status values"). Unknown values are kept and treated as not final.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum RefundStatus {
+pub enum WxRefundStatus {
     Processing,
     Success,
     RefundClose,
@@ -95,14 +95,14 @@ pub enum RefundStatus {
     Other(String),
 }
 
-impl RefundStatus {
+impl WxRefundStatus {
     pub fn as_str(&self) -> &str {
         match self {
-            RefundStatus::Processing => "PROCESSING",
-            RefundStatus::Success => "SUCCESS",
-            RefundStatus::RefundClose => "REFUNDCLOSE",
-            RefundStatus::Change => "CHANGE",
-            RefundStatus::Other(s) => s,
+            WxRefundStatus::Processing => "PROCESSING",
+            WxRefundStatus::Success => "SUCCESS",
+            WxRefundStatus::RefundClose => "REFUNDCLOSE",
+            WxRefundStatus::Change => "CHANGE",
+            WxRefundStatus::Other(s) => s,
         }
     }
 
@@ -110,25 +110,25 @@ impl RefundStatus {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            RefundStatus::Success | RefundStatus::RefundClose | RefundStatus::Change
+            WxRefundStatus::Success | WxRefundStatus::RefundClose | WxRefundStatus::Change
         )
     }
 }
 
-impl FromStr for RefundStatus {
+impl FromStr for WxRefundStatus {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
-            "PROCESSING" => RefundStatus::Processing,
-            "SUCCESS" => RefundStatus::Success,
-            "REFUNDCLOSE" => RefundStatus::RefundClose,
-            "CHANGE" => RefundStatus::Change,
-            other => RefundStatus::Other(other.chars().take(32).collect()),
+            "PROCESSING" => WxRefundStatus::Processing,
+            "SUCCESS" => WxRefundStatus::Success,
+            "REFUNDCLOSE" => WxRefundStatus::RefundClose,
+            "CHANGE" => WxRefundStatus::Change,
+            other => WxRefundStatus::Other(other.chars().take(32).collect()),
         })
     }
 }
 
-impl fmt::Display for RefundStatus {
+impl fmt::Display for WxRefundStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -144,13 +144,13 @@ pub struct CouponRefund {
 
 /// One refund of the order (`*_$n`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RefundRecord {
+pub struct QueriedRefund {
     pub out_refund_no: OutRefundNo,
     pub refund_id: RefundId,
     pub refund_channel: Option<String>,
     pub refund_fee: Fen,
     pub settlement_refund_fee: Option<Fen>,
-    pub refund_status: RefundStatus,
+    pub refund_status: WxRefundStatus,
     pub refund_account: Option<String>,
     /// `refund_recv_accout_$n` [sic]: where the money went.
     pub refund_recv_account: Option<String>,
@@ -171,7 +171,7 @@ pub struct RefundQueryResponse {
     pub refund_count: u32,
     /// All refunds of the order; only present when `offset` was sent.
     pub total_refund_count: Option<u32>,
-    pub refunds: Vec<RefundRecord>,
+    pub refunds: Vec<QueriedRefund>,
     /// Every field of the reply, unknown ones included.
     pub fields: XmlMap,
 }
@@ -316,7 +316,7 @@ impl TryFrom<&XmlMap> for RefundQueryResponse {
                     })
                 })
                 .collect::<Result<Vec<_>, FieldError>>()?;
-            refunds.push(RefundRecord {
+            refunds.push(QueriedRefund {
                 out_refund_no: required(rec, "out_refund_no", n)?,
                 refund_id: required(rec, "refund_id", n)?,
                 refund_channel: field_of(rec, "refund_channel", n)?,
@@ -364,7 +364,7 @@ impl RefundQueryResponse {
 
 /// Builds the reply fields of a query page (used by the sandbox and the tests; the real reply has
 /// the same shape). Records are numbered from 0 within the page.
-pub fn record_fields(records: &[RefundRecord]) -> Vec<(String, String)> {
+pub fn record_fields(records: &[QueriedRefund]) -> Vec<(String, String)> {
     let mut out = Vec::with_capacity(records.len() * 10);
     for (n, r) in records.iter().enumerate() {
         let mut put = |base: &str, v: String| out.push((format!("{base}_{n}"), v));
@@ -410,17 +410,17 @@ pub fn record_fields(records: &[RefundRecord]) -> Vec<(String, String)> {
 mod tests {
     use super::*;
 
-    fn record(n: u32) -> RefundRecord {
-        RefundRecord {
+    fn record(n: u32) -> QueriedRefund {
+        QueriedRefund {
             out_refund_no: format!("R{n:04}").parse().unwrap(),
             refund_id: format!("5000000{n:04}").parse().unwrap(),
             refund_channel: Some("ORIGINAL".into()),
             refund_fee: Fen::new(100 + u64::from(n)).unwrap(),
             settlement_refund_fee: None,
             refund_status: if n.is_multiple_of(2) {
-                RefundStatus::Success
+                WxRefundStatus::Success
             } else {
-                RefundStatus::Processing
+                WxRefundStatus::Processing
             },
             refund_account: Some("REFUND_SOURCE_UNSETTLED_FUNDS".into()),
             refund_recv_account: Some("支付用户零钱".into()),
@@ -438,7 +438,7 @@ mod tests {
         }
     }
 
-    pub(crate) fn reply_map(records: &[RefundRecord], total: Option<u32>) -> XmlMap {
+    pub(crate) fn reply_map(records: &[QueriedRefund], total: Option<u32>) -> XmlMap {
         let mut map = XmlMap::new();
         map.insert("return_code", "SUCCESS");
         map.insert("result_code", "SUCCESS");
@@ -458,7 +458,7 @@ mod tests {
 
     #[test]
     fn parses_fifty_records_with_coupons_generically() {
-        let records: Vec<RefundRecord> = (0..50).map(record).collect();
+        let records: Vec<QueriedRefund> = (0..50).map(record).collect();
         let parsed = RefundQueryResponse::try_from(&reply_map(&records, Some(50))).unwrap();
         assert_eq!(parsed.refunds, records);
         assert_eq!(parsed.refunds[49].refund_fee.get(), 149);
@@ -472,7 +472,7 @@ mod tests {
 
     #[test]
     fn count_is_cross_checked() {
-        let records: Vec<RefundRecord> = (0..3).map(record).collect();
+        let records: Vec<QueriedRefund> = (0..3).map(record).collect();
         let mut map = reply_map(&records, None);
         map.insert("refund_count", "2");
         assert!(matches!(
@@ -525,7 +525,7 @@ mod tests {
         let parsed = RefundQueryResponse::try_from(&map).unwrap();
         assert_eq!(
             parsed.refunds[0].refund_status,
-            RefundStatus::Other("FAIL".into())
+            WxRefundStatus::Other("FAIL".into())
         );
         assert!(!parsed.refunds[0].refund_status.is_final());
         assert_eq!(parsed.fields.get("brand_new_1"), Some("x"));
@@ -533,7 +533,7 @@ mod tests {
 
     #[test]
     fn offset_paging() {
-        let page: Vec<RefundRecord> = (0..10).map(record).collect();
+        let page: Vec<QueriedRefund> = (0..10).map(record).collect();
         let parsed = RefundQueryResponse::try_from(&reply_map(&page, Some(36))).unwrap();
         assert_eq!(parsed.next_offset(0), Some(10));
         assert_eq!(parsed.next_offset(20), Some(30));

@@ -1,4 +1,4 @@
-//! Apply refund (`/secapi/pay/refund`, doc §2.1 and §3.2): the typed request, validated before it is
+//! Apply refund (`/secapi/pay/refund`, docs/PROTOCOL.md "Apply refund"): the typed request, validated before it is
 //! signed, and the typed acceptance reply.
 
 use std::fmt;
@@ -83,13 +83,13 @@ pub struct RefundRequest {
     pub notify_url: Option<String>,
 }
 
-/// WeChat accepts only 1–3-byte UTF-8 characters (doc §1); control characters have no business in a
+/// WeChat accepts only 1–3-byte UTF-8 characters (docs/PROTOCOL.md, "Identifiers and amounts"); control characters have no business in a
 /// refund description either.
 fn wechat_text(s: &str) -> bool {
     s.chars().all(|c| c.len_utf8() <= 3 && !c.is_control())
 }
 
-/// The notify_url rules (doc §2.1): http(s), at most 256 characters, no query string.
+/// The notify_url rules (docs/PROTOCOL.md, "Apply refund"): http(s), at most 256 characters, no query string.
 pub fn check_notify_url(url: &str) -> Result<(), RequestError> {
     if url.len() > 256 {
         return Err(RequestError::NotifyUrl("must be at most 256 characters"));
@@ -113,6 +113,46 @@ pub fn check_notify_url(url: &str) -> Result<(), RequestError> {
     Ok(())
 }
 
+/// The `refund_desc` rules: at most 80 characters (String(80), docs/PROTOCOL.md "Apply refund"), 1–3-byte UTF-8 without
+/// control characters, and nothing the CDATA encoder must refuse (`]]>`).
+pub fn check_refund_desc(desc: &str) -> Result<(), RequestError> {
+    if desc.chars().count() > 80 {
+        return Err(RequestError::DescTooLong);
+    }
+    if !wechat_text(desc) {
+        return Err(RequestError::Charset {
+            field: "refund_desc",
+        });
+    }
+    if desc.contains("]]>") {
+        return Err(RequestError::Xml(XmlError::CdataTerminator(
+            "refund_desc".into(),
+        )));
+    }
+    Ok(())
+}
+
+/// A `refund_desc` that passes [`check_refund_desc`]: validated once, where the merchant's request
+/// enters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RefundDesc(String);
+
+impl RefundDesc {
+    pub fn new(desc: impl Into<String>) -> Result<Self, RequestError> {
+        let desc = desc.into();
+        check_refund_desc(&desc)?;
+        Ok(RefundDesc(desc))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
 impl RefundRequest {
     /// Every rule we can check before signing.
     pub fn validate(&self) -> Result<(), RequestError> {
@@ -131,14 +171,7 @@ impl RefundRequest {
             });
         }
         if let Some(desc) = &self.refund_desc {
-            if desc.chars().count() > 80 {
-                return Err(RequestError::DescTooLong);
-            }
-            if !wechat_text(desc) {
-                return Err(RequestError::Charset {
-                    field: "refund_desc",
-                });
-            }
+            check_refund_desc(desc)?;
         }
         if let Some(url) = &self.notify_url {
             check_notify_url(url)?;

@@ -153,12 +153,14 @@ impl Stack {
             Arc::new(gateway),
             ServiceConfig {
                 lease_ttl: Duration::from_secs(5),
-                first_check: Duration::ZERO,
-                min_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(1),
+                schedule: wxrefund::decide::Schedule {
+                    first_check: Duration::ZERO,
+                    min_backoff: Duration::from_millis(100),
+                    max_backoff: Duration::from_secs(1),
+                    ..wxrefund::decide::Schedule::default()
+                },
                 page_size: 10,
                 notify_url,
-                ..ServiceConfig::default()
             },
         ));
         let router = wxrefund::http::router_with_poller(Arc::clone(&svc), Duration::from_secs(10));

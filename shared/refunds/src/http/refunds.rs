@@ -1,115 +1,22 @@
-//! The HTTP API as an axum router (the same routes on Lambda and on a local port): JSON in and out,
-//! errors as `{"error", "message"}`, bodies capped, unknown JSON fields rejected.
+//! The merchant's refund routes: create, get (optionally refreshed), list an order's refunds; the
+//! request body validated once here, with the field named, and the refund view.
 
-use std::sync::Arc;
-
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tracing::error;
-use wxpay::refund::RefundAccount;
+use wxpay::refund::{RefundAccount, RefundDesc};
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, TransactionId};
 
-use crate::service::{RefundCommand, RefundService, ServiceError, Submitted};
+use super::{ApiError, AppState, body_error};
+use crate::request::RefundCommand;
+use crate::service::Submitted;
 use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
-
-/// Largest JSON body accepted (a refund request is a few hundred bytes).
-pub const MAX_JSON_BODY: usize = 16 * 1024;
-/// Largest notification body accepted (WeChat's are about 1.5 KiB).
-pub const MAX_NOTIFY_BODY: usize = wxpay::xml::MAX_BODY;
-
-/// An error answered as `{"error": code, "message": text}`.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-    message: &'a str,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(ErrorBody {
-                error: self.code,
-                message: &self.message,
-            }),
-        )
-            .into_response()
-    }
-}
-
-impl From<ServiceError> for ApiError {
-    fn from(e: ServiceError) -> Self {
-        let (status, code) = match &e {
-            ServiceError::Invalid { .. } => (StatusCode::BAD_REQUEST, "validation_error"),
-            ServiceError::KeyReused(_) => (StatusCode::CONFLICT, "idempotency_key_reused"),
-            ServiceError::InProgress(_) => (StatusCode::CONFLICT, "in_progress"),
-            ServiceError::AmountExceeded { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "refund_exceeds_order")
-            }
-            ServiceError::TooManyRefunds => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_refunds"),
-            ServiceError::TotalFeeMismatch { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "total_fee_mismatch")
-            }
-            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ServiceError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
-            ServiceError::Ledger(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
-            ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
-        };
-        if status.is_server_error() {
-            error!(error = %e, "request failed");
-        }
-        // Store and internal failures are logged in full; the caller gets no infrastructure detail.
-        let message = match &e {
-            ServiceError::Ledger(_) => {
-                "the refund ledger is unavailable; retry the same request".into()
-            }
-            ServiceError::Internal(_) => "internal error; retry the same request".into(),
-            _ => e.to_string(),
-        };
-        ApiError::new(status, code, message)
-    }
-}
-
-fn body_error(r: BytesRejection) -> ApiError {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            "request body is larger than the limit",
-        )
-    } else {
-        ApiError::bad_request("invalid_body", r.body_text())
-    }
-}
 
 /// `POST /refunds` body. Amounts are integer fen.
 #[derive(Debug, Deserialize)]
@@ -170,12 +77,17 @@ impl CreateRefund {
             .map(|a| a.parse::<RefundAccount>())
             .transpose()
             .map_err(|e| invalid(&format!("refund_account: {e}")))?;
+        let refund_desc = self
+            .refund_desc
+            .map(RefundDesc::new)
+            .transpose()
+            .map_err(|e| invalid(&format!("refund_desc: {e}")))?;
         Ok(RefundCommand {
             out_refund_no,
             order,
             total_fee,
             refund_fee,
-            refund_desc: self.refund_desc,
+            refund_desc,
             refund_account,
         })
     }
@@ -239,9 +151,7 @@ pub struct OrderRefunds {
     pub refunds: Vec<RefundView>,
 }
 
-type AppState = Arc<RefundService>;
-
-async fn create_refund(
+pub(super) async fn create_refund(
     State(svc): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -261,12 +171,12 @@ async fn create_refund(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct GetParams {
+pub(super) struct GetParams {
     #[serde(default)]
     refresh: bool,
 }
 
-async fn get_refund(
+pub(super) async fn get_refund(
     State(svc): State<AppState>,
     Path(no): Path<String>,
     params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
@@ -275,11 +185,15 @@ async fn get_refund(
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let no = OutRefundNo::new(no)
         .map_err(|e| ApiError::bad_request("validation_error", e.to_string()))?;
-    let rec = svc.get(&no, params.refresh).await?;
+    let rec = if params.refresh {
+        svc.refresh(&no).await?
+    } else {
+        svc.get(&no).await?
+    };
     Ok(Json(RefundView::from(&rec)))
 }
 
-async fn list_order_refunds(
+pub(super) async fn list_order_refunds(
     State(svc): State<AppState>,
     Path(no): Path<String>,
 ) -> Result<Json<OrderRefunds>, ApiError> {
@@ -292,107 +206,11 @@ async fn list_order_refunds(
     }))
 }
 
-async fn refund_notify(
-    State(svc): State<AppState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let reply = match body {
-        Ok(body) => svc.apply_notification(&body).await,
-        Err(r) => wxpay::notify::fail_reply(&r.body_text()),
-    };
-    let mut resp = (StatusCode::OK, reply).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/xml; charset=utf-8"),
-    );
-    resp
-}
-
-async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this route",
-    )
-}
-
-/// The merchant routes (`POST /refunds`, `GET /refunds/{out_refund_no}`,
-/// `GET /orders/{out_trade_no}/refunds`) and WeChat's notification route.
-pub fn router(svc: Arc<RefundService>) -> Router {
-    Router::new()
-        .route(
-            "/refunds",
-            post(create_refund).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
-        )
-        .route("/refunds/{out_refund_no}", get(get_refund))
-        .route("/orders/{out_trade_no}/refunds", get(list_order_refunds))
-        .route(
-            "/wxpay/refund-notify",
-            post(refund_notify).layer(DefaultBodyLimit::max(MAX_NOTIFY_BODY)),
-        )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(svc)
-}
-
-/// The scheduled poll. lambda_http hands a non-HTTP event (the EventBridge Scheduler payload) to the
-/// router as `POST /events` with the event as the JSON body; API Gateway never routes that path.
-pub const EVENTS_PATH: &str = "/events";
-
-#[derive(Clone)]
-struct PollState {
-    svc: Arc<RefundService>,
-    budget: std::time::Duration,
-}
-
-async fn poll_event(
-    State(st): State<PollState>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<crate::service::PollReport>, ApiError> {
-    let body = body.map_err(body_error)?;
-    // Any JSON object is a trigger (`{"action":"poll"}` from our schedule, or the scheduler's own
-    // envelope); logged so an unexpected shape can be seen.
-    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let source = event.get("source").and_then(|s| s.as_str()).unwrap_or("");
-    let action = event.get("action").and_then(|s| s.as_str()).unwrap_or("");
-    tracing::info!(source, action, "poll triggered");
-    Ok(Json(st.svc.poll(st.budget).await?))
-}
-
-/// `router` plus the scheduled-poll event, for the refund-query function.
-pub fn router_with_poller(svc: Arc<RefundService>, budget: std::time::Duration) -> Router {
-    let events = Router::new()
-        .route(EVENTS_PATH, post(poll_event))
-        .with_state(PollState {
-            svc: Arc::clone(&svc),
-            budget,
-        });
-    router(svc).merge(events)
-}
-
-/// Runs the router as a Lambda function (API Gateway HTTP API events).
-pub async fn serve_lambda(router: Router) -> Result<(), lambda_http::Error> {
-    lambda_http::run(router).await
-}
-
-/// Runs the router on a local listener until `shutdown` resolves.
-pub async fn serve_local(
-    router: Router,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::ServiceError;
+    use wxpay::OutRefundNo;
 
     fn body(json: &str) -> Result<RefundCommand, ApiError> {
         let req: CreateRefund = serde_json::from_str(json)
@@ -488,6 +306,41 @@ mod tests {
             "R".repeat(65)
         );
         assert!(body(&long).is_err());
+    }
+
+    #[test]
+    fn refund_desc_is_checked_at_the_edge_by_name() {
+        // GIVEN descriptions the encoder or WeChat would refuse WHEN posted THEN a 400 that names
+        // refund_desc, before anything is recorded
+        for desc in ["a]]>b", "退款😀", "tab\there"] {
+            let json = serde_json::json!({"out_refund_no": "R1", "out_trade_no": "ORDER1",
+                "total_fee": 100, "refund_fee": 1, "refund_desc": desc})
+            .to_string();
+            let err = body(&json).expect_err(desc);
+            assert_eq!(
+                (err.status, err.code),
+                (StatusCode::BAD_REQUEST, "validation_error")
+            );
+            assert!(
+                err.message.starts_with("refund_desc"),
+                "{desc}: {}",
+                err.message
+            );
+        }
+        let long = serde_json::json!({"out_refund_no": "R1", "out_trade_no": "ORDER1",
+            "total_fee": 100, "refund_fee": 1, "refund_desc": "退".repeat(81)})
+        .to_string();
+        assert!(body(&long).unwrap_err().message.contains("80"));
+        let ok = serde_json::json!({"out_refund_no": "R1", "out_trade_no": "ORDER1",
+            "total_fee": 100, "refund_fee": 1, "refund_desc": "退".repeat(80)})
+        .to_string();
+        assert_eq!(
+            body(&ok)
+                .unwrap()
+                .refund_desc
+                .map(|d| d.as_str().chars().count()),
+            Some(80)
+        );
     }
 
     #[test]

@@ -1,0 +1,526 @@
+//! What each WeChat answer means for a refund: pure decisions, `(record, outcome of a call,
+//! schedule, now) → next step`, shared by every workflow in `service/`. Nothing here does I/O; the
+//! service carries the step out (a fenced ledger move, a query, a re-submission) and logs its `Why`.
+//!
+//! WeChat's rules this module encodes (see docs/PROTOCOL.md, "Error codes and retry classes"):
+//! - "Apply refund" answers SUCCESS only when WeChat accepted the refund; the money moves later and
+//!   is learned by query or notification (PROCESSING → SUCCESS / REFUNDCLOSE / CHANGE).
+//! - A timeout, reset, 5xx or an unverifiable reply may hide an accepted refund: query the same
+//!   `out_refund_no` before anything else, and only `REFUNDNOTEXIST` proves WeChat never took it.
+//! - `SYSTEMERROR` has been seen on refunds that were taken, so a definitive refusal of a *repeat*
+//!   says nothing about the earlier attempt: verify by query before failing.
+
+use std::fmt;
+use std::time::Duration;
+
+use wxpay::query::{QueriedRefund, RefundQueryResponse, WxRefundStatus};
+use wxpay::refund::RefundResponse;
+use wxpay::{
+    CallOutcome, ErrCode, Fen, OutTradeNo, RetryClass, TransactionId, UnknownReason, WxError,
+};
+
+use crate::ledger::{Changes, Patch};
+use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
+
+/// How often refunds are looked at again. Production defaults in [`Schedule::default`]; the local
+/// stack and tests shorten them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// First check of an accepted refund (wallet refunds settle within minutes).
+    pub first_check: Duration,
+    /// Shortest and longest wait between checks or re-submissions.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// A refund PROCESSING longer than this is logged as needing a person.
+    pub stale_processing: Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            first_check: Duration::from_secs(60),
+            min_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(4 * 3600),
+            stale_processing: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl Schedule {
+    /// Wait before re-submitting after the `attempts`-th attempt: `min_backoff` doubling per
+    /// attempt, capped at `max_backoff`.
+    pub fn retry_delay(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(16);
+        self.min_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+
+    /// Checks of a refund whose fate is open get sparser as it ages: half its age, within the
+    /// bounds, so an unanswerable refund does not cost a query a minute forever.
+    pub fn recheck_delay(&self, rec: &RefundRecord, now: UnixMillis) -> Duration {
+        (rec.created_at.age_at(now) / 2)
+            .min(self.max_backoff)
+            .max(self.min_backoff)
+    }
+}
+
+/// WeChat's refund status in the domain. Values WeChat may add later are not final: check again.
+impl From<&WxRefundStatus> for RefundStatus {
+    fn from(s: &WxRefundStatus) -> Self {
+        match s {
+            WxRefundStatus::Success => RefundStatus::Success,
+            WxRefundStatus::RefundClose => RefundStatus::RefundClose,
+            WxRefundStatus::Change => RefundStatus::Change,
+            WxRefundStatus::Processing | WxRefundStatus::Other(_) => RefundStatus::Processing,
+        }
+    }
+}
+
+/// A call that did not come back with a typed success.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallFailure {
+    /// WeChat answered with a refusal (`err_code`).
+    Rejected(WxError),
+    /// Nothing left this process (connect failure, pacing, a request we could not build).
+    NotSent(String),
+    /// It may have been taken.
+    Unknown(UnknownReason),
+}
+
+impl CallFailure {
+    /// Splits a call's outcome into its success and its failure.
+    pub fn split<T>(outcome: CallOutcome<T>) -> Result<T, CallFailure> {
+        match outcome {
+            CallOutcome::Ok(t) => Ok(t),
+            CallOutcome::Rejected(e) => Err(CallFailure::Rejected(e)),
+            CallOutcome::NotSent(r) => Err(CallFailure::NotSent(r)),
+            CallOutcome::Unknown(r) => Err(CallFailure::Unknown(r)),
+        }
+    }
+
+    /// The one place a failed call becomes the record's `last_error`.
+    pub fn last_error(&self) -> LastError {
+        match self {
+            CallFailure::Rejected(e) => wx_error(e),
+            CallFailure::NotSent(reason) => LastError {
+                code: "NOT_SENT".into(),
+                message: reason.clone(),
+            },
+            CallFailure::Unknown(reason) => LastError {
+                code: reason.code().into(),
+                message: reason.to_string(),
+            },
+        }
+    }
+}
+
+/// What the merchant is told when a call it waits for fails (`502 upstream_error`).
+impl fmt::Display for CallFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallFailure::Rejected(e) => write!(f, "{e}"),
+            CallFailure::NotSent(r) => f.write_str(r),
+            CallFailure::Unknown(r) => write!(f, "{r}"),
+        }
+    }
+}
+
+/// WeChat's refusal as the record's `last_error` (`err_code` / `err_code_des`).
+pub fn wx_error(e: &WxError) -> LastError {
+    LastError {
+        code: e.code.as_str().to_string(),
+        message: e.description.clone(),
+    }
+}
+
+/// The order as a signed query reply names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueriedOrder {
+    pub out_trade_no: Option<OutTradeNo>,
+    pub transaction_id: Option<TransactionId>,
+    pub total_fee: Option<Fen>,
+}
+
+/// What a query by `out_refund_no` says about that number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The signed reply lists the refund.
+    Found {
+        refund: Box<QueriedRefund>,
+        order: QueriedOrder,
+    },
+    /// The reply is signed and well-formed but does not list this number.
+    NotListed,
+    /// `REFUNDNOTEXIST`: WeChat has no refund with this number (or lags).
+    NotExist(WxError),
+    /// No answer about the number (another refusal, not sent, unknown).
+    Failed(CallFailure),
+}
+
+impl Lookup {
+    /// Finds `no` in a query's outcome.
+    pub fn of(no: &wxpay::OutRefundNo, outcome: CallOutcome<RefundQueryResponse>) -> Lookup {
+        match CallFailure::split(outcome) {
+            Ok(resp) => {
+                let order = QueriedOrder {
+                    out_trade_no: resp.out_trade_no,
+                    transaction_id: resp.transaction_id,
+                    total_fee: resp.total_fee,
+                };
+                match resp.refunds.into_iter().find(|r| &r.out_refund_no == no) {
+                    Some(refund) => Lookup::Found {
+                        refund: Box::new(refund),
+                        order,
+                    },
+                    None => Lookup::NotListed,
+                }
+            }
+            Err(CallFailure::Rejected(e)) if e.code == ErrCode::RefundNotExist => {
+                Lookup::NotExist(e)
+            }
+            Err(f) => Lookup::Failed(f),
+        }
+    }
+}
+
+/// Why a step was chosen: the service logs it, tests assert it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// WeChat accepted the refund.
+    Accepted,
+    /// The acceptance names another refund or amount: its outcome is unknown.
+    ReplyMismatch {
+        reply_out_refund_no: String,
+        reply_refund_fee: Fen,
+    },
+    /// WeChat refused the attempt; the class says what may follow.
+    Refused(RetryClass),
+    /// The request never left.
+    NotSent,
+    /// The attempt may have been taken.
+    OutcomeUnknown,
+    /// A definitive refusal of a repeat, and WeChat never took an earlier attempt.
+    NeverTaken,
+    /// A definitive refusal of a repeat, and WeChat could not say whether it took an earlier one.
+    RepeatRefusedUnverified,
+    /// WeChat's status for the refund, taken over.
+    Adopted,
+    /// Adopted, and PROCESSING for longer than the stale limit: a person should look.
+    AdoptedStale,
+    /// WeChat reports another `refund_fee` for this number: not adopted.
+    AmountMismatch { wechat: Fen },
+    /// WeChat says REFUNDNOTEXIST for a refund it accepted (it lags, or the books disagree).
+    NotExistAfterAcceptance,
+    /// The check answered nothing new (or itself failed): check again later.
+    NothingLearned,
+}
+
+/// The next thing to do with a refund.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// A fenced move of the record to `to` with `changes`.
+    Move {
+        to: RefundStatus,
+        changes: Changes,
+        why: Why,
+    },
+    /// A definitive refusal of a repeated attempt: ask WeChat about the number before failing.
+    Verify { refusal: WxError },
+    /// WeChat has never seen the number: send it again (same number, same amounts).
+    Resubmit,
+    /// Leave the record as it is.
+    Keep,
+}
+
+fn moved(to: RefundStatus, last_error: Patch<LastError>, next: UnixMillis, why: Why) -> Step {
+    Step::Move {
+        to,
+        changes: Changes {
+            last_error,
+            next_check_at: Some(next),
+            ..Changes::default()
+        },
+        why,
+    }
+}
+
+/// After "apply refund" for a refund we hold the lease on (status SUBMITTING, `attempts` counts
+/// this attempt).
+pub fn after_apply(
+    rec: &RefundRecord,
+    outcome: CallOutcome<RefundResponse>,
+    s: &Schedule,
+    now: UnixMillis,
+) -> Step {
+    let retry_at = now.plus(s.retry_delay(rec.attempts));
+    match CallFailure::split(outcome) {
+        Ok(resp)
+            if resp.out_refund_no != rec.out_refund_no || resp.refund_fee != rec.refund_fee =>
+        {
+            moved(
+                RefundStatus::Unknown,
+                Patch::Set(LastError {
+                    code: "REPLY_MISMATCH".into(),
+                    message: "WeChat's acceptance names another refund or amount".into(),
+                }),
+                now.plus(s.min_backoff),
+                Why::ReplyMismatch {
+                    reply_out_refund_no: resp.out_refund_no.to_string(),
+                    reply_refund_fee: resp.refund_fee,
+                },
+            )
+        }
+        Ok(resp) => Step::Move {
+            to: RefundStatus::Processing,
+            changes: Changes {
+                refund_id: Some(resp.refund_id),
+                transaction_id: Some(resp.transaction_id),
+                out_trade_no: Some(resp.out_trade_no),
+                last_error: Patch::Clear,
+                next_check_at: Some(now.plus(s.first_check)),
+                ..Changes::default()
+            },
+            why: Why::Accepted,
+        },
+        Err(CallFailure::Rejected(e)) => {
+            let class = e.class();
+            let definitive = matches!(class, RetryClass::Final | RetryClass::FixRequest);
+            if definitive && rec.attempts > 1 {
+                return Step::Verify { refusal: e };
+            }
+            // A configuration refusal waits for an operator instead of failing: the refund must
+            // never need a new number because our key or certificate was wrong.
+            let to = if definitive {
+                RefundStatus::Failed
+            } else {
+                RefundStatus::RetryWait
+            };
+            moved(to, Patch::Set(wx_error(&e)), retry_at, Why::Refused(class))
+        }
+        Err(f @ CallFailure::NotSent(_)) => moved(
+            RefundStatus::RetryWait,
+            Patch::Set(f.last_error()),
+            retry_at,
+            Why::NotSent,
+        ),
+        Err(f @ CallFailure::Unknown(_)) => moved(
+            RefundStatus::Unknown,
+            Patch::Set(f.last_error()),
+            now.plus(s.min_backoff),
+            Why::OutcomeUnknown,
+        ),
+    }
+}
+
+/// After the query that verifies a definitive refusal of a repeat (`refusal`).
+pub fn after_verify(
+    rec: &RefundRecord,
+    refusal: &WxError,
+    lookup: Lookup,
+    s: &Schedule,
+    now: UnixMillis,
+) -> Step {
+    let next = now.plus(s.min_backoff);
+    match lookup {
+        Lookup::Found { refund, .. } => adopt(rec, &refund, s, now),
+        Lookup::NotExist(_) => moved(
+            RefundStatus::Failed,
+            Patch::Set(wx_error(refusal)),
+            next,
+            Why::NeverTaken,
+        ),
+        // Cannot tell: keep the amount and find out later.
+        Lookup::NotListed | Lookup::Failed(_) => moved(
+            RefundStatus::Unknown,
+            Patch::Set(wx_error(refusal)),
+            next,
+            Why::RepeatRefusedUnverified,
+        ),
+    }
+}
+
+/// After a query by number for a refund that is not being submitted by us right now.
+/// `holds_lease`: the caller took the lease over (an abandoned SUBMITTING refund).
+pub fn after_query(
+    rec: &RefundRecord,
+    lookup: Lookup,
+    holds_lease: bool,
+    s: &Schedule,
+    now: UnixMillis,
+) -> Step {
+    match lookup {
+        Lookup::Found { refund, .. } => adopt(rec, &refund, s, now),
+        Lookup::NotListed => recheck_later(
+            rec,
+            LastError {
+                code: "QUERY_MISMATCH".into(),
+                message: "query reply does not list this refund".into(),
+            },
+            s,
+            now,
+        ),
+        Lookup::NotExist(e) => match rec.status {
+            RefundStatus::Submitting if holds_lease => Step::Resubmit,
+            RefundStatus::Submitting => Step::Keep,
+            // A refresh or a notification must not skip the backoff WeChat asked for.
+            RefundStatus::Unknown | RefundStatus::RetryWait if !rec.is_due(now) => Step::Keep,
+            RefundStatus::Unknown | RefundStatus::RetryWait => Step::Resubmit,
+            _ => match recheck_later(rec, wx_error(&e), s, now) {
+                Step::Move { to, changes, .. } => Step::Move {
+                    to,
+                    changes,
+                    why: Why::NotExistAfterAcceptance,
+                },
+                other => other,
+            },
+        },
+        Lookup::Failed(f) => recheck_later(rec, f.last_error(), s, now),
+    }
+}
+
+/// Moves the refund to what WeChat reports for it, unless WeChat names another amount.
+pub fn adopt(rec: &RefundRecord, found: &QueriedRefund, s: &Schedule, now: UnixMillis) -> Step {
+    if found.refund_fee != rec.refund_fee {
+        let e = LastError {
+            code: "AMOUNT_MISMATCH".into(),
+            message: format!(
+                "WeChat reports refund_fee {} for this number",
+                found.refund_fee
+            ),
+        };
+        return match recheck_later(rec, e, s, now) {
+            Step::Move { to, changes, .. } => Step::Move {
+                to,
+                changes,
+                why: Why::AmountMismatch {
+                    wechat: found.refund_fee,
+                },
+            },
+            other => other,
+        };
+    }
+    let to = RefundStatus::from(&found.refund_status);
+    let stale = to == RefundStatus::Processing && rec.created_at.age_at(now) > s.stale_processing;
+    Step::Move {
+        to,
+        changes: Changes {
+            refund_id: Some(found.refund_id.clone()),
+            last_error: Patch::Clear,
+            refund_recv_account: found.refund_recv_account.clone(),
+            success_time: found.refund_success_time.clone(),
+            next_check_at: (!to.is_final()).then(|| now.plus(s.recheck_delay(rec, now))),
+            ..Changes::default()
+        },
+        why: if stale {
+            Why::AdoptedStale
+        } else {
+            Why::Adopted
+        },
+    }
+}
+
+/// Nothing learned: keep the status (an abandoned attempt becomes an unknown outcome), note the
+/// error, check again later.
+pub fn recheck_later(
+    rec: &RefundRecord,
+    last_error: LastError,
+    s: &Schedule,
+    now: UnixMillis,
+) -> Step {
+    let (to, delay) = match rec.status {
+        RefundStatus::Submitting => (RefundStatus::Unknown, s.min_backoff),
+        RefundStatus::Processing | RefundStatus::Unknown => (rec.status, s.recheck_delay(rec, now)),
+        other => (other, s.retry_delay(rec.attempts)),
+    };
+    if !rec.status.can_move_to(to) {
+        return Step::Keep;
+    }
+    moved(
+        to,
+        Patch::Set(last_error),
+        now.plus(delay),
+        Why::NothingLearned,
+    )
+}
+
+/// A ledger refund that WeChat's order listing also reports: adopt its status when that moves the
+/// refund on (the listing is signed, like a query by number).
+pub fn from_listing(
+    rec: &RefundRecord,
+    found: &QueriedRefund,
+    s: &Schedule,
+    now: UnixMillis,
+) -> Step {
+    let to = RefundStatus::from(&found.refund_status);
+    let movable = !rec.status.is_final()
+        && rec.status != RefundStatus::Submitting
+        && rec.status != to
+        && rec.status.can_move_to(to);
+    if movable {
+        adopt(rec, found, s, now)
+    } else {
+        Step::Keep
+    }
+}
+
+/// What prompted a look at one refund.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// The poller found it due.
+    Poll,
+    /// A merchant asked for `GET /refunds/{no}?refresh=true`.
+    Refresh,
+    /// WeChat's notification named it.
+    Notification,
+}
+
+/// The first action for a refund, by what prompted it and where it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Take the lease and apply (first attempt or a re-submission).
+    Submit,
+    /// Ask WeChat about the number.
+    Query,
+    /// Take over an abandoned attempt's lease, then ask WeChat about the number.
+    TakeOverThenQuery,
+    /// Nothing to do now.
+    Keep,
+}
+
+pub fn action(rec: &RefundRecord, trigger: Trigger) -> Action {
+    use RefundStatus::*;
+    match (trigger, rec.status) {
+        (Trigger::Poll, Recorded | RetryWait) => Action::Submit,
+        (Trigger::Poll, Processing | Unknown) => Action::Query,
+        (Trigger::Poll, Submitting) => Action::TakeOverThenQuery,
+        (Trigger::Poll, _) => Action::Keep,
+        (_, s) if s.is_final() || s == Submitting => Action::Keep,
+        (_, Recorded) => Action::Submit,
+        (_, _) => Action::Query,
+    }
+}
+
+/// What a repeated `POST /refunds` with the same request gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Recorded by a caller that never got to submit it (or is about to): the lease decides.
+    Submit,
+    /// Someone holds a live lease and is calling WeChat right now.
+    InProgress,
+    /// The stored record is the answer.
+    Stored,
+}
+
+pub fn on_replay(rec: &RefundRecord, now: UnixMillis) -> Replay {
+    match rec.status {
+        RefundStatus::Recorded => Replay::Submit,
+        RefundStatus::Submitting if rec.lease.as_ref().is_some_and(|l| l.expires_at > now) => {
+            Replay::InProgress
+        }
+        _ => Replay::Stored,
+    }
+}
+
+#[cfg(test)]
+mod tests;

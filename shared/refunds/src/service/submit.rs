@@ -1,0 +1,83 @@
+//! Submit: record the refund with its reservation before anything is sent, then apply it once
+//! under the lease; a definitive refusal of a repeat is verified by query before it fails.
+
+use tracing::{info, warn};
+use wxpay::WxError;
+
+use super::{LeaseToken, RefundService, ServiceError, Submitted};
+use crate::decide::{self, Replay, Step};
+use crate::ledger::RecordOutcome;
+use crate::request::RefundCommand;
+use crate::state::{RefundRecord, UnixMillis};
+
+impl RefundService {
+    /// Records the refund (with its reservation) before anything is sent, then submits it once.
+    pub async fn submit(&self, cmd: RefundCommand) -> Result<Submitted, ServiceError> {
+        let now = UnixMillis::now();
+        let refund_fee = cmd.refund_fee;
+        let total_fee = cmd.total_fee;
+        // If this process dies before taking the lease, the poller picks the refund up then.
+        let new = cmd.into_new_refund(now, now.plus(self.cfg.lease_ttl));
+        match self.ledger.record(new).await? {
+            RecordOutcome::Created(rec) => {
+                info!(out_refund_no = %rec.out_refund_no, out_trade_no = %rec.order, refund_fee = rec.refund_fee.get(), "refund recorded");
+                Ok(Submitted::New(self.attempt(&rec).await?))
+            }
+            RecordOutcome::Existing(rec) => match decide::on_replay(&rec, now) {
+                Replay::Submit => Ok(Submitted::Replay(self.attempt(&rec).await?)),
+                Replay::InProgress => Err(ServiceError::InProgress(rec.out_refund_no)),
+                Replay::Stored => Ok(Submitted::Replay(rec)),
+            },
+            RecordOutcome::KeyReused(rec) => Err(ServiceError::KeyReused(rec.out_refund_no)),
+            RecordOutcome::AmountExceeded { book } => Err(ServiceError::AmountExceeded {
+                requested: refund_fee,
+                available: book.available(),
+                total_fee: book.total_fee,
+            }),
+            RecordOutcome::TooManyRefunds { .. } => Err(ServiceError::TooManyRefunds),
+            RecordOutcome::TotalFeeMismatch { book } => Err(ServiceError::TotalFeeMismatch {
+                given: total_fee,
+                stored: book.total_fee,
+            }),
+        }
+    }
+
+    /// Takes the lease and applies. A held lease means someone else is submitting right now.
+    pub(super) async fn attempt(&self, rec: &RefundRecord) -> Result<RefundRecord, ServiceError> {
+        self.under_lease(&rec.out_refund_no, |rec, lease| async move {
+            self.apply_leased(rec, &lease).await
+        })
+        .await
+    }
+
+    /// Calls refund apply for a refund we hold the lease on and records what came back.
+    pub(super) async fn apply_leased(
+        &self,
+        rec: RefundRecord,
+        lease: &LeaseToken,
+    ) -> Result<RefundRecord, ServiceError> {
+        let outcome = self.gateway.refund(&self.wire_request(&rec)).await;
+        let now = UnixMillis::now();
+        match decide::after_apply(&rec, outcome, self.schedule(), now) {
+            Step::Verify { refusal } => self.verify_before_failing(rec, lease, refusal).await,
+            step => self.carry_out(&rec, Some(lease), step, now).await,
+        }
+    }
+
+    /// A definitive refusal of a repeated attempt: query the number (still holding the lease) and
+    /// fail the refund only if WeChat has never taken it.
+    async fn verify_before_failing(
+        &self,
+        rec: RefundRecord,
+        lease: &LeaseToken,
+        refusal: WxError,
+    ) -> Result<RefundRecord, ServiceError> {
+        let lookup = self.look_up(&rec.out_refund_no).await;
+        if matches!(lookup, decide::Lookup::Found { .. }) {
+            warn!(out_refund_no = %rec.out_refund_no, err_code = %refusal.code, "repeat refused, but an earlier attempt was taken: adopting it");
+        }
+        let now = UnixMillis::now();
+        let step = decide::after_verify(&rec, &refusal, lookup, self.schedule(), now);
+        self.carry_out(&rec, Some(lease), step, now).await
+    }
+}

@@ -1,0 +1,199 @@
+//! The workflows against a scripted gateway: the cases the sandbox cannot produce.
+
+use super::*;
+use crate::request::RefundCommand;
+use wxpay::query::{QueriedRefund, RefundQueryRequest};
+use wxpay::refund::RefundRequest;
+use wxpay::{CallOutcome, ErrCode, Fen, OrderRef, WxError};
+
+fn cmd() -> RefundCommand {
+    RefundCommand {
+        out_refund_no: "R-1".parse().unwrap(),
+        order: OrderRef::OutTradeNo("ORDER-1".parse().unwrap()),
+        total_fee: Fen::new(100).unwrap(),
+        refund_fee: Fen::new(10).unwrap(),
+        refund_desc: None,
+        refund_account: None,
+    }
+}
+
+// ---- workflows against a scripted WeChat ---------------------------------------------------
+//
+// The sandbox cannot produce "an attempt taken but answered SYSTEMERROR, then the repeat
+// refused for good", so these drive the workflows against a scripted port (the one fake: the
+// end-to-end suite in tests/ covers everything the sandbox can do).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use wxpay::XmlMap;
+use wxpay::errors::Stage;
+use wxpay::notify::{NotifyError, RefundNotification};
+use wxpay::query::RefundQueryResponse;
+use wxpay::refund::RefundResponse;
+
+use crate::ledger::embedded::EmbeddedLedger;
+
+#[derive(Default)]
+struct Scripted {
+    refunds: Mutex<VecDeque<CallOutcome<RefundResponse>>>,
+    queries: Mutex<VecDeque<CallOutcome<RefundQueryResponse>>>,
+}
+
+#[async_trait]
+impl Gateway for Scripted {
+    async fn refund(&self, _: &RefundRequest) -> CallOutcome<RefundResponse> {
+        self.refunds
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a scripted refund reply")
+    }
+    async fn query(&self, _: &RefundQueryRequest) -> CallOutcome<RefundQueryResponse> {
+        self.queries
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a scripted query reply")
+    }
+    async fn decrypt_notification(&self, _: &[u8]) -> Result<RefundNotification, NotifyError> {
+        Err(NotifyError::MissingReqInfo)
+    }
+}
+
+fn refused(code: &str) -> WxError {
+    WxError {
+        stage: Stage::Result,
+        code: ErrCode::parse(code),
+        description: code.to_lowercase(),
+        return_msg: "OK".into(),
+        raw: String::new(),
+    }
+}
+
+fn found(status: wxpay::WxRefundStatus) -> RefundQueryResponse {
+    RefundQueryResponse {
+        transaction_id: None,
+        out_trade_no: Some("ORDER-1".parse().unwrap()),
+        total_fee: Some(Fen::new(100).unwrap()),
+        settlement_total_fee: None,
+        fee_type: None,
+        cash_fee: None,
+        refund_count: 1,
+        total_refund_count: None,
+        refunds: vec![QueriedRefund {
+            out_refund_no: "R-1".parse().unwrap(),
+            refund_id: "5001".parse().unwrap(),
+            refund_channel: None,
+            refund_fee: Fen::new(10).unwrap(),
+            settlement_refund_fee: None,
+            refund_status: status,
+            refund_account: None,
+            refund_recv_account: None,
+            refund_success_time: None,
+            coupon_refund_fee: None,
+            coupons: vec![],
+        }],
+        fields: XmlMap::new(),
+    }
+}
+
+async fn service(wechat: Scripted) -> (RefundService, Arc<Scripted>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(EmbeddedLedger::open(dir.path().join("l.redb")).unwrap());
+    let wechat = Arc::new(wechat);
+    let cfg = ServiceConfig {
+        schedule: Schedule {
+            min_backoff: Duration::ZERO,
+            first_check: Duration::ZERO,
+            ..Schedule::default()
+        },
+        ..ServiceConfig::default()
+    };
+    let svc = RefundService::new(ledger, Arc::clone(&wechat) as Arc<dyn Gateway>, cfg);
+    (svc, wechat, dir)
+}
+
+async fn first_attempt_systemerror_then_final_refusal(
+    query: CallOutcome<RefundQueryResponse>,
+) -> (RefundRecord, crate::state::OrderBook) {
+    // GIVEN a refund whose first attempt got SYSTEMERROR (maybe taken) and whose repeat is
+    // refused for good
+    let script = Scripted::default();
+    script.refunds.lock().unwrap().extend([
+        CallOutcome::Rejected(refused("SYSTEMERROR")),
+        CallOutcome::Rejected(refused("USER_ACCOUNT_ABNORMAL")),
+    ]);
+    script.queries.lock().unwrap().push_back(query);
+    let (svc, wechat, _dir) = service(script).await;
+    let first = match svc.submit(cmd()).await.unwrap() {
+        Submitted::New(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first.status, RefundStatus::RetryWait);
+    // WHEN the poller re-submits the same number
+    let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((report.examined, report.retried), (1, 1));
+    assert!(
+        wechat.refunds.lock().unwrap().is_empty(),
+        "the same number was sent twice"
+    );
+    assert!(
+        wechat.queries.lock().unwrap().is_empty(),
+        "WeChat was asked before failing"
+    );
+    let rec = svc.get(&"R-1".parse().unwrap()).await.unwrap();
+    let book = svc.ledger().order(&cmd().order).await.unwrap().unwrap();
+    (rec, book)
+}
+
+#[tokio::test]
+async fn a_final_refusal_of_a_repeat_adopts_the_earlier_attempt_when_wechat_has_it() {
+    let (rec, book) = first_attempt_systemerror_then_final_refusal(CallOutcome::Ok(found(
+        wxpay::WxRefundStatus::Processing,
+    )))
+    .await;
+    // THEN the refund WeChat took is adopted and its amount stays reserved
+    assert_eq!(rec.status, RefundStatus::Processing);
+    assert_eq!(rec.refund_id.as_ref().map(|r| r.as_str()), Some("5001"));
+    assert_eq!(book.reserved, Fen::new(10).unwrap());
+}
+
+#[tokio::test]
+async fn a_final_refusal_of_a_repeat_fails_only_when_wechat_never_took_it() {
+    let (rec, book) = first_attempt_systemerror_then_final_refusal(CallOutcome::Rejected(refused(
+        "REFUNDNOTEXIST",
+    )))
+    .await;
+    // THEN FAILED with WeChat's reason, and the amount is released
+    assert_eq!(rec.status, RefundStatus::Failed);
+    assert_eq!(rec.last_error.unwrap().code, "USER_ACCOUNT_ABNORMAL");
+    assert_eq!(book.reserved, Fen::ZERO);
+}
+
+#[tokio::test]
+async fn a_final_refusal_of_a_repeat_stays_unknown_when_the_query_fails() {
+    let (rec, book) =
+        first_attempt_systemerror_then_final_refusal(CallOutcome::NotSent("down".into())).await;
+    // THEN the amount stays reserved until WeChat can be asked
+    assert_eq!(rec.status, RefundStatus::Unknown);
+    assert_eq!(book.reserved, Fen::new(10).unwrap());
+}
+
+#[tokio::test]
+async fn a_configuration_refusal_keeps_the_refund_waiting_not_failed() {
+    let script = Scripted::default();
+    script
+        .refunds
+        .lock()
+        .unwrap()
+        .push_back(CallOutcome::Rejected(refused("CERT_ERROR")));
+    let (svc, _wechat, _dir) = service(script).await;
+    let rec = match svc.submit(cmd()).await.unwrap() {
+        Submitted::New(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(rec.status, RefundStatus::RetryWait);
+    assert_eq!(rec.last_error.unwrap().code, "CERT_ERROR");
+}
