@@ -9,8 +9,10 @@ use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::app::App;
+use crate::body::TooLarge;
 use crate::books::{AdminError, Fault, NewOrder};
-use crate::server::{App, settle};
+use crate::settle::settle;
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
@@ -60,7 +62,7 @@ pub async fn handle(
     app: &Arc<App>,
     method: &Method,
     path: &str,
-    body: Result<Bytes, ()>,
+    body: Result<Bytes, TooLarge>,
 ) -> Response<Full<Bytes>> {
     let Ok(body) = body else {
         return error(

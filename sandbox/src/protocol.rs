@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
+use hyper::StatusCode;
 use wxpay::{Fen, SignType, XmlMap};
 
+use crate::app::App;
+use crate::beijing::wechat_time;
+use crate::body::TooLarge;
 use crate::books::{
-    ApplyRequest, BizError, Endpoint, FaultKind, OrderKey, Phase, Refund, RefundStatus, Selector,
-    wechat_time,
+    ApplyRequest, BizError, BookedStatus, Endpoint, FaultKind, OrderKey, Phase, Refund, Selector,
 };
-use crate::server::App;
 
 /// What the HTTP layer should do.
 #[derive(Debug)]
@@ -18,7 +20,7 @@ pub enum Reply {
     /// HTTP 200 with an XML body.
     Xml(String),
     /// Another status with an HTML body (front-end errors).
-    Html { status: u16, body: String },
+    Html { status: StatusCode, body: String },
     /// Close the connection without answering.
     Drop,
     /// Never answer.
@@ -139,14 +141,20 @@ fn unsigned_biz_fail(e: &BizError) -> Reply {
     ])
 }
 
-/// Checks shared by both endpoints: XML, names, required fields, sign type, signature, merchant.
-/// `Err` is the reply to send.
-fn verify_envelope(
+/// The prelude shared by both endpoints (README checks 2–8): POST, body, XML, names, required
+/// fields, sign type, merchant, signature, appid, UTF-8. `Err` is the reply to send.
+fn prelude(
     app: &App,
-    body: &[u8],
+    is_post: bool,
+    body: Result<&[u8], TooLarge>,
     allowed: &[&str],
     required: &[&str],
 ) -> Result<(XmlMap, Signed), Reply> {
+    if !is_post {
+        return Err(return_fail(MSG_POST_ONLY));
+    }
+    // The decoder's own size check would say the same; it never sees an oversize body.
+    let body = body.map_err(|TooLarge| return_fail(MSG_XML))?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(return_fail(MSG_EMPTY));
     }
@@ -291,7 +299,12 @@ fn limit_failures(app: &App, signed: Option<&Signed>, reply: Reply) -> Reply {
     }
 }
 
-pub async fn apply(app: &Arc<App>, is_post: bool, body: &[u8], client_cn: Option<&str>) -> Reply {
+pub async fn apply(
+    app: &Arc<App>,
+    is_post: bool,
+    body: Result<&[u8], TooLarge>,
+    client_cn: Option<&str>,
+) -> Reply {
     let mut signed = None;
     let reply = apply_inner(app, is_post, body, client_cn, &mut signed).await;
     limit_failures(app, signed.as_ref(), reply)
@@ -300,15 +313,13 @@ pub async fn apply(app: &Arc<App>, is_post: bool, body: &[u8], client_cn: Option
 async fn apply_inner(
     app: &Arc<App>,
     is_post: bool,
-    body: &[u8],
+    body: Result<&[u8], TooLarge>,
     client_cn: Option<&str>,
     signed_out: &mut Option<Signed>,
 ) -> Reply {
-    if !is_post {
-        return return_fail(MSG_POST_ONLY);
-    }
-    let (map, signed) = match verify_envelope(
+    let (map, signed) = match prelude(
         app,
+        is_post,
         body,
         APPLY_FIELDS,
         &[
@@ -361,7 +372,7 @@ async fn apply_inner(
     match before {
         Some(FaultKind::Http502) => {
             return Reply::Html {
-                status: 502,
+                status: StatusCode::BAD_GATEWAY,
                 body: BAD_GATEWAY_HTML.into(),
             };
         }
@@ -466,7 +477,7 @@ async fn apply_inner(
 /// At most this many records per query reply.
 pub const PAGE: usize = 10;
 
-pub async fn query(app: &Arc<App>, is_post: bool, body: &[u8]) -> Reply {
+pub async fn query(app: &Arc<App>, is_post: bool, body: Result<&[u8], TooLarge>) -> Reply {
     let mut signed = None;
     let reply = query_inner(app, is_post, body, &mut signed).await;
     limit_failures(app, signed.as_ref(), reply)
@@ -475,14 +486,12 @@ pub async fn query(app: &Arc<App>, is_post: bool, body: &[u8]) -> Reply {
 async fn query_inner(
     app: &Arc<App>,
     is_post: bool,
-    body: &[u8],
+    body: Result<&[u8], TooLarge>,
     signed_out: &mut Option<Signed>,
 ) -> Reply {
-    if !is_post {
-        return return_fail(MSG_POST_ONLY);
-    }
-    let (map, signed) = match verify_envelope(
+    let (map, signed) = match prelude(
         app,
+        is_post,
         body,
         QUERY_FIELDS,
         &["appid", "mch_id", "nonce_str", "sign"],
@@ -535,7 +544,7 @@ async fn query_inner(
     match before {
         Some(FaultKind::Http502) => {
             return Reply::Html {
-                status: 502,
+                status: StatusCode::BAD_GATEWAY,
                 body: BAD_GATEWAY_HTML.into(),
             };
         }
@@ -592,7 +601,7 @@ async fn query_inner(
         push("refund_status", r.status.as_str().into());
         push("refund_account", r.refund_account.clone());
         push("refund_recv_accout", r.recv_account().into());
-        if r.status == RefundStatus::Success
+        if r.status == BookedStatus::Success
             && let Some(t) = r.success_time
         {
             push("refund_success_time", wechat_time(t));
@@ -635,7 +644,7 @@ pub fn route(path: &str) -> Option<(Endpoint, bool)> {
 
 pub fn cert_missing() -> Reply {
     Reply::Html {
-        status: 400,
+        status: StatusCode::BAD_REQUEST,
         body: CERT_MISSING_HTML.into(),
     }
 }

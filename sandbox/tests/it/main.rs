@@ -4,6 +4,7 @@
 mod admin;
 mod apply;
 mod common;
+mod config;
 mod coupons;
 mod faults;
 mod files_tls;
