@@ -37,8 +37,8 @@ use tokio::task::JoinHandle;
 use wxpay::ApiKey;
 
 pub use books::{
-    BookedStatus, Books, Coupon, CouponRefund, CouponType, Fault, FaultKind, FaultTarget,
-    NewCoupon, NewOrder, OrderView, Outcome, RefundView,
+    AdminError, BookedStatus, Books, Coupon, CouponRefund, CouponType, Fault, FaultKind,
+    FaultTarget, NewCoupon, NewOrder, NewRefund, OrderView, Outcome, RefundSource, RefundView,
 };
 pub use certs::{MerchantJson, StateFiles};
 pub use notify::{RetryFactor, decrypt_req_info, encrypt_req_info};
@@ -297,6 +297,21 @@ impl RunningSandbox {
     /// Settles every PROCESSING refund now and starts its notification; returns their numbers.
     pub fn settle_now(&self) -> Vec<String> {
         settle::settle(&self.app, true)
+    }
+
+    /// A refund made in the merchant platform (`POST /sandbox/orders/{o}/refunds`); true when new.
+    pub fn vendor_refund(
+        &self,
+        out_trade_no: &str,
+        new: NewRefund,
+    ) -> Result<(RefundView, bool), AdminError> {
+        self.books
+            .create_refund(out_trade_no, new, self.app.settle_after)
+    }
+
+    /// Resolves a CHANGE refund to SUCCESS and notifies it (`POST /sandbox/refunds/{n}/resolve`).
+    pub fn resolve(&self, out_refund_no: &str) -> Result<RefundView, AdminError> {
+        settle::resolve(&self.app, out_refund_no)
     }
 
     /// Stops accepting, closes connections and ends background tasks.

@@ -121,6 +121,8 @@ pub struct Push {
     pub attempts_done: u32,
     /// How long to wait before the first attempt here (a resumed retry not yet due).
     pub first_wait: Duration,
+    /// Which notification of the refund this is ([`crate::books::NotifyLog::round`]).
+    pub round: u32,
 }
 
 /// Delivers one notification: first attempt after `first_wait` (normally now), then the rest of
@@ -138,6 +140,10 @@ pub async fn deliver(mut p: Push) {
                 _ = p.shutdown.changed() => return,
             }
         }
+        // A later final status (a resolved CHANGE) has its own notification; this one is void.
+        if !p.books.read().notify_round_is(&p.out_refund_no, p.round) {
+            return;
+        }
         let result = attempt(&p.client, &p.url, &p.body).await;
         let next = if result.is_ok() {
             None
@@ -149,10 +155,13 @@ pub async fn deliver(mut p: Push) {
             now.checked_add(time::Duration::try_from(d).unwrap_or(time::Duration::ZERO))
                 .unwrap_or(now)
         });
-        let no = p.out_refund_no.clone();
-        p.books
-            .update(|st| st.record_notify_attempt(&no, result, next_at));
-        let Some(d) = next else { return };
+        let (no, round) = (p.out_refund_no.clone(), p.round);
+        let current = p
+            .books
+            .update(|st| st.record_notify_attempt(&no, round, result, next_at));
+        let Some(d) = next.filter(|_| current) else {
+            return;
+        };
         wait = d;
     }
 }

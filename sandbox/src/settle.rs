@@ -6,8 +6,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::App;
-use crate::books::{BookedStatus, State};
+use crate::books::{AdminError, BookedStatus, RefundView, State, refund_view};
 use crate::notify;
+
+/// A notification push about to start.
+struct Pending {
+    out_refund_no: String,
+    url: String,
+    body: String,
+    round: u32,
+    attempts_done: u32,
+    first_wait: Duration,
+}
 
 /// Settles due refunds and starts their notification pushes (after the settled state is saved,
 /// so a notification never announces what a restart would undo).
@@ -24,19 +34,48 @@ pub fn settle(app: &Arc<App>, force: bool) -> Vec<String> {
             .collect();
         (settled, pushes)
     });
-    for (no, url, body) in pushes {
-        spawn_push(app, no, url, body, 0, Duration::ZERO);
+    for p in pushes {
+        spawn_push(app, p);
     }
     settled
 }
 
-/// Builds a settled refund's notification and records where it goes; None when it goes nowhere.
-fn prepare_push(app: &App, st: &mut State, no: &str) -> Option<(String, String, String)> {
+/// `POST /sandbox/refunds/{out_refund_no}/resolve`: a CHANGE refund resolved in the merchant
+/// platform becomes SUCCESS, and WeChat notifies the new final status like the first one (same
+/// URL rules, a fresh retry schedule; a push of the CHANGE notification still retrying stops).
+pub fn resolve(app: &Arc<App>, out_refund_no: &str) -> Result<RefundView, AdminError> {
+    let (push, view) = app.books.update(|st| {
+        st.resolve(out_refund_no, time::OffsetDateTime::now_utc())?;
+        let push = prepare_push(app, st, out_refund_no);
+        let view = st
+            .refunds
+            .get(out_refund_no)
+            .map(|r| refund_view(st, r))
+            .ok_or_else(|| AdminError::NotFound(format!("no refund {out_refund_no}")))?;
+        Ok((push, view))
+    })?;
+    if let Some(p) = push {
+        spawn_push(app, p);
+    }
+    Ok(view)
+}
+
+/// Builds a refund's final-status notification and records where it goes; None when it goes
+/// nowhere.
+fn prepare_push(app: &App, st: &mut State, no: &str) -> Option<Pending> {
     let (url, fields) = st.notification(no, app.default_notify_url.as_deref())?;
+    let round = st.refunds.get(no)?.notify.round;
     match (url, build_notification(app, &fields)) {
         (Some(url), Ok(body)) => {
             st.set_notify_target(no, Some(url.clone()), None);
-            Some((no.to_string(), url, body))
+            Some(Pending {
+                out_refund_no: no.to_string(),
+                url,
+                body,
+                round,
+                attempts_done: 0,
+                first_wait: Duration::ZERO,
+            })
         }
         (None, _) => {
             st.set_notify_target(no, None, Some("no notify_url".into()));
@@ -49,17 +88,18 @@ fn prepare_push(app: &App, st: &mut State, no: &str) -> Option<(String, String, 
     }
 }
 
-fn spawn_push(app: &App, no: String, url: String, body: String, done: u32, wait: Duration) {
+fn spawn_push(app: &App, p: Pending) {
     tokio::spawn(notify::deliver(notify::Push {
         books: app.books.clone(),
         client: app.notify_client.clone(),
-        out_refund_no: no,
-        url,
-        body,
+        out_refund_no: p.out_refund_no,
+        url: p.url,
+        body: p.body,
         retry_factor: app.notify_retry_factor,
         shutdown: app.shutdown.clone(),
-        attempts_done: done,
-        first_wait: wait,
+        attempts_done: p.attempts_done,
+        first_wait: p.first_wait,
+        round: p.round,
     }));
 }
 
@@ -69,7 +109,7 @@ fn spawn_push(app: &App, no: String, url: String, body: String, done: u32, wait:
 /// The body is rebuilt, with a fresh nonce, as a retry would be.
 pub fn resume_pushes(app: &Arc<App>) -> usize {
     let wall = time::OffsetDateTime::now_utc();
-    let mut pending: Vec<_> = {
+    let mut pending: Vec<Pending> = {
         let st = app.books.read();
         st.refunds
             .values()
@@ -87,19 +127,26 @@ pub fn resume_pushes(app: &Arc<App>) -> usize {
                         return None;
                     }
                 };
-                let wait = r
+                let first_wait = r
                     .notify
                     .next_attempt_at
                     .and_then(|t| Duration::try_from(t - wall).ok())
                     .unwrap_or(Duration::ZERO);
-                Some((r.out_refund_no.clone(), url, body, r.notify.attempts, wait))
+                Some(Pending {
+                    out_refund_no: r.out_refund_no.clone(),
+                    url,
+                    body,
+                    round: r.notify.round,
+                    attempts_done: r.notify.attempts,
+                    first_wait,
+                })
             })
             .collect()
     };
-    pending.sort_by(|a, b| a.0.cmp(&b.0));
+    pending.sort_by(|a, b| a.out_refund_no.cmp(&b.out_refund_no));
     let resumed = pending.len();
-    for (no, url, body, done, wait) in pending {
-        spawn_push(app, no, url, body, done, wait);
+    for p in pending {
+        spawn_push(app, p);
     }
     resumed
 }

@@ -21,7 +21,10 @@ pub use coupons::{
 pub use errors::{AdminError, BizError};
 pub use faults::{Endpoint, Fault, FaultKind, FaultTarget, Phase};
 pub use ids::new_transaction_id;
-pub use model::{BookedStatus, NotifyLog, Order, OrderKey, Outcome, Refund, State};
-pub use persisted::{Books, BooksRead, NewOrder};
-pub use rules::{Accepted, ApplyRequest, MAX_REFUNDS_PER_ORDER, REFUND_WINDOW_DAYS, Selector};
-pub use views::{Notification, OrderView, RefundView};
+pub use model::{BookedStatus, NotifyLog, Order, OrderKey, Outcome, Refund, RefundSource, State};
+pub use persisted::{Books, BooksRead, NewOrder, NewRefund};
+pub use rules::{
+    Accepted, ApplyRequest, DEFAULT_REFUND_ACCOUNT, MAX_REFUNDS_PER_ORDER, REFUND_WINDOW_DAYS,
+    Selector,
+};
+pub use views::{Notification, OrderView, RefundView, refund_view};

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::coupons::{Coupon, CouponRefund, CouponType, check_coupons, sum_fen};
 use super::errors::AdminError;
-use super::faults::{Endpoint, Fault, FaultKind, Phase, take_fault};
+use super::faults::{self, Endpoint, Fault, FaultKind};
 
 /// How refunds of an order end when they settle.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,12 +96,40 @@ pub struct NotifyLog {
     /// When the next retry is due (wall clock), so a restart resumes the schedule; internal.
     #[serde(skip)]
     pub next_attempt_at: Option<OffsetDateTime>,
+    /// Which notification of the refund this log is about: 0 for the first final status, one
+    /// more for each later one (a resolved CHANGE). A push of an earlier round stops; internal.
+    #[serde(skip)]
+    pub round: u32,
 }
 
 impl NotifyLog {
     /// Settled, addressed, and neither delivered nor given up: a push is (or should be) running.
     pub fn pending(&self) -> bool {
         self.url.is_some() && !self.delivered && !self.gave_up
+    }
+}
+
+/// `refund_request_source` (doc §7): who asked for the refund.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundSource {
+    /// A refund apply request.
+    #[default]
+    Api,
+    /// Someone in the merchant platform (the admin API's stand-in for it).
+    VendorPlatform,
+}
+
+impl RefundSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundSource::Api => "API",
+            RefundSource::VendorPlatform => "VENDOR_PLATFORM",
+        }
+    }
+
+    pub fn is_api(&self) -> bool {
+        *self == RefundSource::Api
     }
 }
 
@@ -124,6 +152,7 @@ pub struct Refund {
     /// What this refund gave back of each coupon (only coupons with a part > 0), in the order's
     /// coupon order; the rest of `refund_fee` is cash.
     pub coupons: Vec<CouponRefund>,
+    pub source: RefundSource,
 }
 
 impl Refund {
@@ -189,6 +218,9 @@ impl State {
         apply_calls: HashMap<String, u32>,
         faults: Vec<Fault>,
     ) -> Result<State, String> {
+        if let Some(e) = faults.iter().find_map(|f| f.check().err()) {
+            return Err(format!("global fault: {e}"));
+        }
         let mut st = State {
             apply_calls,
             faults,
@@ -197,6 +229,9 @@ impl State {
         for o in orders {
             check_coupons(&o.coupons, o.total_fee)
                 .map_err(|e| format!("order {}: {e}", o.out_trade_no))?;
+            if let Some(e) = o.faults.iter().find_map(|f| f.check().err()) {
+                return Err(format!("order {}: fault: {e}", o.out_trade_no));
+            }
             st.insert_order(o).map_err(|e| e.to_string())?;
         }
         for r in refunds {
@@ -274,6 +309,13 @@ impl State {
         }
     }
 
+    /// The refund WeChat numbered `refund_id`.
+    pub fn refund_by_id(&self, refund_id: &str) -> Option<&Refund> {
+        self.by_refund_id
+            .get(refund_id)
+            .and_then(|no| self.refunds.get(no))
+    }
+
     pub(super) fn order_key_name(&self, key: &OrderKey) -> Option<String> {
         self.find_order(key).map(|o| o.out_trade_no.clone())
     }
@@ -298,20 +340,52 @@ impl State {
         Ok(())
     }
 
-    /// Takes the next fault of `phase` for a request about `order` (None: global faults only).
-    pub fn take_fault(
+    /// Uses the oldest latency fault hitting this request (the order's before the global ones);
+    /// returns how long to sleep.
+    pub fn take_latency(&mut self, order: Option<&str>, endpoint: Endpoint) -> Option<u64> {
+        let kind = self.take_where(order, |list| faults::latency(list, endpoint))?;
+        match kind {
+            FaultKind::Latency { ms } => Some(ms),
+            _ => None,
+        }
+    }
+
+    /// The fault that decides a request about `order` (None: global faults only): the oldest one
+    /// hitting `endpoint` in the order's list, else in the global list, so faults fire in the
+    /// order they were added. It is used (and returned) only when `wanted` says it applies now;
+    /// otherwise it stays first in line (an "after" fault waits for a request that is accepted).
+    pub fn take_fault_if(
         &mut self,
         order: Option<&str>,
         endpoint: Endpoint,
-        phase: Phase,
+        wanted: impl FnOnce(&FaultKind) -> bool,
     ) -> Option<FaultKind> {
-        let taken = match order.and_then(|o| self.orders.get_mut(o)) {
-            Some(o) => take_fault(&mut o.faults, endpoint, phase),
-            None => None,
+        let find = |list: &[Fault]| faults::decisive(list, endpoint);
+        let order_list = order
+            .and_then(|o| self.orders.get(o))
+            .map(|o| o.faults.as_slice())
+            .filter(|list| find(list).is_some());
+        let list = order_list.unwrap_or(&self.faults);
+        if !wanted(&list.get(find(list)?)?.kind) {
+            return None;
         }
-        .or_else(|| take_fault(&mut self.faults, endpoint, phase));
-        let (kind, changed) = taken?;
-        // Only a counted-down fault is a change; an endless one is merely used (query path).
+        self.take_where(order, find)
+    }
+
+    /// Uses the fault `find` picks in the order's list (or, if it picks none there, the global
+    /// one); only a counted-down fault is a change to save, an endless one is merely used.
+    fn take_where(
+        &mut self,
+        order: Option<&str>,
+        find: impl Fn(&[Fault]) -> Option<usize>,
+    ) -> Option<FaultKind> {
+        let from_order = order
+            .and_then(|o| self.orders.get_mut(o))
+            .and_then(|o| find(&o.faults).and_then(|i| faults::use_fault(&mut o.faults, i)));
+        let (kind, changed) = match from_order {
+            Some(t) => t,
+            None => find(&self.faults).and_then(|i| faults::use_fault(&mut self.faults, i))?,
+        };
         if changed {
             self.touch();
         }
@@ -340,22 +414,37 @@ impl State {
         }
     }
 
-    /// Records one push attempt; `next_at` is when the next one is due (None: no more).
+    /// Records one push attempt of notification `round`; `next_at` is when the next one is due
+    /// (None: no more). False when that notification was superseded (nothing recorded): its push
+    /// must stop.
     pub fn record_notify_attempt(
         &mut self,
         out_refund_no: &str,
+        round: u32,
         result: Result<(), String>,
         next_at: Option<OffsetDateTime>,
-    ) {
-        if let Some(r) = self.refunds.get_mut(out_refund_no) {
-            let delivered = result.is_ok();
-            r.notify.attempts = r.notify.attempts.saturating_add(1);
-            r.notify.delivered |= delivered;
-            r.notify.last_error = result.err();
-            r.notify.gave_up = !delivered && next_at.is_none();
-            r.notify.next_attempt_at = if delivered { None } else { next_at };
-            self.touch();
+    ) -> bool {
+        let Some(r) = self.refunds.get_mut(out_refund_no) else {
+            return false;
+        };
+        if r.notify.round != round {
+            return false;
         }
+        let delivered = result.is_ok();
+        r.notify.attempts = r.notify.attempts.saturating_add(1);
+        r.notify.delivered |= delivered;
+        r.notify.last_error = result.err();
+        r.notify.gave_up = !delivered && next_at.is_none();
+        r.notify.next_attempt_at = if delivered { None } else { next_at };
+        self.touch();
+        true
+    }
+
+    /// Whether notification `round` of the refund is still the one to deliver.
+    pub fn notify_round_is(&self, out_refund_no: &str, round: u32) -> bool {
+        self.refunds
+            .get(out_refund_no)
+            .is_some_and(|r| r.notify.round == round)
     }
 
     /// Sum of refunds that still hold money (a REFUNDCLOSE releases its amount).

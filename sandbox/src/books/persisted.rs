@@ -3,15 +3,19 @@
 
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio::time::Instant;
+use wxpay::Fen;
 
 use super::coupons::{Coupon, NewCoupon, check_coupons};
 use super::errors::AdminError;
 use super::faults::Fault;
 use super::ids::{new_coupon_id, new_transaction_id};
-use super::model::{Order, Outcome, State};
+use super::model::{Order, OrderKey, Outcome, RefundSource, State};
+use super::rules::{ApplyRequest, DEFAULT_REFUND_ACCOUNT};
 use super::snapshot;
 use super::views::{OrderView, RefundView, order_view, refund_view};
 use crate::beijing::parse_time;
@@ -37,6 +41,15 @@ pub struct NewOrder {
     /// Coupons that paid part of the order (together less than `total_fee`).
     #[serde(default)]
     pub coupons: Vec<NewCoupon>,
+}
+
+/// `POST /sandbox/orders/{out_trade_no}/refunds`: a refund made in the merchant platform.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRefund {
+    pub out_refund_no: String,
+    /// Fen, > 0.
+    pub refund_fee: u64,
 }
 
 /// A cheap, cloneable handle on the books (shared by the server, the admin API and tests).
@@ -115,6 +128,9 @@ impl Books {
                 "total_fee must be a positive number of fen".into(),
             ));
         }
+        if let Some(e) = new.faults.iter().find_map(|f| f.check().err()) {
+            return Err(AdminError::BadRequest(format!("fault: {e}")));
+        }
         let transaction_id = match new.transaction_id {
             Some(t) => wxpay::TransactionId::new(t)
                 .map_err(|e| AdminError::BadRequest(e.to_string()))?
@@ -186,18 +202,70 @@ impl Books {
 
     /// Adds a fault to an order (`Some`) or globally (`None`).
     pub fn add_fault(&self, order: Option<&str>, fault: Fault) -> Result<(), AdminError> {
+        self.add_faults(order, vec![fault])
+    }
+
+    /// Adds faults, in this order, after the ones already there: all of them or, when one is
+    /// refused by [`Fault::check`], none.
+    pub fn add_faults(&self, order: Option<&str>, faults: Vec<Fault>) -> Result<(), AdminError> {
+        if let Some(e) = faults.iter().find_map(|f| f.check().err()) {
+            return Err(AdminError::BadRequest(e));
+        }
         self.update(|st| {
-            match order {
-                Some(o) => st
-                    .orders
-                    .get_mut(o)
-                    .ok_or_else(|| AdminError::NotFound(format!("no order {o}")))?
-                    .faults
-                    .push(fault),
-                None => st.faults.push(fault),
+            let list = match order {
+                Some(o) => {
+                    &mut st
+                        .orders
+                        .get_mut(o)
+                        .ok_or_else(|| AdminError::NotFound(format!("no order {o}")))?
+                        .faults
+                }
+                None => &mut st.faults,
+            };
+            if !faults.is_empty() {
+                list.extend(faults);
+                st.touch();
             }
-            st.touch();
             Ok(())
+        })
+    }
+
+    /// A refund made in the merchant platform rather than by an apply request
+    /// (`refund_request_source=VENDOR_PLATFORM`): the same rules as an apply for the order's
+    /// whole `total_fee`, settling after `settle_after` and notified like any other. True when it
+    /// is new; false when the same number, order and amount already had one (returned as it is).
+    pub fn create_refund(
+        &self,
+        out_trade_no: &str,
+        new: NewRefund,
+        settle_after: Duration,
+    ) -> Result<(RefundView, bool), AdminError> {
+        let bad = |e: &dyn std::fmt::Display| AdminError::BadRequest(e.to_string());
+        wxpay::OutRefundNo::new(new.out_refund_no.clone()).map_err(|e| bad(&e))?;
+        let refund_fee =
+            Fen::positive(new.refund_fee).map_err(|e| bad(&format!("refund_fee: {e}")))?;
+        let now = OffsetDateTime::now_utc();
+        let settle_at = Instant::now() + settle_after;
+        self.update(|st| {
+            let total_fee = st
+                .orders
+                .get(out_trade_no)
+                .map(|o| o.total_fee)
+                .ok_or_else(|| AdminError::NotFound(format!("no order {out_trade_no}")))?;
+            let req = ApplyRequest {
+                order: OrderKey::OutTradeNo(out_trade_no.to_string()),
+                out_refund_no: new.out_refund_no,
+                total_fee,
+                refund_fee: refund_fee.get(),
+                refund_account: DEFAULT_REFUND_ACCOUNT.to_string(),
+                notify_url: None,
+                refund_desc: None,
+                source: RefundSource::VendorPlatform,
+            };
+            let accepted = st
+                .apply(&req, now, settle_at)
+                .map_err(AdminError::Refused)?;
+            Ok((refund_view(st, &accepted.refund), accepted.new))
         })
     }
 

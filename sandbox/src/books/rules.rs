@@ -5,14 +5,18 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use super::coupons::{CouponRefund, split_refund, sum_fen};
-use super::errors::BizError;
+use super::errors::{AdminError, BizError};
 use super::ids::new_refund_id;
-use super::model::{BookedStatus, NotifyLog, Order, OrderKey, Outcome, Refund, State};
+use super::model::{
+    BookedStatus, NotifyLog, Order, OrderKey, Outcome, Refund, RefundSource, State,
+};
 
 /// At most this many refunds per order (doc §5.2).
 pub const MAX_REFUNDS_PER_ORDER: usize = 50;
 /// The refund window (doc §5.1; v3 defines it as payment + 365 days).
 pub const REFUND_WINDOW_DAYS: i64 = 365;
+/// `refund_account` when a request names none (doc §2.1).
+pub const DEFAULT_REFUND_ACCOUNT: &str = "REFUND_SOURCE_UNSETTLED_FUNDS";
 
 pub struct ApplyRequest {
     pub order: OrderKey,
@@ -22,6 +26,7 @@ pub struct ApplyRequest {
     pub refund_account: String,
     pub notify_url: Option<String>,
     pub refund_desc: Option<String>,
+    pub source: RefundSource,
 }
 
 /// What the reply to an accepted refund needs.
@@ -163,6 +168,7 @@ impl State {
             refund_desc: req.refund_desc.clone(),
             notify: NotifyLog::default(),
             coupons,
+            source: req.source,
         };
         self.by_refund_id
             .insert(refund.refund_id.clone(), refund.out_refund_no.clone());
@@ -192,6 +198,18 @@ impl State {
             Selector::OutRefundNo(no) => single(no),
             Selector::TransactionId(t) => self.order_refunds(&OrderKey::TransactionId(t.clone())),
             Selector::OutTradeNo(o) => self.order_refunds(&OrderKey::OutTradeNo(o.clone())),
+        }
+    }
+
+    /// Whether [`State::query`] would find any record, without copying them.
+    pub fn selects_any(&self, sel: &Selector) -> bool {
+        match sel {
+            Selector::RefundId(id) => self.refund_by_id(id).is_some(),
+            Selector::OutRefundNo(no) => self.refunds.contains_key(no),
+            Selector::TransactionId(t) => self
+                .find_order(&OrderKey::TransactionId(t.clone()))
+                .is_some_and(|o| !o.refunds.is_empty()),
+            Selector::OutTradeNo(o) => self.orders.get(o).is_some_and(|o| !o.refunds.is_empty()),
         }
     }
 
@@ -238,5 +256,29 @@ impl State {
         }
         settled.sort();
         settled
+    }
+
+    /// A person in the merchant platform resolving a CHANGE refund (the bank card was void, the
+    /// money went elsewhere): it becomes SUCCESS now. Its notification log starts over for the
+    /// notification WeChat sends about the new final status; any push of the CHANGE one stops.
+    pub fn resolve(&mut self, out_refund_no: &str, wall: OffsetDateTime) -> Result<(), AdminError> {
+        let r = self
+            .refunds
+            .get_mut(out_refund_no)
+            .ok_or_else(|| AdminError::NotFound(format!("no refund {out_refund_no}")))?;
+        if r.status != BookedStatus::Change {
+            return Err(AdminError::Conflict(format!(
+                "refund {out_refund_no} is {}; only a CHANGE refund can be resolved",
+                r.status.as_str()
+            )));
+        }
+        r.status = BookedStatus::Success;
+        r.success_time = Some(wall);
+        r.notify = NotifyLog {
+            round: r.notify.round.wrapping_add(1),
+            ..NotifyLog::default()
+        };
+        self.touch();
+        Ok(())
     }
 }

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::coupons::{Coupon, CouponRefund};
 use super::faults::Fault;
-use super::model::{BookedStatus, NotifyLog, Order, Outcome, Refund, State};
+use super::model::{BookedStatus, NotifyLog, Order, Outcome, Refund, RefundSource, State};
 use crate::persist::{PersistError, Store};
 
 /// Bumped when the file format changes incompatibly; other versions are refused, not guessed.
@@ -84,6 +84,9 @@ struct RefundRec<'a> {
     /// As for [`OrderRec::coupons`].
     #[serde(default, skip_serializing_if = "is_empty")]
     coupons: Cow<'a, [CouponRefund]>,
+    /// Absent for `API`, the only source before admin-created refunds existed.
+    #[serde(default, skip_serializing_if = "RefundSource::is_api")]
+    refund_request_source: RefundSource,
 }
 
 fn is_empty<T>(list: &[T]) -> bool {
@@ -100,6 +103,13 @@ struct NotifyRec<'a> {
     last_error: Option<Cow<'a, str>>,
     #[serde(with = "time::serde::rfc3339::option")]
     next_attempt_at: Option<OffsetDateTime>,
+    /// Absent (0) until a resolved CHANGE refund is notified again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    round: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn opt(s: &Option<String>) -> Option<Cow<'_, str>> {
@@ -164,8 +174,10 @@ pub fn encode(st: &State) -> Result<Vec<u8>, String> {
                     gave_up: r.notify.gave_up,
                     last_error: opt(&r.notify.last_error),
                     next_attempt_at: r.notify.next_attempt_at,
+                    round: r.notify.round,
                 },
                 coupons: Cow::Borrowed(&r.coupons),
+                refund_request_source: r.source,
             })
             .collect(),
         apply_calls: Cow::Borrowed(&st.apply_calls),
@@ -222,8 +234,10 @@ pub fn decode(bytes: &[u8], wall: OffsetDateTime, now: Instant) -> Result<State,
                 gave_up: r.notify.gave_up,
                 last_error: own(r.notify.last_error),
                 next_attempt_at: r.notify.next_attempt_at,
+                round: r.notify.round,
             },
             coupons: r.coupons.into_owned(),
+            source: r.refund_request_source,
         })
         .collect();
     State::from_parts(
@@ -274,6 +288,7 @@ mod tests {
                         refund_account: "REFUND_SOURCE_UNSETTLED_FUNDS".into(),
                         notify_url: None,
                         refund_desc: Some("退款".into()),
+                        source: Default::default(),
                     },
                     now,
                     Instant::now() + std::time::Duration::from_secs(60),
@@ -296,6 +311,7 @@ mod tests {
         st.settle(Instant::now(), OffsetDateTime::now_utc(), true);
         st.record_notify_attempt(
             "refund-0000-00",
+            0,
             Err("HTTP 500".into()),
             Some(OffsetDateTime::now_utc()),
         );
@@ -356,6 +372,7 @@ mod tests {
                 refund_account: "REFUND_SOURCE_UNSETTLED_FUNDS".into(),
                 notify_url: None,
                 refund_desc: None,
+                source: Default::default(),
             },
             now,
             Instant::now(),
@@ -442,6 +459,43 @@ mod tests {
         assert!(e.contains("format version 99"), "{e}");
         assert!(decode(b"{\"version\":1,", wall, now).is_err());
         assert!(decode(b"", wall, now).is_err());
+    }
+
+    #[test]
+    fn sources_and_notification_rounds_round_trip_and_older_files_still_load() {
+        // GIVEN books as they were before platform refunds and resolutions existed
+        let old = encoded(&state_with(1, 2));
+        let text = String::from_utf8(old.clone()).unwrap();
+        // THEN they are written exactly as before (no new keys)
+        assert!(!text.contains("refund_request_source") && !text.contains("round"));
+        // AND loaded as API refunds on their first notification
+        let back = decode(&old, OffsetDateTime::now_utc(), Instant::now()).unwrap();
+        let r = &back.refunds["refund-0000-01"];
+        assert_eq!((r.source, r.notify.round), (RefundSource::Api, 0));
+        // GIVEN a platform refund whose CHANGE was resolved (notification round 1)
+        let mut st = state_with(1, 0);
+        st.orders.get_mut("order-0000").unwrap().outcome = Outcome::Change;
+        let req = ApplyRequest {
+            order: OrderKey::OutTradeNo("order-0000".into()),
+            out_refund_no: "vendor-1".into(),
+            total_fee: 1_000_000,
+            refund_fee: 5,
+            refund_account: "REFUND_SOURCE_UNSETTLED_FUNDS".into(),
+            notify_url: None,
+            refund_desc: None,
+            source: RefundSource::VendorPlatform,
+        };
+        st.apply(&req, OffsetDateTime::now_utc(), Instant::now())
+            .unwrap();
+        st.settle(Instant::now(), OffsetDateTime::now_utc(), true);
+        st.resolve("vendor-1", OffsetDateTime::now_utc()).unwrap();
+        // WHEN encoded and decoded THEN source, status and round come back
+        let back = decode(&encoded(&st), OffsetDateTime::now_utc(), Instant::now()).unwrap();
+        let r = &back.refunds["vendor-1"];
+        assert_eq!(r.source, RefundSource::VendorPlatform);
+        assert_eq!(r.status, BookedStatus::Success);
+        assert_eq!(r.notify.round, 1);
+        assert!(r.success_time.is_some());
     }
 
     /// Run with `cargo test -p wxpay-sandbox --release --lib snapshot_cost -- --ignored --nocapture`.

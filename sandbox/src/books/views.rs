@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::coupons::{Coupon, CouponRefund};
 use super::faults::Fault;
-use super::model::{BookedStatus, NotifyLog, Outcome, Refund, State};
+use super::model::{BookedStatus, NotifyLog, Outcome, Refund, RefundSource, State};
 use crate::beijing::wechat_time;
 
 #[derive(Clone, Debug, Serialize)]
@@ -27,6 +27,8 @@ pub struct RefundView {
     pub cash_refund_fee: u64,
     pub settlement_refund_fee: u64,
     pub coupons: Vec<CouponRefund>,
+    /// `API` (apply requests) or `VENDOR_PLATFORM` (`POST /sandbox/orders/{o}/refunds`).
+    pub refund_request_source: RefundSource,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,6 +69,7 @@ pub fn refund_view(st: &State, r: &Refund) -> RefundView {
         cash_refund_fee: r.cash_refund_fee(),
         settlement_refund_fee: r.settlement_refund_fee(),
         coupons: r.coupons.clone(),
+        refund_request_source: r.source,
     }
 }
 
@@ -134,7 +137,7 @@ impl State {
         }
         f.push(("refund_recv_accout".into(), r.recv_account().into()));
         f.push(("refund_account".into(), r.refund_account.clone()));
-        f.push(("refund_request_source".into(), "API".into()));
+        f.push(("refund_request_source".into(), r.source.as_str().into()));
         f.push(("cash_refund_fee".into(), r.cash_refund_fee().to_string()));
         Some((url, f))
     }

@@ -10,5 +10,6 @@ mod faults;
 mod files_tls;
 mod notify;
 mod persistence;
+mod platform;
 mod query;
 mod rate_limits;
