@@ -1,5 +1,7 @@
 //! The admin JSON API under `/sandbox/` (no client certificate): create paid orders, read the
-//! books, inject and clear faults, settle now. Errors are `{"error","message"}`.
+//! books, inject and clear faults, settle now, and act as a person in the merchant platform
+//! (refund an order, resolve a CHANGE refund). Errors are `{"error","message"}` (plus `err_code`
+//! when the refund rules refused).
 
 use std::sync::Arc;
 
@@ -9,8 +11,10 @@ use hyper::{Method, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::books::{AdminError, Fault, NewOrder};
-use crate::server::{App, settle};
+use crate::app::App;
+use crate::body::TooLarge;
+use crate::books::{AdminError, Fault, NewOrder, NewRefund};
+use crate::settle::{resolve, settle};
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
@@ -31,9 +35,15 @@ fn admin_error(e: &AdminError) -> Response<Full<Bytes>> {
     let status = match e {
         AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
         AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-        AdminError::Conflict(_) => StatusCode::CONFLICT,
+        AdminError::Conflict(_) | AdminError::Refused(_) => StatusCode::CONFLICT,
     };
-    error(status, e.code(), e.to_string())
+    match e {
+        AdminError::Refused(biz) => json_response(
+            status,
+            &json!({"error": e.code(), "err_code": biz.code, "message": biz.des}),
+        ),
+        _ => error(status, e.code(), e.to_string()),
+    }
 }
 
 fn ok<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
@@ -41,6 +51,20 @@ fn ok<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Full<Bytes>> {
         Ok(v) => json_response(status, &v),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
+}
+
+/// `POST /sandbox/refunds/{out_refund_no}/resolve`: the status a person sets; SUCCESS is the only
+/// one (a CHANGE refund's money reached someone after all).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resolve {
+    status: ResolvedStatus,
+}
+
+#[derive(Deserialize)]
+enum ResolvedStatus {
+    #[serde(rename = "SUCCESS")]
+    Success,
 }
 
 /// One fault or a list of them.
@@ -60,7 +84,7 @@ pub async fn handle(
     app: &Arc<App>,
     method: &Method,
     path: &str,
-    body: Result<Bytes, ()>,
+    body: Result<Bytes, TooLarge>,
 ) -> Response<Full<Bytes>> {
     let Ok(body) = body else {
         return error(
@@ -106,11 +130,34 @@ pub async fn handle(
             _ => not_allowed(),
         },
         ["orders", o, "faults"] => faults(app, method, Some(o), &body),
+        ["orders", o, "refunds"] => match *method {
+            Method::POST => match parse::<NewRefund>(&body) {
+                Ok(new) => match books.create_refund(o, new, app.settle_after) {
+                    Ok((v, true)) => ok(StatusCode::CREATED, &v),
+                    Ok((v, false)) => ok(StatusCode::OK, &v),
+                    Err(e) => admin_error(&e),
+                },
+                Err(r) => *r,
+            },
+            _ => not_allowed(),
+        },
         ["faults"] => faults(app, method, None, &body),
         ["refunds", n] => match *method {
             Method::GET => match books.refund(n) {
                 Some(v) => ok(StatusCode::OK, &v),
                 None => admin_error(&AdminError::NotFound(format!("no refund {n}"))),
+            },
+            _ => not_allowed(),
+        },
+        ["refunds", n, "resolve"] => match *method {
+            Method::POST => match parse::<Resolve>(&body) {
+                Ok(Resolve {
+                    status: ResolvedStatus::Success,
+                }) => match resolve(app, n) {
+                    Ok(v) => ok(StatusCode::OK, &v),
+                    Err(e) => admin_error(&e),
+                },
+                Err(r) => *r,
             },
             _ => not_allowed(),
         },
@@ -148,10 +195,7 @@ fn faults(
                 Ok(Faults::Many(v)) => v,
                 Err(r) => return *r,
             };
-            faults
-                .into_iter()
-                .try_for_each(|f| books.add_fault(order, f))
-                .and_then(|()| list(order))
+            books.add_faults(order, faults).and_then(|()| list(order))
         }
         Method::DELETE => books.clear_faults(order).and_then(|()| list(order)),
         _ => {

@@ -123,7 +123,7 @@ fn pem_cn(pem: &str) -> Option<String> {
     let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
         .ok()
         .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())?;
-    crate::tls::common_name(&der)
+    crate::x509::common_name(&der)
 }
 
 /// Loads the PKI from `files` (reusing the CA and the merchant certificate when present and
@@ -175,7 +175,7 @@ pub fn load_or_create(
             let issued_by_ca = rustls_pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
                 .ok()
                 .map(|c: rustls_pki_types::CertificateDer<'static>| c.to_vec())
-                .is_some_and(|der| crate::tls::issued_by(&der, &ca_der));
+                .is_some_and(|der| crate::x509::issued_by(&der, &ca_der));
             issued_by_ca.then_some((cert, key))
         }
         _ => None,

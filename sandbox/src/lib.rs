@@ -3,15 +3,26 @@
 //! with encrypted notifications, rate limits, fault injection and an admin API. Its books are saved
 //! in the state dir (`books.json`) after every change and reloaded on start. See README.md.
 
+//!
+//! Module dependency order (each uses only modules listed before it; no cycles):
+//! `beijing`, `body`, `duration`, `p12`, `persist`, `x509` → `books` → `certs`, `notify` → `tls`,
+//! `app` → `settle` → `protocol`, `admin` → `server` → this root.
+
 pub mod admin;
+pub mod app;
+pub mod beijing;
+pub mod body;
 pub mod books;
 pub mod certs;
+pub mod duration;
 pub mod notify;
 pub mod p12;
 pub mod persist;
 pub mod protocol;
 pub mod server;
+pub mod settle;
 pub mod tls;
+pub mod x509;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -26,11 +37,11 @@ use tokio::task::JoinHandle;
 use wxpay::ApiKey;
 
 pub use books::{
-    Books, Coupon, CouponRefund, CouponType, Fault, FaultKind, FaultTarget, NewCoupon, NewOrder,
-    OrderView, Outcome, RefundView,
+    AdminError, BookedStatus, Books, Coupon, CouponRefund, CouponType, Fault, FaultKind,
+    FaultTarget, NewCoupon, NewOrder, NewRefund, OrderView, Outcome, RefundSource, RefundView,
 };
 pub use certs::{MerchantJson, StateFiles};
-pub use notify::{decrypt_req_info, encrypt_req_info};
+pub use notify::{RetryFactor, decrypt_req_info, encrypt_req_info};
 pub use persist::{BOOKS_FILE, PersistError};
 
 pub const DEFAULT_MCH_ID: &str = "1900000109";
@@ -48,15 +59,17 @@ pub struct SandboxConfig {
     pub api_key: String,
     /// How long a refund stays PROCESSING.
     pub settle_after: Duration,
-    /// WeChat's notification retry delays are divided by this (1 = real schedule).
+    /// WeChat's notification retry delays are divided by this (1 = real schedule); must be finite
+    /// and > 0.
     pub notify_retry_factor: f64,
-    /// Used when neither the refund nor its order names a notify_url.
+    /// Used when neither the refund nor its order names a notify_url; an `http://` or `https://`
+    /// URL.
     pub notify_url: Option<String>,
-    /// Refund apply requests per second (WeChat: 150).
+    /// Refund apply requests per second (WeChat: 150). 0 is refused by [`Sandbox::start`].
     pub apply_qps: u32,
-    /// Failing requests per second before FREQUENCY_LIMITED (WeChat: 6).
+    /// Failing requests per second before FREQUENCY_LIMITED (WeChat: 6). 0 is refused.
     pub failure_qps: u32,
-    /// Per-attempt timeout of a notification push.
+    /// Per-attempt timeout of a notification push; must be > 0.
     pub notify_timeout: Duration,
     /// Save the books to `state_dir/books.json` after every change and load them on start, so a
     /// killed sandbox forgets nothing (like WeChat). False: in memory only; the file is neither
@@ -106,6 +119,33 @@ pub enum SandboxError {
     Books(#[from] persist::PersistError),
 }
 
+/// A rate of at least one request per second: a limiter of 0 would refuse every request, which is
+/// a configuration mistake, not a way to turn the limit off.
+fn per_second(name: &str, n: u32) -> Result<Quota, SandboxError> {
+    NonZeroU32::new(n).map(Quota::per_second).ok_or_else(|| {
+        SandboxError::Config(format!(
+            "{name} must be at least 1 request per second (0 would refuse every request)"
+        ))
+    })
+}
+
+/// Refuses the settings that would otherwise be bent into something else or fail only later.
+fn check_config(config: &SandboxConfig) -> Result<(), SandboxError> {
+    if config.notify_timeout.is_zero() {
+        return Err(SandboxError::Config(
+            "notify_timeout must be more than zero".into(),
+        ));
+    }
+    if let Some(u) = &config.notify_url
+        && !(u.starts_with("http://") || u.starts_with("https://"))
+    {
+        return Err(SandboxError::Config(format!(
+            "notify_url must be an http:// or https:// URL, got {u:?}"
+        )));
+    }
+    Ok(())
+}
+
 pub struct Sandbox;
 
 impl Sandbox {
@@ -116,6 +156,11 @@ impl Sandbox {
         wxpay::MchId::new(config.mch_id.clone())
             .map_err(|e| SandboxError::Config(e.to_string()))?;
         wxpay::AppId::new(config.appid.clone()).map_err(|e| SandboxError::Config(e.to_string()))?;
+        check_config(&config)?;
+        let retry_factor =
+            RetryFactor::new(config.notify_retry_factor).map_err(SandboxError::Config)?;
+        let apply_quota = per_second("apply_qps", config.apply_qps)?;
+        let failure_quota = per_second("failure_qps", config.failure_qps)?;
         let files = StateFiles::new(&config.state_dir);
         let (mch_id, appid, api_key) = (
             config.mch_id.clone(),
@@ -141,7 +186,7 @@ impl Sandbox {
                     if fresh {
                         store.discard().map(|()| None)
                     } else {
-                        store.load()
+                        books::snapshot::load(&store)
                     }
                 }
             })
@@ -175,24 +220,23 @@ impl Sandbox {
             .build()
             .map_err(|e| SandboxError::Client(e.to_string()))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let qps = |n: u32| Quota::per_second(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
-        let app = Arc::new(server::App {
+        let app = Arc::new(app::App {
             books: books.clone(),
             merchant: pki.merchant.clone(),
             key,
             settle_after: config.settle_after,
-            notify_retry_factor: config.notify_retry_factor,
+            notify_retry_factor: retry_factor,
             default_notify_url: config.notify_url.clone(),
-            apply_limiter: RateLimiter::direct(qps(config.apply_qps)),
-            failure_limiter: RateLimiter::direct(qps(config.failure_qps)),
+            apply_limiter: RateLimiter::direct(apply_quota),
+            failure_limiter: RateLimiter::direct(failure_quota),
             notify_client,
             shutdown: shutdown_rx,
         });
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let server = tokio::spawn(server::serve(listener, acceptor, app.clone()));
-        let settler = tokio::spawn(server::settle_loop(app.clone()));
+        let settler = tokio::spawn(settle::settle_loop(app.clone()));
         // Loaded PROCESSING refunds settle through the loop above; pending pushes restart here.
-        let resumed = server::resume_pushes(&app);
+        let resumed = settle::resume_pushes(&app);
         if resumed > 0 {
             tracing::info!(resumed, "wxpay-sandbox notification pushes resumed");
         }
@@ -217,7 +261,7 @@ pub struct RunningSandbox {
     files: StateFiles,
     merchant: MerchantJson,
     books: Books,
-    app: Arc<server::App>,
+    app: Arc<app::App>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -252,7 +296,22 @@ impl RunningSandbox {
 
     /// Settles every PROCESSING refund now and starts its notification; returns their numbers.
     pub fn settle_now(&self) -> Vec<String> {
-        server::settle(&self.app, true)
+        settle::settle(&self.app, true)
+    }
+
+    /// A refund made in the merchant platform (`POST /sandbox/orders/{o}/refunds`); true when new.
+    pub fn vendor_refund(
+        &self,
+        out_trade_no: &str,
+        new: NewRefund,
+    ) -> Result<(RefundView, bool), AdminError> {
+        self.books
+            .create_refund(out_trade_no, new, self.app.settle_after)
+    }
+
+    /// Resolves a CHANGE refund to SUCCESS and notifies it (`POST /sandbox/refunds/{n}/resolve`).
+    pub fn resolve(&self, out_refund_no: &str) -> Result<RefundView, AdminError> {
+        settle::resolve(&self.app, out_refund_no)
     }
 
     /// Stops accepting, closes connections and ends background tasks.

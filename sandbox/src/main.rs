@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use wxpay_sandbox::{Sandbox, SandboxConfig};
+use wxpay_sandbox::duration::parse_duration;
+use wxpay_sandbox::{RetryFactor, Sandbox, SandboxConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,17 +30,17 @@ struct Args {
     /// How long refunds stay PROCESSING, e.g. 3s, 500ms, 2m.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     settle_after: Duration,
-    /// Divide WeChat's notification retry schedule (15s, 15s, 30s, 3m, ...) by this.
-    #[arg(long, default_value_t = 1.0)]
+    /// Divide WeChat's notification retry schedule (15s, 15s, 30s, 3m, ...) by this (> 0).
+    #[arg(long, default_value = "1", value_parser = parse_retry_factor)]
     notify_retry_factor: f64,
     /// Default notify_url when neither the refund nor its order has one.
     #[arg(long)]
     notify_url: Option<String>,
-    /// Refund apply requests per second.
-    #[arg(long, default_value_t = 150)]
+    /// Refund apply requests per second (at least 1).
+    #[arg(long, default_value_t = 150, value_parser = clap::value_parser!(u32).range(1..))]
     apply_qps: u32,
-    /// Failing requests per second before FREQUENCY_LIMITED.
-    #[arg(long, default_value_t = 6)]
+    /// Failing requests per second before FREQUENCY_LIMITED (at least 1).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
     failure_qps: u32,
     /// Discard the saved books (STATE_DIR/books.json) and start empty.
     #[arg(long)]
@@ -49,33 +50,36 @@ struct Args {
     no_persist: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| (&s[..i], &s[i..]));
-    let n: f64 = num
+fn parse_retry_factor(s: &str) -> Result<f64, String> {
+    let f: f64 = s
+        .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 3s, 500ms or 2m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+        .map_err(|_| format!("{s:?} is not a number"))?;
+    RetryFactor::new(f).map(RetryFactor::get)
+}
+
+/// `RUST_LOG` when set (a malformed one is an error, not silently `info`), else `info`.
+fn log_filter() -> Result<tracing_subscriber::EnvFilter, String> {
+    match std::env::var("RUST_LOG") {
+        Err(std::env::VarError::NotPresent) => Ok(tracing_subscriber::EnvFilter::new("info")),
+        Err(e) => Err(format!("RUST_LOG: {e}")),
+        Ok(v) => {
+            tracing_subscriber::EnvFilter::try_new(&v).map_err(|e| format!("RUST_LOG={v:?}: {e}"))
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let args = Args::parse();
+    let filter = match log_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("wxpay-sandbox: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let config = SandboxConfig {
         listen: args.listen,
         state_dir: args.state_dir,
@@ -117,13 +121,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("4"), Ok(Duration::from_secs(4)));
-        assert!(parse_duration("x").is_err());
-        assert!(parse_duration("1d").is_err());
-        assert!(parse_duration("-1s").is_err());
+    fn zero_rates_and_bad_retry_factors_are_refused_by_the_flags() {
+        // GIVEN the defaults THEN they parse
+        let a = Args::try_parse_from(["wxpay-sandbox"]).unwrap();
+        assert_eq!((a.apply_qps, a.failure_qps), (150, 6));
+        assert_eq!(a.notify_retry_factor, 1.0);
+        assert_eq!(a.settle_after, Duration::from_secs(3));
+        // WHEN a rate is 0 or the factor is not a positive number THEN the flag is refused
+        for bad in [
+            ["--apply-qps", "0"],
+            ["--failure-qps", "0"],
+            ["--notify-retry-factor", "0"],
+            ["--notify-retry-factor", "-2"],
+            ["--notify-retry-factor", "inf"],
+            ["--settle-after", "1d"],
+        ] {
+            let args = std::iter::once("wxpay-sandbox").chain(bad);
+            assert!(Args::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        let a = Args::try_parse_from(["wxpay-sandbox", "--notify-retry-factor", "1000"]).unwrap();
+        assert_eq!(a.notify_retry_factor, 1000.0);
     }
 }

@@ -36,6 +36,35 @@ pub const RETRY_SCHEDULE: [Duration; 15] = [
     Duration::from_secs(21600),
 ];
 
+/// What WeChat's retry delays are divided by: finite and > 0 (checked once, at start).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RetryFactor(f64);
+
+impl RetryFactor {
+    /// 1: WeChat's own schedule.
+    pub const REAL: RetryFactor = RetryFactor(1.0);
+
+    pub fn new(f: f64) -> Result<RetryFactor, String> {
+        if f.is_finite() && f > 0.0 {
+            Ok(RetryFactor(f))
+        } else {
+            Err(format!(
+                "notify_retry_factor must be a finite number > 0 (1 = WeChat's schedule), got {f}"
+            ))
+        }
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+
+    /// `delay / factor`; a quotient too large for a `Duration` (a factor close to 0) is the
+    /// longest delay there is, which is what such a factor asks for.
+    pub fn apply(self, delay: Duration) -> Duration {
+        Duration::try_from_secs_f64(delay.as_secs_f64() / self.0).unwrap_or(Duration::MAX)
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum NotifyCryptoError {
     #[error("req_info is not base64")]
@@ -86,22 +115,19 @@ pub struct Push {
     pub out_refund_no: String,
     pub url: String,
     pub body: String,
-    pub retry_factor: f64,
+    pub retry_factor: RetryFactor,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Attempts already made (by an earlier run of the sandbox); 0 for a fresh push.
     pub attempts_done: u32,
     /// How long to wait before the first attempt here (a resumed retry not yet due).
     pub first_wait: Duration,
+    /// Which notification of the refund this is ([`crate::books::NotifyLog::round`]).
+    pub round: u32,
 }
 
 /// Delivers one notification: first attempt after `first_wait` (normally now), then the rest of
 /// the retry schedule, until a SUCCESS reply. Each attempt is saved in the books.
 pub async fn deliver(mut p: Push) {
-    let factor = if p.retry_factor.is_finite() && p.retry_factor > 0.0 {
-        p.retry_factor
-    } else {
-        1.0
-    };
     // After n failed attempts the next failure waits RETRY_SCHEDULE[n].
     let mut delays = RETRY_SCHEDULE
         .iter()
@@ -114,21 +140,28 @@ pub async fn deliver(mut p: Push) {
                 _ = p.shutdown.changed() => return,
             }
         }
+        // A later final status (a resolved CHANGE) has its own notification; this one is void.
+        if !p.books.read().notify_round_is(&p.out_refund_no, p.round) {
+            return;
+        }
         let result = attempt(&p.client, &p.url, &p.body).await;
         let next = if result.is_ok() {
             None
         } else {
-            delays.next().map(|d| d.div_f64(factor))
+            delays.next().map(|&d| p.retry_factor.apply(d))
         };
         let next_at = next.map(|d| {
             let now = time::OffsetDateTime::now_utc();
             now.checked_add(time::Duration::try_from(d).unwrap_or(time::Duration::ZERO))
                 .unwrap_or(now)
         });
-        let no = p.out_refund_no.clone();
-        p.books
-            .update(|st| st.record_notify_attempt(&no, result, next_at));
-        let Some(d) = next else { return };
+        let (no, round) = (p.out_refund_no.clone(), p.round);
+        let current = p
+            .books
+            .update(|st| st.record_notify_attempt(&no, round, result, next_at));
+        let Some(d) = next.filter(|_| current) else {
+            return;
+        };
         wait = d;
     }
 }

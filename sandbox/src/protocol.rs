@@ -4,13 +4,16 @@
 
 use std::sync::Arc;
 
+use hyper::StatusCode;
 use wxpay::{Fen, SignType, XmlMap};
 
+use crate::app::App;
+use crate::beijing::wechat_time;
+use crate::body::TooLarge;
 use crate::books::{
-    ApplyRequest, BizError, Endpoint, FaultKind, OrderKey, Phase, Refund, RefundStatus, Selector,
-    wechat_time,
+    ApplyRequest, BizError, BookedStatus, DEFAULT_REFUND_ACCOUNT, Endpoint, FaultKind, OrderKey,
+    Phase, Refund, RefundSource, Selector,
 };
-use crate::server::App;
 
 /// What the HTTP layer should do.
 #[derive(Debug)]
@@ -18,7 +21,7 @@ pub enum Reply {
     /// HTTP 200 with an XML body.
     Xml(String),
     /// Another status with an HTML body (front-end errors).
-    Html { status: u16, body: String },
+    Html { status: StatusCode, body: String },
     /// Close the connection without answering.
     Drop,
     /// Never answer.
@@ -121,7 +124,7 @@ fn biz_fail(app: &App, s: &Signed, e: &BizError) -> Reply {
         s,
         vec![
             ("result_code".into(), "FAIL".into()),
-            ("err_code".into(), e.code.into()),
+            ("err_code".into(), e.code.to_string()),
             ("err_code_des".into(), e.des.clone()),
         ],
         false,
@@ -134,19 +137,25 @@ fn unsigned_biz_fail(e: &BizError) -> Reply {
         ("return_code", "SUCCESS"),
         ("return_msg", "OK"),
         ("result_code", "FAIL"),
-        ("err_code", e.code),
+        ("err_code", &e.code),
         ("err_code_des", &e.des),
     ])
 }
 
-/// Checks shared by both endpoints: XML, names, required fields, sign type, signature, merchant.
-/// `Err` is the reply to send.
-fn verify_envelope(
+/// The prelude shared by both endpoints (README checks 2–8): POST, body, XML, names, required
+/// fields, sign type, merchant, signature, appid, UTF-8. `Err` is the reply to send.
+fn prelude(
     app: &App,
-    body: &[u8],
+    is_post: bool,
+    body: Result<&[u8], TooLarge>,
     allowed: &[&str],
     required: &[&str],
 ) -> Result<(XmlMap, Signed), Reply> {
+    if !is_post {
+        return Err(return_fail(MSG_POST_ONLY));
+    }
+    // The decoder's own size check would say the same; it never sees an oversize body.
+    let body = body.map_err(|TooLarge| return_fail(MSG_XML))?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(return_fail(MSG_EMPTY));
     }
@@ -239,7 +248,7 @@ fn parse_apply(map: &XmlMap) -> Result<ApplyRequest, BizError> {
         return Err(param_error("refund_fee_type与支付币种不一致"));
     }
     let refund_account = match map.non_empty("refund_account") {
-        None => "REFUND_SOURCE_UNSETTLED_FUNDS",
+        None => DEFAULT_REFUND_ACCOUNT,
         Some(a @ ("REFUND_SOURCE_UNSETTLED_FUNDS" | "REFUND_SOURCE_RECHARGE_FUNDS")) => a,
         Some(_) => return Err(param_error("refund_account参数错误")),
     };
@@ -267,7 +276,63 @@ fn parse_apply(map: &XmlMap) -> Result<ApplyRequest, BizError> {
         refund_account: refund_account.to_string(),
         notify_url,
         refund_desc: map.non_empty("refund_desc").map(str::to_string),
+        source: RefundSource::Api,
     })
+}
+
+/// The answer of a "before" fault: WeChat's reply for it, nothing recorded. On a query the
+/// apply-only business errors become the `SYSTEMERROR` a query can get.
+fn before_fault(app: &App, s: &Signed, kind: &FaultKind, endpoint: Endpoint) -> Reply {
+    let apply = endpoint == Endpoint::Apply;
+    let e = match kind {
+        FaultKind::Http502 => {
+            return Reply::Html {
+                status: StatusCode::BAD_GATEWAY,
+                body: BAD_GATEWAY_HTML.into(),
+            };
+        }
+        FaultKind::Refuse {
+            err_code,
+            err_code_des,
+        } => {
+            let des = err_code_des
+                .clone()
+                .unwrap_or_else(|| refusal_text(err_code).into());
+            let e = BizError::new(err_code.clone(), des);
+            // The rules' own ORDERNOTEXIST comes unsigned; an injected one looks the same.
+            if apply && e.code == "ORDERNOTEXIST" {
+                return unsigned_biz_fail(&e);
+            }
+            e
+        }
+        FaultKind::RefundNotExist => BizError::new("REFUNDNOTEXIST", "not exist"),
+        FaultKind::BizErrNeedRetry if apply => BizError::new(
+            "BIZERR_NEED_RETRY",
+            "并发情况下，业务被拒绝，商户重试即可解决",
+        ),
+        FaultKind::NotEnough if apply => BizError::new("NOTENOUGH", "基本账户余额不足"),
+        _ if apply => BizError::new("SYSTEMERROR", "系统超时，请使用相同参数重试"),
+        _ => BizError::new("SYSTEMERROR", "系统错误"),
+    };
+    biz_fail(app, s, &e)
+}
+
+/// WeChat's `err_code_des` for a code a `refuse` fault names without one; the code itself for a
+/// code whose text is not known here.
+fn refusal_text(err_code: &str) -> &str {
+    match err_code {
+        "SYSTEMERROR" => "系统超时，请使用相同参数重试",
+        "BIZERR_NEED_RETRY" => "并发情况下，业务被拒绝，商户重试即可解决",
+        "TRADE_OVERDUE" => "订单已经超过退款期限",
+        "USER_ACCOUNT_ABNORMAL" => "退款请求失败，用户帐号注销",
+        "NOTENOUGH" => "基本账户余额不足",
+        "ORDERNOTEXIST" => "订单不存在",
+        "REFUND_FEE_MISMATCH" => "订单金额或退款金额与之前请求不一致，请核实后再试",
+        "INVALID_REQUEST" => "申请退款金额超过订单可退金额",
+        "FREQUENCY_LIMITED" => "请求频率过高，请降低频率后重试",
+        "REFUNDNOTEXIST" => "not exist",
+        other => other,
+    }
 }
 
 fn is_failure(reply: &Reply) -> bool {
@@ -291,7 +356,12 @@ fn limit_failures(app: &App, signed: Option<&Signed>, reply: Reply) -> Reply {
     }
 }
 
-pub async fn apply(app: &Arc<App>, is_post: bool, body: &[u8], client_cn: Option<&str>) -> Reply {
+pub async fn apply(
+    app: &Arc<App>,
+    is_post: bool,
+    body: Result<&[u8], TooLarge>,
+    client_cn: Option<&str>,
+) -> Reply {
     let mut signed = None;
     let reply = apply_inner(app, is_post, body, client_cn, &mut signed).await;
     limit_failures(app, signed.as_ref(), reply)
@@ -300,15 +370,13 @@ pub async fn apply(app: &Arc<App>, is_post: bool, body: &[u8], client_cn: Option
 async fn apply_inner(
     app: &Arc<App>,
     is_post: bool,
-    body: &[u8],
+    body: Result<&[u8], TooLarge>,
     client_cn: Option<&str>,
     signed_out: &mut Option<Signed>,
 ) -> Reply {
-    if !is_post {
-        return return_fail(MSG_POST_ONLY);
-    }
-    let (map, signed) = match verify_envelope(
+    let (map, signed) = match prelude(
         app,
+        is_post,
         body,
         APPLY_FIELDS,
         &[
@@ -351,41 +419,18 @@ async fn apply_inner(
 
     let (order_name, latency, before) = app.books.update(|st| {
         let name = st.find_order(&req.order).map(|o| o.out_trade_no.clone());
-        let latency = st.take_fault(name.as_deref(), Endpoint::Apply, Phase::Latency);
-        let before = st.take_fault(name.as_deref(), Endpoint::Apply, Phase::Before);
+        let latency = st.take_latency(name.as_deref(), Endpoint::Apply);
+        // An "after" fault first in line stays there until a request is accepted.
+        let before = st.take_fault_if(name.as_deref(), Endpoint::Apply, |k| {
+            k.phase() == Phase::Before
+        });
         (name, latency, before)
     });
-    if let Some(FaultKind::Latency { ms }) = latency {
+    if let Some(ms) = latency {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    match before {
-        Some(FaultKind::Http502) => {
-            return Reply::Html {
-                status: 502,
-                body: BAD_GATEWAY_HTML.into(),
-            };
-        }
-        Some(FaultKind::SystemErrorBefore) => {
-            return biz_fail(
-                app,
-                s,
-                &BizError::new("SYSTEMERROR", "系统超时，请使用相同参数重试"),
-            );
-        }
-        Some(FaultKind::BizErrNeedRetry) => {
-            return biz_fail(
-                app,
-                s,
-                &BizError::new(
-                    "BIZERR_NEED_RETRY",
-                    "并发情况下，业务被拒绝，商户重试即可解决",
-                ),
-            );
-        }
-        Some(FaultKind::NotEnough) => {
-            return biz_fail(app, s, &BizError::new("NOTENOUGH", "基本账户余额不足"));
-        }
-        _ => {}
+    if let Some(kind) = before {
+        return before_fault(app, s, &kind, Endpoint::Apply);
     }
 
     let now = time::OffsetDateTime::now_utc();
@@ -396,7 +441,9 @@ async fn apply_inner(
         let result = st.apply(&req, now, settle_at);
         // "After" faults need a taken (or idempotently re-found) refund to be meaningful.
         let after = if result.is_ok() {
-            st.take_fault(order_name.as_deref(), Endpoint::Apply, Phase::After)
+            st.take_fault_if(order_name.as_deref(), Endpoint::Apply, |k| {
+                k.phase() == Phase::After
+            })
         } else {
             None
         };
@@ -466,7 +513,7 @@ async fn apply_inner(
 /// At most this many records per query reply.
 pub const PAGE: usize = 10;
 
-pub async fn query(app: &Arc<App>, is_post: bool, body: &[u8]) -> Reply {
+pub async fn query(app: &Arc<App>, is_post: bool, body: Result<&[u8], TooLarge>) -> Reply {
     let mut signed = None;
     let reply = query_inner(app, is_post, body, &mut signed).await;
     limit_failures(app, signed.as_ref(), reply)
@@ -475,14 +522,12 @@ pub async fn query(app: &Arc<App>, is_post: bool, body: &[u8]) -> Reply {
 async fn query_inner(
     app: &Arc<App>,
     is_post: bool,
-    body: &[u8],
+    body: Result<&[u8], TooLarge>,
     signed_out: &mut Option<Signed>,
 ) -> Reply {
-    if !is_post {
-        return return_fail(MSG_POST_ONLY);
-    }
-    let (map, signed) = match verify_envelope(
+    let (map, signed) = match prelude(
         app,
+        is_post,
         body,
         QUERY_FIELDS,
         &["appid", "mch_id", "nonce_str", "sign"],
@@ -522,27 +567,21 @@ async fn query_inner(
                 .map(|o| o.out_trade_no.clone()),
             Selector::OutTradeNo(o) => Some(o.clone()),
             Selector::OutRefundNo(n) => st.refunds.get(n).map(|r| r.out_trade_no.clone()),
-            Selector::RefundId(_) => None,
+            Selector::RefundId(id) => st.refund_by_id(id).map(|r| r.out_trade_no.clone()),
         };
-        (
-            st.take_fault(name.as_deref(), Endpoint::Query, Phase::Latency),
-            st.take_fault(name.as_deref(), Endpoint::Query, Phase::Before),
-        )
+        // A lagging "not exist" is only spent on a query that would have found something.
+        let holds = st.selects_any(&selector);
+        let latency = st.take_latency(name.as_deref(), Endpoint::Query);
+        let before = st.take_fault_if(name.as_deref(), Endpoint::Query, |k| {
+            k.phase() == Phase::Before && (holds || *k != FaultKind::RefundNotExist)
+        });
+        (latency, before)
     });
-    if let Some(FaultKind::Latency { ms }) = latency {
+    if let Some(ms) = latency {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    match before {
-        Some(FaultKind::Http502) => {
-            return Reply::Html {
-                status: 502,
-                body: BAD_GATEWAY_HTML.into(),
-            };
-        }
-        Some(_) => {
-            return biz_fail(app, s, &BizError::new("SYSTEMERROR", "系统错误"));
-        }
-        None => {}
+    if let Some(kind) = before {
+        return before_fault(app, s, &kind, Endpoint::Query);
     }
 
     let (order, records) = match app.books.read().query(&selector) {
@@ -592,7 +631,7 @@ async fn query_inner(
         push("refund_status", r.status.as_str().into());
         push("refund_account", r.refund_account.clone());
         push("refund_recv_accout", r.recv_account().into());
-        if r.status == RefundStatus::Success
+        if r.status == BookedStatus::Success
             && let Some(t) = r.success_time
         {
             push("refund_success_time", wechat_time(t));
@@ -635,7 +674,7 @@ pub fn route(path: &str) -> Option<(Endpoint, bool)> {
 
 pub fn cert_missing() -> Reply {
     Reply::Html {
-        status: 400,
+        status: StatusCode::BAD_REQUEST,
         body: CERT_MISSING_HTML.into(),
     }
 }

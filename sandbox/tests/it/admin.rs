@@ -1,24 +1,8 @@
 //! The admin JSON API over HTTPS (no client certificate).
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::*;
-
-async fn admin(
-    c: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = c.request(method, url);
-    if let Some(b) = body {
-        req = req.body(b.to_string());
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
-    (status, v)
-}
 
 #[tokio::test]
 async fn orders_books_faults_and_settle_over_http() {

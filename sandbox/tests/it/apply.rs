@@ -57,7 +57,7 @@ async fn success_reply_has_doc_fields_and_is_signed_md5_and_hmac() {
         assert_eq!(r.get("coupon_refund_count"), Some("0"));
         // AND the books show a PROCESSING refund
         let v = sb.books().refund(&no).unwrap();
-        assert_eq!(v.status, wxpay_sandbox::books::RefundStatus::Processing);
+        assert_eq!(v.status, wxpay_sandbox::books::BookedStatus::Processing);
         assert_eq!(v.apply_calls, 1);
     }
     assert_eq!(sb.books().order("order-ok").unwrap().refunded_fee, 200);

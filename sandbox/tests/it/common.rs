@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use serde_json::Value;
 use wxpay::{ApiKey, SignType, XmlMap};
 use wxpay_sandbox::{NewOrder, RunningSandbox, Sandbox, SandboxConfig};
 
@@ -315,4 +316,29 @@ pub async fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// One admin API call: the HTTP status and the JSON reply.
+pub async fn admin(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = c.request(method, url);
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    let resp = req.send().await.expect("admin call");
+    let status = resp.status().as_u16();
+    let v: Value =
+        serde_json::from_slice(&resp.bytes().await.expect("admin call")).expect("admin call");
+    (status, v)
+}
+
+/// The decrypted `req_info` of a notification body a [`Receiver`] got.
+pub fn notification(sb: &RunningSandbox, body: &str) -> XmlMap {
+    let outer = wxpay::xml::decode(body.as_bytes()).expect("notification XML");
+    wxpay_sandbox::decrypt_req_info(outer.get("req_info").expect("req_info"), &key(sb))
+        .expect("req_info decrypts")
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use wxpay::query::RefundQueryResponse;
 use wxpay::refund::{RefundCoupon, RefundResponse};
 use wxpay::{Fen, MerchantKeys, SignType, XmlMap};
-use wxpay_sandbox::books::RefundStatus;
+use wxpay_sandbox::books::BookedStatus;
 use wxpay_sandbox::{CouponType, NewCoupon, NewOrder, RunningSandbox};
 
 use crate::common::*;
@@ -300,7 +300,7 @@ async fn coupons_over_the_admin_api_validation_and_closed_refunds() {
     sb.settle_now();
     assert_eq!(
         sb.books().refund("rcc-1").unwrap().status,
-        RefundStatus::Refundclose
+        BookedStatus::Refundclose
     );
     let r = apply(&sb, "order-cash", "rcc-2", 1000, 1000).await;
     let p = RefundResponse::try_from(&r).unwrap();

@@ -4,10 +4,12 @@
 mod admin;
 mod apply;
 mod common;
+mod config;
 mod coupons;
 mod faults;
 mod files_tls;
 mod notify;
 mod persistence;
+mod platform;
 mod query;
 mod rate_limits;

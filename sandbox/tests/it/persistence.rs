@@ -295,6 +295,82 @@ async fn read_only_requests_do_not_rewrite_the_books() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn platform_refunds_resolutions_and_new_faults_survive_a_restart() {
+    // GIVEN a CHANGE order with an API refund resolved to SUCCESS, a platform refund, and a
+    // refusal and a lag fault waiting
+    let dir = temp_dir("persist-platform");
+    let sb = start_on(&dir, Duration::from_secs(3600), 1.0).await;
+    sb.books()
+        .create_order(NewOrder {
+            out_trade_no: "order-pp".into(),
+            total_fee: 1000,
+            outcome: Some(wxpay_sandbox::Outcome::Change),
+            ..NewOrder::default()
+        })
+        .expect("order");
+    apply(&sb, "order-pp", "pp-api", 1000, 100).await;
+    sb.settle_now();
+    sb.resolve("pp-api").expect("resolved");
+    let (v, new) = sb
+        .vendor_refund(
+            "order-pp",
+            wxpay_sandbox::NewRefund {
+                out_refund_no: "pp-vendor".into(),
+                refund_fee: 200,
+            },
+        )
+        .expect("platform refund");
+    assert!(new);
+    let c = anonymous(&sb);
+    let (s, f) = admin(
+        &c,
+        reqwest::Method::POST,
+        format!("{}/sandbox/orders/order-pp/faults", sb.base_url()),
+        Some(serde_json::json!([
+            {"kind": "refuse", "err_code": "USER_ACCOUNT_ABNORMAL", "err_code_des": "注销", "times": 1},
+            {"kind": "refund_not_exist", "times": 1},
+        ])),
+    )
+    .await;
+    assert_eq!(s, 200, "{f}");
+
+    // WHEN the sandbox is stopped and started again on the same state dir
+    sb.stop().await;
+    let sb = start_on(&dir, Duration::from_secs(3600), 1.0).await;
+
+    // THEN the resolution, the platform refund and its source are there
+    let api = sb.books().refund("pp-api").expect("api refund");
+    assert_eq!(api.status.as_str(), "SUCCESS");
+    assert!(api.success_time.is_some());
+    let vendor = sb.books().refund("pp-vendor").expect("platform refund");
+    assert_eq!(vendor.refund_id, v.refund_id);
+    assert_eq!(vendor.refund_request_source.as_str(), "VENDOR_PLATFORM");
+    // AND the faults, in their order, with their fields
+    let faults = sb.books().order("order-pp").expect("order").faults;
+    assert_eq!(faults.len(), 2);
+    assert_eq!(
+        faults[0].kind,
+        wxpay_sandbox::FaultKind::Refuse {
+            err_code: "USER_ACCOUNT_ABNORMAL".into(),
+            err_code_des: Some("注销".into()),
+        }
+    );
+    assert_eq!(faults[1].on, wxpay_sandbox::FaultTarget::Query);
+    let r = apply(&sb, "order-pp", "pp-2", 1000, 1).await;
+    assert_biz_fail(&sb, &r, "USER_ACCOUNT_ABNORMAL");
+    assert_eq!(r.get("err_code_des"), Some("注销"));
+    assert_biz_fail(
+        &sb,
+        &query(&sb, &[("out_refund_no", "pp-vendor")]).await,
+        "REFUNDNOTEXIST",
+    );
+    let q = query(&sb, &[("out_refund_no", "pp-vendor")]).await;
+    assert_eq!(q.get("refund_status_0"), Some("PROCESSING"), "{q:?}");
+    sb.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Run with `cargo test -p wxpay-sandbox --test it burst -- --ignored --nocapture` (add
 /// `--release` for the binary's numbers): 2500 refunds over 16 connections, persist on and off.
 #[test]

@@ -176,7 +176,7 @@ async fn refunds_settle_after_the_delay_to_the_orders_outcome() {
     assert_eq!(r.get("refund_status_0"), Some("PROCESSING"));
     // WHEN the delay passes THEN each is final
     eventually(5, || {
-        (sb.books().refund("order-x-r")?.status != wxpay_sandbox::books::RefundStatus::Processing)
+        (sb.books().refund("order-x-r")?.status != wxpay_sandbox::books::BookedStatus::Processing)
             .then_some(())
     })
     .await;
