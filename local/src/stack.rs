@@ -40,29 +40,9 @@ pub fn context<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnc
     move |e| format!("{what}: {e}").into()
 }
 
-/// Parses `3s`, `500ms`, `2m`, `1h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 2s, 500ms or 1m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    let d = Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())?;
-    if d.is_zero() {
-        return Err("must be more than zero".into());
-    }
-    Ok(d)
-}
+/// Parses `3s`, `500ms`, `2m`, `1h` (a bare number is seconds), refusing zero: the sandbox's
+/// parser, so the two command lines speak one syntax.
+pub use wxpay_sandbox::duration::parse_positive_duration as parse_duration;
 
 /// Local timings: fast enough to watch a refund settle, with the same relations as production
 /// (the lease outlives one WeChat call including pacing waits).

@@ -2,6 +2,9 @@
 //! sandbox, and SIGKILL in the middle of a burst of refunds followed by a restart on the same data
 //! dir, with the sandbox's books as the evidence that every refund was paid exactly once.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -420,7 +423,7 @@ async fn sigkill_mid_burst_then_restart_pays_every_refund_exactly_once() {
         for r in &book.refunds {
             assert_eq!(
                 r.status,
-                wxpay_sandbox::books::RefundStatus::Success,
+                wxpay_sandbox::books::BookedStatus::Success,
                 "{}",
                 r.out_refund_no
             );

@@ -1,6 +1,9 @@
 //! `local/openapi.json` checked against the code: every documented operation is a real route of
 //! `wxrefund::http::router`, and the schemas name exactly the serde fields of the API types.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

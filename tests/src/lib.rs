@@ -2,6 +2,9 @@
 //! this library holds what the function crates' binary tests share: a Lambda Runtime API emulator
 //! and the harness that runs a built function binary against moto and the sandbox.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod lambda_binary;
 pub mod lambda_emulator;
 

@@ -2,6 +2,9 @@
 //! PKCS#12, a missing client certificate, each outcome class from the matching fault, failover from
 //! a closed port, and pacing of a burst.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::num::NonZeroU32;

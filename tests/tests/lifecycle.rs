@@ -2,6 +2,9 @@
 //! notification), and the recoveries: a dropped/hung response (UNKNOWN → query) and a SYSTEMERROR
 //! before the refund was taken (RETRY_WAIT → re-submit with the same number).
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use axum::http::{Method, StatusCode};
@@ -233,7 +236,7 @@ async fn lost_reply_is_resolved_by_query(kind: FaultKind) {
     assert_eq!(order.refund_count, 1);
     assert_eq!(
         order.refunds[0].status,
-        wxpay_sandbox::books::RefundStatus::Processing
+        wxpay_sandbox::books::BookedStatus::Processing
     );
 
     // WHEN the poller runs

@@ -2,6 +2,9 @@
 //! (SUBMITTING with a lease nobody will release), a refresh that asks WeChat, and a definitive
 //! refusal releasing the amount. Everything runs against moto and the sandbox over mTLS.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

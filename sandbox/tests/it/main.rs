@@ -1,6 +1,9 @@
 //! Integration tests: the sandbox driven over real HTTPS (rustls, mutual TLS) with reqwest.
 //! One test binary (modules below) to keep link time down on small machines.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod admin;
 mod apply;
 mod common;

@@ -1,6 +1,9 @@
 //! Criterion bench: refunds per second through the embedded (redb) ledger, each one a full happy
 //! path (record, lease, → PROCESSING, → SUCCESS: 4 durable write transactions).
 
+// Benchmark set-up: a failed step should stop the run with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 

@@ -2,6 +2,9 @@
 //! file, and the DynamoDB ledger on a fresh table of a moto server per test). Any behaviour the
 //! service relies on is pinned here, races included.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,6 +1,9 @@
 //! The embedded ledger survives a process kill: a child process records a refund and takes its
 //! lease, reports it, and is killed with SIGKILL; the file then reopens with both writes intact.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! Merchant secret parsing and validation (local JSON file source), and redaction of every
 //! config and error type.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::SystemTime;
 
 use base64::Engine as _;

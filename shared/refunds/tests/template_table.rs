@@ -3,6 +3,9 @@
 //! uses in tests), and the functions, routes, schedule and policies must be wired as docs/DEPLOY.md ("What gets deployed") says.
 //! Pure parsing: no AWS, no moto. `cfn-lint` (scripts/test) checks the template's syntax and types.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 

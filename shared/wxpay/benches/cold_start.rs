@@ -1,6 +1,9 @@
 //! Cold-start cost: PKCS#12 parse (legacy and AES) + merchant identity validation + client
 //! build (no network). Target: under 10 ms in total.
 
+// Benchmark set-up: a failed step should stop the run with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::SystemTime;
 
 use criterion::{Criterion, criterion_group, criterion_main};

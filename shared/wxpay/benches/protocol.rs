@@ -1,6 +1,9 @@
 //! Criterion benchmarks of the protocol hot paths: one refund round (build + sign + encode the
 //! request; decode + verify + type the reply) and parsing a 50-refund query reply.
 
+// Benchmark set-up: a failed step should stop the run with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};

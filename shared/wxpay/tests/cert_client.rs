@@ -1,6 +1,9 @@
 //! The transport against tiny local servers: mutual TLS with the legacy p12, outcome classes
 //! (not sent / unknown / HTTP status / not XML), failover on connect failure only, and pacing.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::convert::Infallible;
 use std::num::NonZeroU32;
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! Merchant identity loading: both PKCS#12 encodings, PEM pairs, and every known way a user gets
 //! the certificate wrong (fixtures: tests/fixtures, made by make-fixtures.sh).
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;

@@ -3,6 +3,8 @@
 //! the embedded redb ledger on a temp file), `RefundService`, and the axum router driven with
 //! `tower::ServiceExt::oneshot` (or served on a loopback port when the sandbox must reach it).
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::future::Future;
