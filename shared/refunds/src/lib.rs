@@ -9,4 +9,5 @@ pub mod runtime;
 pub mod secrets;
 pub mod service;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
