@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{
     AttributeValue, CancellationReason, KeysAndAttributes, Put, ReturnValue,
     ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
@@ -23,7 +24,7 @@ use super::keys::{
     shard_pk, sk_of,
 };
 use super::table::{PENDING_INDEX, PENDING_SHARDS};
-use super::txn_retry::TxnRetry;
+use super::txn_retry::{Cancellation, TXN_ATTEMPTS, TxnRetry, cancellation, code};
 use super::updates::{
     create_if_absent, external_reservation, lease_update, record_reservation, release_on_order,
     transition_update,
@@ -122,8 +123,10 @@ impl DynamoLedger {
             .transpose()
     }
 
-    /// Sends a transaction; `Ok(None)` if it committed, `Ok(Some(reasons))` if a condition failed,
-    /// retrying (with jittered backoff) cancellations caused only by concurrent transactions.
+    /// Sends a transaction; `Ok(None)` if it committed, `Ok(Some(reasons))` if a condition failed.
+    /// Cancellations by concurrent transactions or by throttling are retried with [`TxnRetry`];
+    /// when the attempts run out, throttling is `Unavailable` (the store refuses the load) and
+    /// conflicts are `Contention`. Every TransactWriteItems goes through here.
     async fn transact(
         &self,
         what: &str,
@@ -143,26 +146,27 @@ impl DynamoLedger {
                 Ok(_) => return Ok(None),
                 Err(e) => e,
             };
-            let retryable = match err.as_service_error() {
+            let cause = match err.as_service_error() {
                 Some(E::TransactionCanceledException(c)) => {
                     let reasons = c.cancellation_reasons();
-                    if reasons.iter().any(|r| code(r) == "ConditionalCheckFailed") {
-                        return Ok(Some(reasons.to_vec()));
+                    match cancellation(reasons) {
+                        Cancellation::ConditionFailed => return Ok(Some(reasons.to_vec())),
+                        Cancellation::Permanent => return Err(unavailable(err)),
+                        retryable => retryable,
                     }
-                    // Only conflicts with other in-flight transactions are worth retrying here;
-                    // the SDK already retried throttling.
-                    reasons
-                        .iter()
-                        .all(|r| matches!(code(r), "None" | "TransactionConflict"))
                 }
-                Some(E::TransactionInProgressException(_)) => true,
-                _ => false,
+                // Our own idempotency token still in flight (the SDK retries this too).
+                Some(E::TransactionInProgressException(_)) => Cancellation::Conflict,
+                _ => return Err(unavailable(err)),
             };
-            if !retryable {
-                return Err(unavailable(err));
-            }
             if !retry.pause().await {
-                return Err(LedgerError::Contention(what.to_owned()));
+                return Err(match cause {
+                    Cancellation::Throttled => LedgerError::Unavailable(format!(
+                        "{what}: still throttled after {TXN_ATTEMPTS} attempts: {}",
+                        DisplayErrorContext(&err)
+                    )),
+                    _ => LedgerError::Contention(what.to_owned()),
+                });
             }
         }
     }
@@ -263,7 +267,10 @@ impl DynamoLedger {
                 self.update_item(refund_pk(&t.out_refund_no), transition_update(t))?,
                 self.update_item(order_pk(&rec.order), release_on_order(&rec, t))?,
             ];
-            let Some(reasons) = self.transact("transition", items).await? else {
+            let Some(reasons) = self
+                .transact(&format!("transition of {}", t.out_refund_no), items)
+                .await?
+            else {
                 return Ok(TransitionOutcome::Applied(apply_transition(&rec, t)));
             };
             if let Some(r) = reasons
@@ -295,10 +302,6 @@ impl DynamoLedger {
     }
 }
 
-fn code(r: &CancellationReason) -> &str {
-    r.code().unwrap_or("None")
-}
-
 #[async_trait]
 impl Ledger for DynamoLedger {
     async fn record(&self, n: NewRefund) -> Result<RecordOutcome, LedgerError> {
@@ -319,7 +322,10 @@ impl Ledger for DynamoLedger {
                 self.put_item(Item::from(&rec), create_if_absent())?,
                 self.update_item(order_pk(&n.order), record_reservation(&n, max_reserved))?,
             ];
-            let Some(reasons) = self.transact("record", items).await? else {
+            let Some(reasons) = self
+                .transact(&format!("record of {}", n.out_refund_no), items)
+                .await?
+            else {
                 return Ok(RecordOutcome::Created(rec));
             };
             let failed = |i: usize| {
@@ -522,7 +528,10 @@ impl Ledger for DynamoLedger {
             self.put_item(Item::from(&rec), create_if_absent())?,
             self.update_item(order_pk(&rec.order), external_reservation(&rec))?,
         ];
-        let Some(reasons) = self.transact("record_external", items).await? else {
+        let Some(reasons) = self
+            .transact(&format!("record_external of {}", rec.out_refund_no), items)
+            .await?
+        else {
             return Ok(ExternalOutcome::Created(rec));
         };
         // Only the Put has a condition, so a failed condition means the number exists.

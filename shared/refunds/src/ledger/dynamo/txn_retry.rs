@@ -1,9 +1,18 @@
 //! [`TxnRetry`]: the bounded, jittered exponential backoff between attempts of a DynamoDB write
-//! that lost a race with another request. Storage-level only: it has nothing to do with a
-//! refund's RETRY_WAIT backoff, which paces calls to WeChat.
+//! that lost a race with another request or was throttled, and [`cancellation`], which tells
+//! from a `TransactionCanceledException`'s reasons whether another attempt can succeed.
+//! Storage-level only: it has nothing to do with a refund's RETRY_WAIT backoff, which paces calls
+//! to WeChat.
+//!
+//! The SDK's own retries do not cover transactions: its classifier retries throttling by error
+//! code (`ThrottlingException`, `ProvisionedThroughputExceededException`, ...), and a transaction
+//! throttled on one of its items comes back as `TransactionCanceledException` with the throttling
+//! only in the item's cancellation reason.
 
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
+
+use aws_sdk_dynamodb::types::CancellationReason;
 
 /// How often a write that collided with another one is tried.
 pub(super) const TXN_ATTEMPTS: u32 = 10;
@@ -39,6 +48,40 @@ impl TxnRetry {
     }
 }
 
+/// What a cancelled transaction's reasons mean for the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Cancellation {
+    /// A condition failed: a business answer, from the item the condition saw.
+    ConditionFailed,
+    /// Only other transactions were in the way: try again.
+    Conflict,
+    /// DynamoDB shed load on at least one item (and nothing worse happened): try again.
+    Throttled,
+    /// Anything else (validation, item too large, ...): another attempt fails the same way.
+    Permanent,
+}
+
+/// A reason's code; DynamoDB sends `None` for the items that were fine.
+pub(super) fn code(r: &CancellationReason) -> &str {
+    r.code().unwrap_or("None")
+}
+
+pub(super) fn cancellation(reasons: &[CancellationReason]) -> Cancellation {
+    let codes = || reasons.iter().map(code);
+    if codes().any(|c| c == "ConditionalCheckFailed") {
+        return Cancellation::ConditionFailed;
+    }
+    let throttled = |c: &str| matches!(c, "ThrottlingError" | "ProvisionedThroughputExceeded");
+    if !codes().all(|c| matches!(c, "None" | "TransactionConflict") || throttled(c)) {
+        return Cancellation::Permanent;
+    }
+    if codes().any(throttled) {
+        Cancellation::Throttled
+    } else {
+        Cancellation::Conflict
+    }
+}
+
 /// 5 ms doubling per attempt, capped at 200 ms, plus up to as much again of jitter so that the
 /// writers that collided do not collide again.
 fn delay(attempt: u32, jitter: u64) -> Duration {
@@ -69,6 +112,42 @@ mod tests {
             delay(9, u64::MAX),
             Duration::from_millis(200 + u64::MAX % 321)
         );
+    }
+
+    fn reasons(codes: &[&str]) -> Vec<CancellationReason> {
+        codes
+            .iter()
+            .map(|c| CancellationReason::builder().code(*c).build())
+            .collect()
+    }
+
+    #[test]
+    fn cancellations_are_classified_by_their_worst_reason() {
+        use Cancellation::*;
+        for (codes, want) in [
+            (&["ConditionalCheckFailed", "None"][..], ConditionFailed),
+            (
+                &["ThrottlingError", "ConditionalCheckFailed"],
+                ConditionFailed,
+            ),
+            (&["TransactionConflict", "None"], Conflict),
+            (&["None", "TransactionConflict"], Conflict),
+            (&["ThrottlingError", "None"], Throttled),
+            (
+                &["TransactionConflict", "ProvisionedThroughputExceeded"],
+                Throttled,
+            ),
+            (&["ValidationError", "None"], Permanent),
+            (
+                &["ThrottlingError", "ItemCollectionSizeLimitExceeded"],
+                Permanent,
+            ),
+        ] {
+            assert_eq!(cancellation(&reasons(codes)), want, "{codes:?}");
+        }
+        // A reason without a code is DynamoDB's "None".
+        let bare = [CancellationReason::builder().build()];
+        assert_eq!(cancellation(&bare), Conflict);
     }
 
     #[test]
