@@ -32,18 +32,26 @@ pub fn moto_endpoint() -> String {
 /// SDK configuration for moto, through a one-request-at-a-time relay (see [`serial_relay`]).
 pub async fn moto_sdk_config() -> SdkConfig {
     let relay = serial_relay(&moto_endpoint()).await;
-    sdk_config(&relay, RetryConfig::standard(), TimeoutConfig::disabled()).await
+    sdk_config(&relay, None, None).await
 }
 
-async fn sdk_config(endpoint: &str, retry: RetryConfig, timeouts: TimeoutConfig) -> SdkConfig {
+/// The SDK's defaults (standard retries, 3.1 s connect timeout) unless overridden.
+async fn sdk_config(
+    endpoint: &str,
+    retry: Option<RetryConfig>,
+    timeouts: Option<TimeoutConfig>,
+) -> SdkConfig {
     let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
-        .region(aws_config::Region::new(region))
-        .retry_config(retry)
-        .timeout_config(timeouts)
-        .load()
-        .await
+        .region(aws_config::Region::new(region));
+    if let Some(retry) = retry {
+        loader = loader.retry_config(retry);
+    }
+    if let Some(timeouts) = timeouts {
+        loader = loader.timeout_config(timeouts);
+    }
+    loader.load().await
 }
 
 /// A [`DynamoLedger`] on a fresh table (`<prefix>-<uuid>`) on moto.
@@ -63,14 +71,14 @@ pub async fn faulty_dynamo_ledger(
 ) -> DynamoLedger {
     let relay = fault_relay(&moto_endpoint(), faults.clone()).await;
     let retry = RetryConfig::standard().with_initial_backoff(Duration::from_millis(10));
-    let setup = sdk_config(&relay, retry.clone(), TimeoutConfig::disabled()).await;
-    let timeouts = match attempt_timeout {
-        Some(t) => TimeoutConfig::builder()
+    let setup = sdk_config(&relay, Some(retry.clone()), None).await;
+    let timeouts = attempt_timeout.map(|t| {
+        TimeoutConfig::builder()
+            .connect_timeout(SDK_CONNECT_TIMEOUT)
             .operation_attempt_timeout(t)
-            .build(),
-        None => TimeoutConfig::disabled(),
-    };
-    let conf = sdk_config(&relay, retry, timeouts).await;
+            .build()
+    });
+    let conf = sdk_config(&relay, Some(retry), timeouts).await;
     ledger_on_fresh_table(
         prefix,
         aws_sdk_dynamodb::Client::new(&setup),
@@ -78,6 +86,9 @@ pub async fn faulty_dynamo_ledger(
     )
     .await
 }
+
+/// The SDK's default connect timeout, kept when a test sets its own timeouts.
+const SDK_CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
 
 async fn ledger_on_fresh_table(
     prefix: &str,
