@@ -1,0 +1,550 @@
+//! [`DynamoLedger`]: the [`Ledger`] port on the table `table` defines, through the AWS SDK. It
+//! sends the expressions `updates` builds, decodes items with `codec`, and turns DynamoDB's
+//! answers (failed conditions, cancelled transactions) into the port's outcomes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, KeysAndAttributes, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
+};
+use wxpay::{OrderRef, OutRefundNo};
+
+use super::codec::Item;
+use super::error::{config, unavailable};
+use super::expr::Expr;
+use super::keys::{
+    cursor, due_upper_bound, no_from_pending_sk, order_pk, parse_cursor, refund_pk, refund_pk_str,
+    shard_pk, sk_of,
+};
+use super::table::{PENDING_INDEX, PENDING_SHARDS};
+use super::txn_retry::{Cancellation, TXN_ATTEMPTS, TxnRetry, cancellation, code};
+use super::updates::{
+    create_if_absent, external_reservation, lease_update, record_reservation, release_on_order,
+    transition_update,
+};
+use crate::ledger::{
+    Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger, LedgerError,
+    NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
+    existing_outcome, external_record, fence_holds, fresh_book, illegal, lease_decision,
+    new_record, refusal,
+};
+use crate::state::{OrderBook, RefundRecord, UnixMillis};
+
+/// Write requests and item writes sent so far (to measure the cost of a lifecycle).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// PutItem/UpdateItem/TransactWriteItems requests sent (a retried transaction counts again).
+    pub requests: u64,
+    /// Items written by them (a transaction of 2 items counts 2).
+    pub items: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    items: AtomicU64,
+}
+
+/// The DynamoDB ledger. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DynamoLedger {
+    client: Client,
+    table: String,
+    writes: Arc<Counters>,
+}
+
+impl DynamoLedger {
+    /// A ledger on `table` through `client`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            writes: Arc::default(),
+        }
+    }
+
+    /// The Lambda setup: AWS config from the environment, table name from `LEDGER_TABLE`.
+    pub async fn from_env() -> Result<Self, LedgerError> {
+        let table = std::env::var("LEDGER_TABLE")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| LedgerError::Config("LEDGER_TABLE is not set".into()))?;
+        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Ok(Self::new(Client::new(&conf), table))
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn write_stats(&self) -> WriteStats {
+        WriteStats {
+            requests: self.writes.requests.load(Ordering::Relaxed),
+            items: self.writes.items.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_write(&self, items: u64) {
+        self.writes.requests.fetch_add(1, Ordering::Relaxed);
+        self.writes.items.fetch_add(items, Ordering::Relaxed);
+    }
+
+    async fn get_item(&self, pk: String) -> Result<Option<Item>, LedgerError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        Ok(out.item)
+    }
+
+    async fn get_refund(&self, no: &OutRefundNo) -> Result<Option<RefundRecord>, LedgerError> {
+        self.get_item(refund_pk(no))
+            .await?
+            .map(|i| RefundRecord::try_from(&i))
+            .transpose()
+    }
+
+    async fn get_order(&self, order: &OrderRef) -> Result<Option<OrderBook>, LedgerError> {
+        self.get_item(order_pk(order))
+            .await?
+            .map(|i| OrderBook::try_from(&i))
+            .transpose()
+    }
+
+    /// Sends a transaction; `Ok(None)` if it committed, `Ok(Some(reasons))` if a condition failed.
+    /// Cancellations by concurrent transactions or by throttling are retried with [`TxnRetry`];
+    /// when the attempts run out, throttling is `Unavailable` (the store refuses the load) and
+    /// conflicts are `Contention`. Every TransactWriteItems goes through here.
+    async fn transact(
+        &self,
+        what: &str,
+        items: Vec<TransactWriteItem>,
+    ) -> Result<Option<Vec<CancellationReason>>, LedgerError> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError as E;
+        let mut retry = TxnRetry::new();
+        loop {
+            self.count_write(items.len() as u64);
+            let res = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .send()
+                .await;
+            let err = match res {
+                Ok(_) => return Ok(None),
+                Err(e) => e,
+            };
+            let cause = match err.as_service_error() {
+                Some(E::TransactionCanceledException(c)) => {
+                    let reasons = c.cancellation_reasons();
+                    match cancellation(reasons) {
+                        Cancellation::ConditionFailed => return Ok(Some(reasons.to_vec())),
+                        Cancellation::Permanent => return Err(unavailable(err)),
+                        retryable => retryable,
+                    }
+                }
+                // Our own idempotency token still in flight (the SDK retries this too).
+                Some(E::TransactionInProgressException(_)) => Cancellation::Conflict,
+                _ => return Err(unavailable(err)),
+            };
+            if !retry.pause().await {
+                return Err(match cause {
+                    Cancellation::Throttled => LedgerError::Unavailable(format!(
+                        "{what}: still throttled after {TXN_ATTEMPTS} attempts: {}",
+                        DisplayErrorContext(&err)
+                    )),
+                    _ => LedgerError::Contention(what.to_owned()),
+                });
+            }
+        }
+    }
+
+    /// UpdateItem with ALL_NEW; `Err(Some(old))`/`Err(None)` when the condition failed on an
+    /// existing/absent item.
+    async fn update(&self, u: Expr, pk: String) -> Result<Result<Item, Option<Item>>, LedgerError> {
+        use aws_sdk_dynamodb::operation::update_item::UpdateItemError as E;
+        self.count_write(1);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk))
+            .update_expression(u.update_expression())
+            .set_condition_expression(u.condition_expression())
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Ok(out.attributes.unwrap_or_default())),
+            Err(e) => match e.as_service_error() {
+                Some(E::ConditionalCheckFailedException(c)) => Ok(Err(c.item().cloned())),
+                _ => Err(unavailable(e)),
+            },
+        }
+    }
+
+    /// A transaction's Put of `item`, under `condition`'s condition only.
+    fn put_item(&self, item: Item, condition: Expr) -> Result<TransactWriteItem, LedgerError> {
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(&condition.condition)
+            .set_expression_attribute_names(Some(condition.names))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        if !condition.values.is_empty() {
+            put = put.set_expression_attribute_values(Some(condition.values));
+        }
+        Ok(TransactWriteItem::builder()
+            .put(put.build().map_err(config)?)
+            .build())
+    }
+
+    fn update_item(&self, pk: String, u: Expr) -> Result<TransactWriteItem, LedgerError> {
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(pk))
+            .update_expression(u.update_expression())
+            .set_condition_expression(u.condition_expression())
+            .set_expression_attribute_names(Some(u.names))
+            .set_expression_attribute_values(Some(u.values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .build()
+            .map_err(config)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    /// The record a failed condition was evaluated against: from ALL_OLD, or read if the store
+    /// did not return it.
+    async fn old_refund(
+        &self,
+        reason: &CancellationReason,
+        no: &OutRefundNo,
+    ) -> Result<Option<RefundRecord>, LedgerError> {
+        match reason.item() {
+            Some(item) => RefundRecord::try_from(item).map(Some),
+            None => self.get_refund(no).await,
+        }
+    }
+
+    async fn old_order(
+        &self,
+        reason: &CancellationReason,
+        order: &OrderRef,
+    ) -> Result<Option<OrderBook>, LedgerError> {
+        match reason.item() {
+            Some(item) => OrderBook::try_from(item).map(Some),
+            None => self.get_order(order).await,
+        }
+    }
+
+    /// The release path of `transition`: refund update and order release in one transaction.
+    async fn transition_releasing(&self, t: &Transition) -> Result<TransitionOutcome, LedgerError> {
+        let mut retry = TxnRetry::new();
+        loop {
+            // The amount and order come from the stored record, never from the caller.
+            let Some(rec) = self.get_refund(&t.out_refund_no).await? else {
+                return Ok(TransitionOutcome::NotFound);
+            };
+            if !fence_holds(&rec, t) {
+                return Ok(TransitionOutcome::Conflict(rec));
+            }
+            let items = vec![
+                self.update_item(refund_pk(&t.out_refund_no), transition_update(t))?,
+                self.update_item(order_pk(&rec.order), release_on_order(&rec, t))?,
+            ];
+            let Some(reasons) = self
+                .transact(&format!("transition of {}", t.out_refund_no), items)
+                .await?
+            else {
+                return Ok(TransitionOutcome::Applied(apply_transition(&rec, t)));
+            };
+            if let Some(r) = reasons
+                .first()
+                .filter(|r| code(r) == "ConditionalCheckFailed")
+            {
+                match self.old_refund(r, &t.out_refund_no).await? {
+                    // Cannot happen (the condition is the fence); read again rather than guess.
+                    Some(cur) if fence_holds(&cur, t) => {}
+                    Some(cur) => return Ok(TransitionOutcome::Conflict(cur)),
+                    None => return Ok(TransitionOutcome::NotFound),
+                }
+                if !retry.pause().await {
+                    return Err(LedgerError::Contention(format!(
+                        "transition of {}",
+                        t.out_refund_no
+                    )));
+                }
+                continue;
+            }
+            return Err(LedgerError::Corrupt {
+                key: order_pk(&rec.order),
+                problem: format!(
+                    "cannot release {} of refund {}: order missing or reserving less",
+                    rec.refund_fee, rec.out_refund_no
+                ),
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Ledger for DynamoLedger {
+    async fn record(&self, n: NewRefund) -> Result<RecordOutcome, LedgerError> {
+        // DynamoDB conditions have no arithmetic, so "reserved + fee <= total" is sent as
+        // "reserved <= total - fee". A fee above the total can never fit: answer from reads.
+        let Some(max_reserved) = n.total_fee.checked_sub(n.refund_fee) else {
+            if let Some(rec) = self.get_refund(&n.out_refund_no).await? {
+                return Ok(existing_outcome(rec, &n.request_hash));
+            }
+            let book = self.get_order(&n.order).await?;
+            let book = book.unwrap_or_else(|| fresh_book(&n));
+            return Ok(refusal(&book, &n).unwrap_or(RecordOutcome::AmountExceeded { book }));
+        };
+        let rec = new_record(&n);
+        let mut retry = TxnRetry::new();
+        loop {
+            let items = vec![
+                self.put_item(Item::from(&rec), create_if_absent())?,
+                self.update_item(order_pk(&n.order), record_reservation(&n, max_reserved))?,
+            ];
+            let Some(reasons) = self
+                .transact(&format!("record of {}", n.out_refund_no), items)
+                .await?
+            else {
+                return Ok(RecordOutcome::Created(rec));
+            };
+            let failed = |i: usize| {
+                reasons
+                    .get(i)
+                    .filter(|r| code(r) == "ConditionalCheckFailed")
+            };
+            if let Some(r) = failed(0) {
+                if let Some(old) = self.old_refund(r, &n.out_refund_no).await? {
+                    return Ok(existing_outcome(old, &n.request_hash));
+                }
+            } else if let Some(r) = failed(1) {
+                let book = self.old_order(r, &n.order).await?;
+                if let Some(refused) = book.as_ref().and_then(|b| refusal(b, &n)) {
+                    return Ok(refused);
+                }
+            }
+            // The refusal no longer holds (the book moved on since): try again.
+            if !retry.pause().await {
+                return Err(LedgerError::Contention(format!(
+                    "record of {}",
+                    n.out_refund_no
+                )));
+            }
+        }
+    }
+
+    async fn get(&self, no: &OutRefundNo) -> Result<Option<RefundRecord>, LedgerError> {
+        self.get_refund(no).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        no: &OutRefundNo,
+        owner: &str,
+        ttl: Duration,
+        now: UnixMillis,
+    ) -> Result<LeaseOutcome, LedgerError> {
+        let u = lease_update(no, owner, now.plus(ttl), now);
+        match self.update(u, refund_pk(no)).await? {
+            Ok(item) => Ok(LeaseOutcome::Acquired(RefundRecord::try_from(&item)?)),
+            Err(None) => Ok(LeaseOutcome::NotFound),
+            Err(Some(old)) => {
+                let old = RefundRecord::try_from(&old)?;
+                // The condition failed, so the shared rule can only refuse; it also says which way.
+                Ok(match lease_decision(&old, owner, ttl, now) {
+                    LeaseDecision::Refuse(refused) => refused,
+                    LeaseDecision::Take(_) => LeaseOutcome::Held(old),
+                })
+            }
+        }
+    }
+
+    async fn transition(&self, t: Transition) -> Result<TransitionOutcome, LedgerError> {
+        if let Some(bad) = illegal(&t) {
+            return Ok(bad);
+        }
+        if t.to.releases_reservation() {
+            return self.transition_releasing(&t).await;
+        }
+        match self
+            .update(transition_update(&t), refund_pk(&t.out_refund_no))
+            .await?
+        {
+            Ok(item) => Ok(TransitionOutcome::Applied(RefundRecord::try_from(&item)?)),
+            Err(None) => Ok(TransitionOutcome::NotFound),
+            Err(Some(old)) => Ok(TransitionOutcome::Conflict(RefundRecord::try_from(&old)?)),
+        }
+    }
+
+    async fn due(
+        &self,
+        now: UnixMillis,
+        cursor_in: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError> {
+        let limit = limit.clamp(1, 1000);
+        let (first_shard, mut start_sk) = match &cursor_in {
+            Some(c) => {
+                let (s, sk) = parse_cursor(c)?;
+                (s, Some(sk))
+            }
+            None => (0, None),
+        };
+        let upper = due_upper_bound(now);
+        let mut items: Vec<RefundRecord> = Vec::new();
+        for shard in first_shard..PENDING_SHARDS {
+            let gpk = shard_pk(shard);
+            loop {
+                let want = limit - items.len();
+                let mut q = self
+                    .client
+                    .query()
+                    .table_name(&self.table)
+                    .index_name(PENDING_INDEX)
+                    .key_condition_expression("#g1 = :g1 AND #g2 < :upper")
+                    .expression_attribute_names("#g1", "gsi1pk")
+                    .expression_attribute_names("#g2", "gsi1sk")
+                    .expression_attribute_values(":g1", AttributeValue::S(gpk.clone()))
+                    .expression_attribute_values(":upper", AttributeValue::S(upper.clone()))
+                    .limit(i32::try_from(want).unwrap_or(i32::MAX));
+                if let Some(sk) = start_sk.take() {
+                    let no = no_from_pending_sk(&sk)
+                        .ok_or_else(|| LedgerError::BadCursor(sk.chars().take(100).collect()))?;
+                    q = q
+                        .exclusive_start_key("gsi1pk", AttributeValue::S(gpk.clone()))
+                        .exclusive_start_key("pk", AttributeValue::S(refund_pk_str(no)))
+                        .exclusive_start_key("gsi1sk", AttributeValue::S(sk));
+                }
+                let out = q.send().await.map_err(unavailable)?;
+                for item in out.items() {
+                    // One unreadable item must not stop the poller for every other refund.
+                    let rec = match RefundRecord::try_from(item) {
+                        Ok(rec) => rec,
+                        Err(e) => {
+                            tracing::error!(error = %e, "pending refund skipped: unreadable item");
+                            continue;
+                        }
+                    };
+                    // The index is eventually consistent: a just-finished refund may linger.
+                    if !rec.status.is_final() {
+                        items.push(rec);
+                    }
+                }
+                let last_sk = out
+                    .last_evaluated_key()
+                    .and_then(|k| k.get("gsi1sk"))
+                    .and_then(|v| v.as_s().ok())
+                    .cloned();
+                if items.len() >= limit {
+                    // Resume after the last key this query evaluated (covers filtered items too).
+                    let resume = last_sk.or_else(|| out.items().last().and_then(sk_of));
+                    let next = resume.map(|sk| cursor(shard, &sk));
+                    return Ok(Page { items, next });
+                }
+                match last_sk {
+                    Some(sk) => start_sk = Some(sk),
+                    None => break,
+                }
+            }
+        }
+        Ok(Page { items, next: None })
+    }
+
+    async fn order(&self, order: &OrderRef) -> Result<Option<OrderBook>, LedgerError> {
+        self.get_order(order).await
+    }
+
+    async fn list_by_order(&self, order: &OrderRef) -> Result<Vec<RefundRecord>, LedgerError> {
+        let Some(book) = self.get_order(order).await? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(book.refunds.len());
+        for chunk in book.refunds.chunks(100) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|no| HashMap::from([("pk".to_owned(), AttributeValue::S(refund_pk(no)))]))
+                .collect();
+            let mut retry = TxnRetry::new();
+            while !keys.is_empty() {
+                let ka = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(config)?;
+                let res = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, ka)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(items) = res.responses().and_then(|r| r.get(&self.table)) {
+                    for item in items {
+                        out.push(RefundRecord::try_from(item)?);
+                    }
+                }
+                // Unprocessed keys are DynamoDB shedding load: ask again after a pause.
+                keys = res
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+                if !keys.is_empty() && !retry.pause().await {
+                    return Err(LedgerError::Contention(format!("list of {order}")));
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (a.created_at, a.out_refund_no.as_str()).cmp(&(b.created_at, b.out_refund_no.as_str()))
+        });
+        Ok(out)
+    }
+
+    async fn record_external(&self, e: ExternalRefund) -> Result<ExternalOutcome, LedgerError> {
+        let Some(rec) = external_record(&e) else {
+            return Ok(ExternalOutcome::InvalidStatus(e.status));
+        };
+        let items = vec![
+            self.put_item(Item::from(&rec), create_if_absent())?,
+            self.update_item(order_pk(&rec.order), external_reservation(&rec))?,
+        ];
+        let Some(reasons) = self
+            .transact(&format!("record_external of {}", rec.out_refund_no), items)
+            .await?
+        else {
+            return Ok(ExternalOutcome::Created(rec));
+        };
+        // Only the Put has a condition, so a failed condition means the number exists.
+        let old = match reasons.first() {
+            Some(r) => self.old_refund(r, &rec.out_refund_no).await?,
+            None => self.get_refund(&rec.out_refund_no).await?,
+        };
+        match old {
+            Some(old) => Ok(ExternalOutcome::Existing(old)),
+            None => Err(LedgerError::Contention(format!(
+                "record_external of {}",
+                rec.out_refund_no
+            ))),
+        }
+    }
+}

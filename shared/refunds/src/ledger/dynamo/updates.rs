@@ -1,0 +1,284 @@
+//! The ledger's conditional writes, as expressions: the record's create-if-absent, the order
+//! reservation (with the amount/count/total conditions of `record`), the lease, the release of a
+//! reservation, and the fenced transition. DynamoDB conditions have no arithmetic, so every bound
+//! is computed here and sent as a value.
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
+
+use super::codec::{num, status_av};
+use super::expr::Expr;
+use super::keys::{pending_pk, pending_sk};
+use crate::ledger::{NewRefund, Patch, Transition};
+use crate::state::{MAX_REFUNDS_PER_ORDER, RefundRecord, RefundStatus, UnixMillis};
+
+/// The condition of a Put that must not overwrite anything.
+pub(super) fn create_if_absent() -> Expr {
+    let mut e = Expr::default();
+    let pk = e.n("pk");
+    e.condition = format!("attribute_not_exists({pk})");
+    e
+}
+
+/// How a reservation treats the order's stored `total_fee`.
+enum TotalUpdate {
+    /// Set it to this total (the caller's condition decides when that is allowed).
+    Replace,
+    /// Keep a stored total; set this one only on a new order.
+    KeepStored,
+}
+
+/// Placeholders of the order attributes a caller may put in its condition.
+struct Reservation {
+    total: String,
+    reserved: String,
+    cnt: String,
+    v_total: String,
+    v_zero: String,
+}
+
+/// The order-item update shared by `record` and `record_external`: create the order if absent,
+/// add `fee` to `reserved`, count the refund and list its number.
+fn reserve_on_order(
+    o: &mut Expr,
+    order: &OrderRef,
+    total_fee: Fen,
+    fee: u64,
+    no: &OutRefundNo,
+    now: UnixMillis,
+    total_update: TotalUpdate,
+) -> Reservation {
+    let (okey, total, reserved, cnt, nos, created, updated) = (
+        o.n("order_key"),
+        o.n("total_fee"),
+        o.n("reserved"),
+        o.n("refund_count"),
+        o.n("refund_nos"),
+        o.n("created_at"),
+        o.n("updated_at"),
+    );
+    let v_okey = o.v("okey", AttributeValue::S(order.key()));
+    let v_total = o.v("total", num(total_fee.get()));
+    let v_zero = o.v("zero", num(0));
+    let v_fee = o.v("fee", num(fee));
+    let v_one = o.v("one", num(1));
+    let v_now = o.v("now", num(now.get()));
+    let v_nos = o.v("nos", AttributeValue::Ss(vec![no.as_str().to_owned()]));
+    let set_total = match total_update {
+        TotalUpdate::Replace => format!("{total} = {v_total}"),
+        TotalUpdate::KeepStored => format!("{total} = if_not_exists({total}, {v_total})"),
+    };
+    o.set = vec![
+        format!("{okey} = if_not_exists({okey}, {v_okey})"),
+        set_total,
+        format!("{reserved} = if_not_exists({reserved}, {v_zero}) + {v_fee}"),
+        format!("{cnt} = if_not_exists({cnt}, {v_zero}) + {v_one}"),
+        format!("{created} = if_not_exists({created}, {v_now})"),
+        format!("{updated} = {v_now}"),
+    ];
+    o.add = vec![format!("{nos} {v_nos}")];
+    Reservation {
+        total,
+        reserved,
+        cnt,
+        v_total,
+        v_zero,
+    }
+}
+
+/// `record`'s order update: reserve the fee if it fits. `max_reserved` is `total - fee`, since
+/// "reserved + fee <= total" cannot be written as a condition.
+pub(super) fn record_reservation(n: &NewRefund, max_reserved: Fen) -> Expr {
+    let mut o = Expr::default();
+    let pk = o.n("pk");
+    // Equal to the stored total, or replacing the total of an order holding nothing.
+    let r = reserve_on_order(
+        &mut o,
+        &n.order,
+        n.total_fee,
+        n.refund_fee.get(),
+        &n.out_refund_no,
+        n.now,
+        TotalUpdate::Replace,
+    );
+    let (total, reserved, cnt, v_total, v_zero) = (r.total, r.reserved, r.cnt, r.v_total, r.v_zero);
+    let v_max = o.v("max", num(MAX_REFUNDS_PER_ORDER));
+    let v_maxres = o.v("maxres", num(max_reserved.get()));
+    // Create-if-absent: a missing order is created with this request's total; an order holding
+    // nothing (every refund FAILED) takes it too (see ledger::refusal).
+    o.condition = format!(
+        "attribute_not_exists({pk}) OR ({reserved} = {v_zero} AND {cnt} = {v_zero}) \
+         OR ({total} = {v_total} AND {reserved} <= {v_maxres} AND {cnt} < {v_max})"
+    );
+    o
+}
+
+/// `record_external`'s order update: a fact, not a request, so no amount or count condition
+/// (WeChat already did it) and the order takes it whatever it holds.
+pub(super) fn external_reservation(rec: &RefundRecord) -> Expr {
+    let fee = if rec.status.releases_reservation() {
+        0
+    } else {
+        rec.refund_fee.get()
+    };
+    let mut o = Expr::default();
+    reserve_on_order(
+        &mut o,
+        &rec.order,
+        rec.total_fee,
+        fee,
+        &rec.out_refund_no,
+        rec.created_at,
+        TotalUpdate::KeepStored,
+    );
+    o
+}
+
+/// `acquire_lease`: SUBMITTING under `owner` until `expires_at`, from a leasable status or an
+/// expired lease.
+pub(super) fn lease_update(
+    no: &OutRefundNo,
+    owner: &str,
+    expires_at: UnixMillis,
+    now: UnixMillis,
+) -> Expr {
+    let mut u = Expr::default();
+    let (pk, st, lo, le, att, ver, upd, nca, g1, g2) = (
+        u.n("pk"),
+        u.n("status"),
+        u.n("lease_owner"),
+        u.n("lease_expires_at"),
+        u.n("attempts"),
+        u.n("version"),
+        u.n("updated_at"),
+        u.n("next_check_at"),
+        u.n("gsi1pk"),
+        u.n("gsi1sk"),
+    );
+    let sub = u.v("sub", status_av(RefundStatus::Submitting));
+    let rec_ = u.v("recorded", status_av(RefundStatus::Recorded));
+    let rw = u.v("retry", status_av(RefundStatus::RetryWait));
+    let unk = u.v("unknown", status_av(RefundStatus::Unknown));
+    let v_owner = u.v("owner", AttributeValue::S(owner.to_owned()));
+    let v_exp = u.v("exp", num(expires_at.get()));
+    let v_now = u.v("now", num(now.get()));
+    let v_one = u.v("one", num(1));
+    let v_g1 = u.v("g1", AttributeValue::S(pending_pk(no)));
+    let v_g2 = u.v("g2", AttributeValue::S(pending_sk(no, expires_at)));
+    u.set = vec![
+        format!("{st} = {sub}"),
+        format!("{lo} = {v_owner}"),
+        format!("{le} = {v_exp}"),
+        format!("{att} = {att} + {v_one}"),
+        format!("{ver} = {ver} + {v_one}"),
+        format!("{upd} = {v_now}"),
+        // An abandoned attempt becomes due when the lease runs out.
+        format!("{nca} = {v_exp}"),
+        format!("{g1} = {v_g1}"),
+        format!("{g2} = {v_g2}"),
+    ];
+    u.condition = format!(
+        "attribute_exists({pk}) AND ({st} IN ({rec_}, {rw}, {unk}) OR ({st} = {sub} AND \
+         (attribute_not_exists({le}) OR {le} <= {v_now})))"
+    );
+    u
+}
+
+/// The order side of a releasing transition: give back the stored record's fee (and the slot,
+/// if the target releases it). The amount comes from the stored record, never from the caller.
+pub(super) fn release_on_order(rec: &RefundRecord, t: &Transition) -> Expr {
+    let mut o = Expr::default();
+    let reserved = o.n("reserved");
+    let fee = o.v("fee", num(rec.refund_fee.get()));
+    let upd = o.n("updated_at");
+    let now = o.v("now", num(t.now.get()));
+    o.set.push(format!("{reserved} = {reserved} - {fee}"));
+    o.set.push(format!("{upd} = {now}"));
+    if t.to.releases_slot() {
+        let cnt = o.n("refund_count");
+        let one = o.v("one", num(1));
+        o.set.push(format!("{cnt} = {cnt} - {one}"));
+    }
+    let pk = o.n("pk");
+    o.condition = format!("attribute_exists({pk}) AND {reserved} >= {fee}");
+    o
+}
+
+/// The fenced update of a refund for a transition (the same on both paths).
+pub(super) fn transition_update(t: &Transition) -> Expr {
+    let mut u = Expr::default();
+    let c = &t.changes;
+    let (pk, st, ver, upd) = (u.n("pk"), u.n("status"), u.n("version"), u.n("updated_at"));
+    let v_to = u.v("to", status_av(t.to));
+    let v_exp_st = u.v("exp_st", status_av(t.expected_status));
+    let v_exp_v = u.v("exp_v", num(t.expected_version));
+    let v_new_v = u.v("new_v", num(t.expected_version + 1));
+    let v_now = u.v("now", num(t.now.get()));
+    u.set = vec![
+        format!("{st} = {v_to}"),
+        format!("{ver} = {v_new_v}"),
+        format!("{upd} = {v_now}"),
+    ];
+    fn set_s(u: &mut Expr, attr: &str, val: Option<&str>) {
+        if let Some(val) = val {
+            let a = u.n(attr);
+            let v = u.v(attr, AttributeValue::S(val.to_owned()));
+            u.set.push(format!("{a} = {v}"));
+        }
+    }
+    set_s(
+        &mut u,
+        "refund_id",
+        c.refund_id.as_ref().map(RefundId::as_str),
+    );
+    set_s(
+        &mut u,
+        "transaction_id",
+        c.transaction_id.as_ref().map(TransactionId::as_str),
+    );
+    set_s(
+        &mut u,
+        "out_trade_no",
+        c.out_trade_no.as_ref().map(OutTradeNo::as_str),
+    );
+    set_s(
+        &mut u,
+        "refund_recv_account",
+        c.refund_recv_account.as_deref(),
+    );
+    set_s(&mut u, "success_time", c.success_time.as_deref());
+    match &c.last_error {
+        Patch::Keep => {}
+        Patch::Set(e) => {
+            set_s(&mut u, "last_error_code", Some(&e.code));
+            set_s(&mut u, "last_error_message", Some(&e.message));
+        }
+        Patch::Clear => {
+            let (a, b) = (u.n("last_error_code"), u.n("last_error_message"));
+            u.remove.extend([a, b]);
+        }
+    }
+    let mut condition =
+        format!("attribute_exists({pk}) AND {st} = {v_exp_st} AND {ver} = {v_exp_v}");
+    if t.expected_status == RefundStatus::Submitting {
+        let (lo, le) = (u.n("lease_owner"), u.n("lease_expires_at"));
+        u.remove.extend([lo.clone(), le]);
+        let owner = t.lease_owner.clone().unwrap_or_default();
+        let v_owner = u.v("owner", AttributeValue::S(owner));
+        condition.push_str(&format!(" AND {lo} = {v_owner}"));
+    }
+    if t.to.is_final() {
+        let (nca, g1, g2) = (u.n("next_check_at"), u.n("gsi1pk"), u.n("gsi1sk"));
+        u.remove.extend([nca, g1, g2]);
+    } else if let Some(at) = c.next_check_at {
+        let (nca, g1, g2) = (u.n("next_check_at"), u.n("gsi1pk"), u.n("gsi1sk"));
+        let v_at = u.v("nca", num(at.get()));
+        let v_g1 = u.v("g1", AttributeValue::S(pending_pk(&t.out_refund_no)));
+        let v_g2 = u.v("g2", AttributeValue::S(pending_sk(&t.out_refund_no, at)));
+        u.set.push(format!("{nca} = {v_at}"));
+        u.set.push(format!("{g1} = {v_g1}"));
+        u.set.push(format!("{g2} = {v_g2}"));
+    }
+    u.condition = condition;
+    u
+}
