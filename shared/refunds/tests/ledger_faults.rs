@@ -4,6 +4,9 @@
 //! applied exactly once once the faults stop, and a fault that does not stop must end in a typed
 //! `LedgerError` with nothing half-written.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId};
