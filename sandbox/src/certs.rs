@@ -42,7 +42,7 @@ pub struct StateFiles {
     pub client_p12: PathBuf,
     pub client_cert_pem: PathBuf,
     pub client_key_pem: PathBuf,
-    /// The secret JSON of DESIGN.md ("Secrets and the merchant identity").
+    /// The merchant secret JSON (docs/DEPLOY.md, "The merchant secret").
     pub merchant_json: PathBuf,
     /// The books (orders, refunds, faults, notification state), when persistence is on.
     pub books_json: PathBuf,

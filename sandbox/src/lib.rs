@@ -1,5 +1,5 @@
 //! `wxpay-sandbox`: a local stand-in for api.mch.weixin.qq.com (refund apply and query), built from
-//! the protocol doc: mutual TLS on `/secapi/`, signatures, refund rules, query paging, settling
+//! docs/PROTOCOL.md: mutual TLS on `/secapi/`, signatures, refund rules, query paging, settling
 //! with encrypted notifications, rate limits, fault injection and an admin API. Its books are saved
 //! in the state dir (`books.json`) after every change and reloaded on start. See README.md.
 

@@ -1,4 +1,4 @@
-//! The refund notification push (protocol doc §7): `req_info` encryption and delivery with WeChat's
+//! The refund notification push (docs/PROTOCOL.md "Refund notification"): `req_info` encryption and delivery with WeChat's
 //! retry schedule (optionally compressed by a factor so tests see several retries quickly).
 //!
 //! The encryption lives here, behind `encrypt_req_info`/`decrypt_req_info`, until `wxpay::notify`
@@ -176,7 +176,7 @@ async fn attempt(client: &reqwest::Client, url: &str, body: &str) -> Result<(), 
         .map_err(|e| format!("send: {e}"))?;
     let status = resp.status();
     let bytes = resp.bytes().await.map_err(|e| format!("read: {e}"))?;
-    // Only the SUCCESS XML counts (doc §7); a bare 200 does not.
+    // Only the SUCCESS XML counts (docs/PROTOCOL.md "Refund notification"); a bare 200 does not.
     match wxpay::xml::decode(&bytes) {
         Ok(m) if m.get("return_code") == Some("SUCCESS") => Ok(()),
         Ok(m) => Err(format!(

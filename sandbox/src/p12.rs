@@ -1,5 +1,5 @@
 //! Writes `apiclient_cert.p12` in the OpenSSL 1.x default layout WeChat's files are believed to use
-//! (protocol doc §8): certificates under pbeWithSHA1And40BitRC2-CBC, the key under
+//! (docs/PROTOCOL.md "Merchant certificate"): certificates under pbeWithSHA1And40BitRC2-CBC, the key under
 //! pbeWithSHA1And3-KeyTripleDES-CBC, SHA-1 MAC.
 //!
 //! `p12-keystore` writes one algorithm for everything, so we write the file twice (RC2-40 and 3DES),

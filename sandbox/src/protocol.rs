@@ -1,6 +1,6 @@
 //! `/secapi/pay/refund` and `/pay/refundquery`: request checks in WeChat's order (XML, parameter
 //! names, required parameters, signature, merchant), faults, rate limits, the refund rules, and
-//! replies signed with the request's sign type (protocol doc §2–§5).
+//! replies signed with the request's sign type (docs/PROTOCOL.md "Apply refund" to "Business rules and limits").
 
 use std::sync::Arc;
 
@@ -52,7 +52,7 @@ const APPLY_FIELDS: &[&str] = &[
     "refund_desc",
     "refund_account",
     "notify_url",
-    // Legacy fields still sent by WxJava / wechatpy / node-tenpay (doc §2.1).
+    // Legacy fields still sent by WxJava / wechatpy / node-tenpay (docs/PROTOCOL.md "Apply refund").
     "op_user_id",
     "device_info",
 ];
@@ -131,7 +131,7 @@ fn biz_fail(app: &App, s: &Signed, e: &BizError) -> Reply {
     )
 }
 
-/// Some business failures (ORDERNOTEXIST) come back without appid, mch_id or sign (doc §3.1).
+/// Some business failures (ORDERNOTEXIST) come back without appid, mch_id or sign (docs/PROTOCOL.md "Checking a reply").
 fn unsigned_biz_fail(e: &BizError) -> Reply {
     xml_reply(&[
         ("return_code", "SUCCESS"),
@@ -160,7 +160,7 @@ fn prelude(
         return Err(return_fail(MSG_EMPTY));
     }
     let map = wxpay::xml::decode(body).map_err(|_| return_fail(MSG_XML))?;
-    // Names are case-sensitive; the first unknown one is reported (doc §2.1).
+    // Names are case-sensitive; the first unknown one is reported (docs/PROTOCOL.md "Apply refund").
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(k)) {
         return Err(return_fail(&format!("不识别的参数{unknown}")));
     }
@@ -343,7 +343,7 @@ fn is_failure(reply: &Reply) -> bool {
     }
 }
 
-/// Failing requests share a 6 qps budget (doc §5.3): over it, the failure is reported as
+/// Failing requests share a 6 qps budget (docs/PROTOCOL.md "Business rules and limits"): over it, the failure is reported as
 /// FREQUENCY_LIMITED instead.
 fn limit_failures(app: &App, signed: Option<&Signed>, reply: Reply) -> Reply {
     if !is_failure(&reply) || app.failure_limiter.check().is_ok() {
@@ -614,7 +614,7 @@ async fn query_inner(
         // Reportedly the sum of the records returned, not of the order.
         ("refund_fee".into(), page_fee.to_string()),
     ]);
-    // Present when offset was sent, and (D95) when an order-number query was cut at 10 records.
+    // Present when offset was sent, and (docs/PROTOCOL.md "Refund query") when an order-number query was cut at 10 records.
     if offset.is_some() || (by_order && total > PAGE) {
         f.push(("total_refund_count".into(), total.to_string()));
     }

@@ -6,10 +6,10 @@ use serde::{Deserialize, Serialize};
 /// At most this many coupons per order: enough for any test, and it keeps replies far below the
 /// client parser's plausibility limits (50 per query record, 100 per apply reply).
 pub const MAX_COUPONS_PER_ORDER: usize = 20;
-/// `coupon_refund_id` is String(20) (doc §3.2).
+/// `coupon_refund_id` is String(20) (docs/PROTOCOL.md "Apply refund").
 const MAX_COUPON_ID_LEN: usize = 20;
 
-/// `coupon_type` (doc §3.2). A `CASH` (recharge) coupon is funded by money the merchant loaded in
+/// `coupon_type` (docs/PROTOCOL.md "Apply refund"). A `CASH` (recharge) coupon is funded by money the merchant loaded in
 /// advance; a `NO_CASH` (non-recharge) one is not, so WeChat leaves it out of the settlement
 /// amounts (`settlement_total_fee`, `settlement_refund_fee`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

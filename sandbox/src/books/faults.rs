@@ -15,9 +15,9 @@ pub enum FaultTarget {
     Any,
 }
 
-/// `err_code` is String(32) (doc §3.1).
+/// `err_code` is String(32) (docs/PROTOCOL.md "Checking a reply").
 const MAX_ERR_CODE_LEN: usize = 32;
-/// `err_code_des` is String(128) (doc §3.1).
+/// `err_code_des` is String(128) (docs/PROTOCOL.md "Checking a reply").
 const MAX_ERR_CODE_DES_LEN: usize = 128;
 
 /// An injected fault. "Before" faults answer without touching the books; "after" faults take

@@ -1,6 +1,6 @@
 //! The sandbox's books: paid orders, their refunds, injected faults and the notification log, in
 //! memory behind one mutex (and, when a store is attached, saved to `books.json` after every
-//! change), plus the refund rules of protocol doc §5 that decide what a request does.
+//! change), plus the refund rules of docs/PROTOCOL.md "Business rules and limits" that decide what a request does.
 //!
 //! Inside, each file is one concept; the dependency order is
 //! `coupons`, `errors`, `faults`, `ids` → `model` → `rules`, `views`, `snapshot` → `persisted`.

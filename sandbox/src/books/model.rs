@@ -21,7 +21,7 @@ pub enum Outcome {
     Refundclose,
 }
 
-/// A refund's `refund_status` as the sandbox books it (doc §3.4). Named apart from the client's
+/// A refund's `refund_status` as the sandbox books it (docs/PROTOCOL.md "Refund status values"). Named apart from the client's
 /// `wxpay::RefundStatus` and the service's `wxrefund::state::RefundStatus`, which model what a
 /// reply or the ledger says, not what the sandbox holds; the wire strings are the same.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +109,7 @@ impl NotifyLog {
     }
 }
 
-/// `refund_request_source` (doc §7): who asked for the refund.
+/// `refund_request_source` (docs/PROTOCOL.md "Refund notification"): who asked for the refund.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RefundSource {
@@ -167,7 +167,7 @@ impl Refund {
         self.refund_fee.saturating_sub(self.coupon_refund_fee())
     }
 
-    /// `settlement_refund_fee` = refund minus NO_CASH coupon refunds (doc §3.2).
+    /// `settlement_refund_fee` = refund minus NO_CASH coupon refunds (docs/PROTOCOL.md "Apply refund").
     pub fn settlement_refund_fee(&self) -> u64 {
         let no_cash = self
             .coupons

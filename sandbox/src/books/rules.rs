@@ -1,4 +1,4 @@
-//! The refund rules of protocol doc §5: what an apply request does to the books (accepted,
+//! The refund rules of docs/PROTOCOL.md "Business rules and limits": what an apply request does to the books (accepted,
 //! idempotent, or refused with WeChat's `err_code`), which refunds a query selects, and settling.
 
 use time::OffsetDateTime;
@@ -11,11 +11,11 @@ use super::model::{
     BookedStatus, NotifyLog, Order, OrderKey, Outcome, Refund, RefundSource, State,
 };
 
-/// At most this many refunds per order (doc §5.2).
+/// At most this many refunds per order (docs/PROTOCOL.md "Business rules and limits").
 pub const MAX_REFUNDS_PER_ORDER: usize = 50;
-/// The refund window (doc §5.1; v3 defines it as payment + 365 days).
+/// The refund window (docs/PROTOCOL.md "Business rules and limits"; v3 defines it as payment + 365 days).
 pub const REFUND_WINDOW_DAYS: i64 = 365;
-/// `refund_account` when a request names none (doc §2.1).
+/// `refund_account` when a request names none (docs/PROTOCOL.md "Apply refund").
 pub const DEFAULT_REFUND_ACCOUNT: &str = "REFUND_SOURCE_UNSETTLED_FUNDS";
 
 pub struct ApplyRequest {

@@ -103,7 +103,7 @@ pub fn order_view(st: &State, out_trade_no: &str) -> Option<OrderView> {
 pub type Notification = (Option<String>, Vec<(String, String)>);
 
 impl State {
-    /// The decrypted fields of the refund notification (doc §7) and the URL to push them to.
+    /// The decrypted fields of the refund notification (docs/PROTOCOL.md "Refund notification") and the URL to push them to.
     pub fn notification(
         &self,
         out_refund_no: &str,

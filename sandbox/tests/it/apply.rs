@@ -38,7 +38,7 @@ async fn success_reply_has_doc_fields_and_is_signed_md5_and_hmac() {
             apply_fields(&sb, "order-ok", &no, 1000, 100),
         )
         .await;
-        // THEN SUCCESS with the §3.2 fields, signed with the request's sign type
+        // THEN SUCCESS with the docs/PROTOCOL.md "Apply refund" fields, signed with the request's sign type
         assert_eq!(r.get("return_code"), Some("SUCCESS"), "{r:?}");
         assert_eq!(r.get("result_code"), Some("SUCCESS"), "{r:?}");
         assert_signed(&sb, &r, st);

@@ -40,7 +40,7 @@ async fn pushes_encrypted_notification_and_retries_until_success() {
     let bodies = rx.bodies();
     assert_eq!(bodies.len(), 3);
 
-    // AND the body is the §7 envelope, no sign, req_info decrypting to the refund
+    // AND the body is the docs/PROTOCOL.md "Refund notification" envelope, no sign, req_info decrypting to the refund
     let outer = wxpay::xml::decode(bodies[0].as_bytes()).unwrap();
     assert_eq!(outer.get("return_code"), Some("SUCCESS"));
     assert_eq!(outer.get("appid"), Some(sb.merchant().appid.as_str()));

@@ -14,7 +14,7 @@ async fn pages_36_refunds_with_offset() {
         let r = apply(&sb, "order-page", &format!("rp-{i:02}"), 10_000, i + 1).await;
         assert_eq!(r.get("result_code"), Some("SUCCESS"));
     }
-    // WHEN queried by order number without offset THEN the first 10, and (D95) the total
+    // WHEN queried by order number without offset THEN the first 10, and (docs/PROTOCOL.md "Refund query") the total
     let r = query(&sb, &[("out_trade_no", "order-page")]).await;
     assert_signed(&sb, &r, SignType::Md5);
     assert_eq!(r.get("refund_count"), Some("10"));

@@ -1,4 +1,4 @@
-//! `DynamoLedger`: the production ledger in one on-demand DynamoDB table (DESIGN.md, "DynamoDB").
+//! `DynamoLedger`: the production ledger in one on-demand DynamoDB table (docs/ARCHITECTURE.md, "DynamoDB table").
 //!
 //! Items (`pk` is the only key):
 //! - `REFUND#<out_refund_no>`: one refund, every `RefundRecord` field as its own attribute, plus the
