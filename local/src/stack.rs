@@ -45,10 +45,12 @@ pub fn context<E: std::fmt::Display>(what: impl std::fmt::Display) -> impl FnOnc
 pub use wxpay_sandbox::duration::parse_positive_duration as parse_duration;
 
 /// Local timings: fast enough to watch a refund settle, with the same relations as production
-/// (the lease outlives one WeChat call including pacing waits).
+/// (the lease outlives one leased run of WeChat calls including pacing waits).
 pub fn service_config(notify_url: String) -> ServiceConfig {
     ServiceConfig {
-        lease_ttl: Duration::from_secs(10),
+        // One leased run may make three calls (apply, its repeat after a key reload, the verifying
+        // query), each up to the client timeout plus the pacer's longest wait: 3 × (5 + 2) s.
+        lease_ttl: Duration::from_secs(25),
         schedule: Schedule {
             first_check: Duration::from_secs(1),
             min_backoff: Duration::from_secs(1),
@@ -61,7 +63,7 @@ pub fn service_config(notify_url: String) -> ServiceConfig {
 }
 
 /// The client timeout is shortened so that one call (5 s) plus the pacer's longest wait (2 s)
-/// stays inside the 10 s lease.
+/// stays inside the 25 s lease three times over.
 pub fn client_config(base_url: &str, ca_pem: Option<Vec<u8>>) -> ClientConfig {
     let mut cfg = ClientConfig::for_base_url(base_url);
     cfg.connect_timeout = Duration::from_secs(2);
@@ -331,7 +333,8 @@ mod tests {
         let svc = service_config("http://127.0.0.1:3000/wxpay/refund-notify".into());
         let client = client_config("https://127.0.0.1:3001", None);
         let pacing = client.pacing.max_wait;
-        assert!(client.total_timeout + pacing < svc.lease_ttl);
+        // apply, its repeat after a secret reload, and the verifying query, each paced
+        assert!((client.total_timeout + pacing) * 3 < svc.lease_ttl);
         assert_eq!(client.backup_base_url, None);
     }
 

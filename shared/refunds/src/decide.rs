@@ -14,7 +14,7 @@ use std::fmt;
 use std::time::Duration;
 
 use wxpay::query::{QueriedRefund, RefundQueryResponse, WxRefundStatus};
-use wxpay::refund::RefundResponse;
+use wxpay::refund::{RefundResponse, RequestError};
 use wxpay::{
     CallOutcome, ErrCode, Fen, OutTradeNo, RetryClass, TransactionId, UnknownReason, WxError,
 };
@@ -202,6 +202,8 @@ pub enum Why {
     OutcomeUnknown,
     /// A definitive refusal of a repeat, and WeChat never took an earlier attempt.
     NeverTaken,
+    /// The stored request cannot be built; nothing was ever sent.
+    Unsendable,
     /// A definitive refusal of a repeat, and WeChat could not say whether it took an earlier one.
     RepeatRefusedUnverified,
     /// WeChat's status for the refund, taken over.
@@ -225,8 +227,9 @@ pub enum Step {
         changes: Changes,
         why: Why,
     },
-    /// A definitive refusal of a repeated attempt: ask WeChat about the number before failing.
-    Verify { refusal: WxError },
+    /// About to fail a refund that an earlier attempt may have placed at WeChat: ask WeChat about
+    /// the number first. `failure` is what the refund fails with if WeChat never took it.
+    Verify { failure: LastError },
     /// WeChat has never seen the number: send it again (same number, same amounts).
     Resubmit,
     /// Leave the record as it is.
@@ -286,8 +289,10 @@ pub fn after_apply(
         Err(CallFailure::Rejected(e)) => {
             let class = e.class();
             let definitive = matches!(class, RetryClass::Final | RetryClass::FixRequest);
-            if definitive && rec.attempts > 1 {
-                return Step::Verify { refusal: e };
+            if definitive && (rec.attempts > 1 || names_an_existing_number(&e.code)) {
+                return Step::Verify {
+                    failure: wx_error(&e),
+                };
             }
             // A configuration refusal waits for an operator instead of failing: the refund must
             // never need a new number because our key or certificate was wrong.
@@ -313,10 +318,54 @@ pub fn after_apply(
     }
 }
 
-/// After the query that verifies a definitive refusal of a repeat (`refusal`).
+/// Refusals that say "this `out_refund_no` already exists at WeChat with other fields": an
+/// earlier attempt (ours, lost in a timeout, or made in the merchant platform) may hold the number,
+/// so even a first attempt is verified before it fails.
+pub fn names_an_existing_number(code: &ErrCode) -> bool {
+    matches!(code, ErrCode::RefundFeeMismatch | ErrCode::InvalidRequest)
+}
+
+/// A stored refund whose apply request cannot be built (`problem`, from the request's own rules).
+/// Nothing was sent, and nothing ever will be for these fields: the refund fails with the reason,
+/// releasing its amount and slot. A refund with earlier attempts is verified first, so that a
+/// rule tightened since one of them was sent cannot fail a refund WeChat holds.
+pub fn unsendable(
+    rec: &RefundRecord,
+    problem: &RequestError,
+    s: &Schedule,
+    now: UnixMillis,
+) -> Step {
+    let failure = LastError {
+        code: "UNSENDABLE".into(),
+        message: format!("the stored request cannot be sent to WeChat: {problem}"),
+    };
+    if let RequestError::NotifyUrl(_) = problem {
+        // The notify_url comes from configuration, which an operator can fix: wait.
+        return moved(
+            RefundStatus::RetryWait,
+            Patch::Set(LastError {
+                code: "NOT_SENT".into(),
+                message: failure.message,
+            }),
+            now.plus(s.retry_delay(rec.attempts)),
+            Why::NotSent,
+        );
+    }
+    if rec.attempts > 1 {
+        return Step::Verify { failure };
+    }
+    moved(
+        RefundStatus::Failed,
+        Patch::Set(failure),
+        now.plus(s.min_backoff),
+        Why::Unsendable,
+    )
+}
+
+/// After the query that verifies a failure of a refund that may be at WeChat (`failure`).
 pub fn after_verify(
     rec: &RefundRecord,
-    refusal: &WxError,
+    failure: &LastError,
     lookup: Lookup,
     s: &Schedule,
     now: UnixMillis,
@@ -326,14 +375,14 @@ pub fn after_verify(
         Lookup::Found { refund, .. } => adopt(rec, &refund, s, now),
         Lookup::NotExist(_) => moved(
             RefundStatus::Failed,
-            Patch::Set(wx_error(refusal)),
+            Patch::Set(failure.clone()),
             next,
             Why::NeverTaken,
         ),
         // Cannot tell: keep the amount and find out later.
         Lookup::NotListed | Lookup::Failed(_) => moved(
             RefundStatus::Unknown,
-            Patch::Set(wx_error(refusal)),
+            Patch::Set(failure.clone()),
             next,
             Why::RepeatRefusedUnverified,
         ),

@@ -129,7 +129,7 @@ fn row(step: &Step, now: UnixMillis) -> Row {
             let delay = changes.next_check_at.map(|t| (t.get() - now.get()) / SEC);
             Row::Move(*to, code, delay)
         }
-        Step::Verify { refusal } => Row::Verify(leak(refusal.code.as_str().to_string())),
+        Step::Verify { failure } => Row::Verify(leak(failure.code.clone())),
         Step::Resubmit => Row::Resubmit,
         Step::Keep => Row::Keep,
     }
@@ -239,6 +239,22 @@ fn every_apply_outcome_at_every_attempt() {
             1,
             CallOutcome::Rejected(refusal("ORDERNOTEXIST")),
             Row::Move(Failed, Some("ORDERNOTEXIST"), Some(60)),
+        ),
+        // a refusal that says the number exists with other fields is verified even at first
+        (
+            1,
+            CallOutcome::Rejected(refusal("REFUND_FEE_MISMATCH")),
+            Row::Verify("REFUND_FEE_MISMATCH"),
+        ),
+        (
+            1,
+            CallOutcome::Rejected(refusal("INVALID_REQUEST")),
+            Row::Verify("INVALID_REQUEST"),
+        ),
+        (
+            3,
+            CallOutcome::Rejected(refusal("INVALID_REQUEST")),
+            Row::Verify("INVALID_REQUEST"),
         ),
         // definitive on a repeat → verify by query first
         (
@@ -354,6 +370,55 @@ fn apply_reasons_name_the_class() {
     );
 }
 
+#[test]
+fn only_the_existing_number_refusals_name_one() {
+    for code in ErrCode::ALL {
+        let want = matches!(*code, "REFUND_FEE_MISMATCH" | "INVALID_REQUEST");
+        assert_eq!(
+            names_an_existing_number(&ErrCode::parse(code)),
+            want,
+            "{code}"
+        );
+    }
+    assert!(!names_an_existing_number(&ErrCode::parse("SOMETHING_NEW")));
+}
+
+#[test]
+fn a_request_that_cannot_be_built() {
+    use wxpay::refund::RequestError;
+    let now = UnixMillis(T0 + 5 * SEC);
+    let s = schedule();
+    // GIVEN a stored refund_desc the encoder refuses WHEN it is the first attempt THEN FAILED
+    // (nothing ever left), with the reason
+    let bad = RequestError::DescTooLong;
+    let step = unsendable(&rec(Submitting, 1), &bad, &s, now);
+    assert_eq!(
+        row(&step, now),
+        Row::Move(Failed, Some("UNSENDABLE"), Some(60))
+    );
+    match &step {
+        Step::Move { changes, why, .. } => {
+            assert_eq!(*why, Why::Unsendable);
+            match &changes.last_error {
+                Patch::Set(e) => assert!(e.message.contains("80 characters"), "{}", e.message),
+                other => panic!("{other:?}"),
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // WHEN an earlier attempt exists THEN verify by query before failing
+    assert_eq!(
+        row(&unsendable(&rec(Submitting, 2), &bad, &s, now), now),
+        Row::Verify("UNSENDABLE")
+    );
+    // WHEN the cause is configuration (notify_url) THEN wait for an operator, never fail
+    let config = RequestError::NotifyUrl("must be an http(s) URL");
+    assert_eq!(
+        row(&unsendable(&rec(Submitting, 2), &config, &s, now), now),
+        Row::Move(RetryWait, Some("NOT_SENT"), Some(120))
+    );
+}
+
 // ---- after_verify -------------------------------------------------------------------------------
 
 #[test]
@@ -402,7 +467,7 @@ fn verifying_a_refused_repeat() {
     ] {
         let label = format!("{lookup:?}");
         // WHEN the verifying query answers THEN
-        let step = after_verify(&r, &refused, lookup, &schedule(), now);
+        let step = after_verify(&r, &wx_error(&refused), lookup, &schedule(), now);
         assert_eq!(row(&step, now), want, "{label}");
     }
 }

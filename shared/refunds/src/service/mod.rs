@@ -263,6 +263,9 @@ fn log_move(rec: &RefundRecord, to: RefundStatus, changes: &Changes, why: &Why) 
         Why::NeverTaken => {
             warn!(out_refund_no = %no, err_code, err_code_des, "refund refused for good and never taken");
         }
+        Why::Unsendable => {
+            error!(out_refund_no = %no, out_trade_no = %rec.order, reason = err_code_des, "stored refund cannot be sent to WeChat: failed, amount released");
+        }
         Why::RepeatRefusedUnverified => {
             warn!(out_refund_no = %no, err_code, "repeat refused; WeChat could not confirm whether an earlier attempt was taken: keeping the amount");
         }

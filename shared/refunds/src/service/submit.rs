@@ -2,13 +2,12 @@
 //! under the lease; a definitive refusal of a repeat is verified by query before it fails.
 
 use tracing::{info, warn};
-use wxpay::WxError;
 
 use super::{LeaseToken, RefundService, ServiceError, Submitted};
 use crate::decide::{self, Replay, Step};
 use crate::ledger::RecordOutcome;
 use crate::request::RefundCommand;
-use crate::state::{RefundRecord, UnixMillis};
+use crate::state::{LastError, RefundRecord, UnixMillis};
 
 impl RefundService {
     /// Records the refund (with its reservation) before anything is sent, then submits it once.
@@ -56,28 +55,38 @@ impl RefundService {
         rec: RefundRecord,
         lease: &LeaseToken,
     ) -> Result<RefundRecord, ServiceError> {
-        let outcome = self.gateway.refund(&self.wire_request(&rec)).await;
-        let now = UnixMillis::now();
-        match decide::after_apply(&rec, outcome, self.schedule(), now) {
-            Step::Verify { refusal } => self.verify_before_failing(rec, lease, refusal).await,
-            step => self.carry_out(&rec, Some(lease), step, now).await,
+        let request = self.wire_request(&rec);
+        let step = match request.validate() {
+            Err(problem) => decide::unsendable(&rec, &problem, self.schedule(), UnixMillis::now()),
+            Ok(()) => {
+                let outcome = self.gateway.refund(&request).await;
+                decide::after_apply(&rec, outcome, self.schedule(), UnixMillis::now())
+            }
+        };
+        match step {
+            Step::Verify { failure } => self.verify_before_failing(rec, lease, failure).await,
+            step => {
+                self.carry_out(&rec, Some(lease), step, UnixMillis::now())
+                    .await
+            }
         }
     }
 
-    /// A definitive refusal of a repeated attempt: query the number (still holding the lease) and
-    /// fail the refund only if WeChat has never taken it.
+    /// About to fail a refund WeChat may hold (a definitive refusal of a repeat, or one that names
+    /// an existing number): query the number (still holding the lease) and fail the refund only if
+    /// WeChat has never taken it.
     async fn verify_before_failing(
         &self,
         rec: RefundRecord,
         lease: &LeaseToken,
-        refusal: WxError,
+        failure: LastError,
     ) -> Result<RefundRecord, ServiceError> {
         let lookup = self.look_up(&rec.out_refund_no).await;
         if matches!(lookup, decide::Lookup::Found { .. }) {
-            warn!(out_refund_no = %rec.out_refund_no, err_code = %refusal.code, "repeat refused, but an earlier attempt was taken: adopting it");
+            warn!(out_refund_no = %rec.out_refund_no, err_code = %failure.code, "refused, but WeChat holds the number from an earlier attempt: adopting it");
         }
         let now = UnixMillis::now();
-        let step = decide::after_verify(&rec, &refusal, lookup, self.schedule(), now);
+        let step = decide::after_verify(&rec, &failure, lookup, self.schedule(), now);
         self.carry_out(&rec, Some(lease), step, now).await
     }
 }

@@ -197,3 +197,54 @@ async fn a_configuration_refusal_keeps_the_refund_waiting_not_failed() {
     assert_eq!(rec.status, RefundStatus::RetryWait);
     assert_eq!(rec.last_error.unwrap().code, "CERT_ERROR");
 }
+
+#[tokio::test]
+async fn a_first_refusal_naming_an_existing_number_is_verified_and_adopted() {
+    // GIVEN WeChat refuses the first attempt with REFUND_FEE_MISMATCH (the number exists there,
+    // e.g. from a timed-out attempt) and the query lists it with our amount
+    let script = Scripted::default();
+    script
+        .refunds
+        .lock()
+        .unwrap()
+        .push_back(CallOutcome::Rejected(refused("REFUND_FEE_MISMATCH")));
+    script
+        .queries
+        .lock()
+        .unwrap()
+        .push_back(CallOutcome::Ok(found(wxpay::WxRefundStatus::Success)));
+    let (svc, wechat, _dir) = service(script).await;
+    // WHEN submitted
+    let rec = match svc.submit(cmd()).await.unwrap() {
+        Submitted::New(r) => r,
+        other => panic!("{other:?}"),
+    };
+    // THEN WeChat was asked, and the refund it holds is adopted with its amount kept
+    assert!(wechat.queries.lock().unwrap().is_empty());
+    assert_eq!(rec.status, RefundStatus::Success);
+    let book = svc.ledger().order(&cmd().order).await.unwrap().unwrap();
+    assert_eq!(book.reserved, Fen::new(10).unwrap());
+}
+
+#[tokio::test]
+async fn a_stored_request_that_cannot_be_sent_fails_and_releases() {
+    // GIVEN a refund recorded (by an older version, before the edge refused it) with a
+    // refund_desc that CDATA cannot carry
+    let (svc, wechat, _dir) = service(Scripted::default()).await;
+    let now = crate::state::UnixMillis::now();
+    let mut new = cmd().into_new_refund(now, now);
+    new.refund_desc = Some("a]]>b".into());
+    svc.ledger().record(new).await.unwrap();
+    // WHEN the poller picks it up
+    let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(report.examined, 1);
+    // THEN it is FAILED with the reason, WeChat was never called, and amount and slot are free
+    let rec = svc.get(&"R-1".parse().unwrap()).await.unwrap();
+    assert_eq!(rec.status, RefundStatus::Failed);
+    let e = rec.last_error.unwrap();
+    assert_eq!(e.code, "UNSENDABLE");
+    assert!(e.message.contains("refund_desc"), "{}", e.message);
+    assert!(wechat.refunds.lock().unwrap().is_empty());
+    let book = svc.ledger().order(&cmd().order).await.unwrap().unwrap();
+    assert_eq!((book.reserved, book.count), (Fen::ZERO, 0));
+}
