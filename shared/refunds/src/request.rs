@@ -74,10 +74,11 @@ pub fn wire_request(rec: &RefundRecord, notify_url: Option<String>) -> RefundReq
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn cmd() -> RefundCommand {
+    /// A valid command: R-1 for 10 of ORDER-1's 100 fen.
+    pub(crate) fn cmd() -> RefundCommand {
         RefundCommand {
             out_refund_no: "R-1".parse().unwrap(),
             order: OrderRef::OutTradeNo("ORDER-1".parse().unwrap()),

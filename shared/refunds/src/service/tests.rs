@@ -1,21 +1,10 @@
 //! The workflows against a scripted gateway: the cases the sandbox cannot produce.
 
 use super::*;
-use crate::request::RefundCommand;
+use crate::request::tests::cmd;
 use wxpay::query::{QueriedRefund, RefundQueryRequest};
 use wxpay::refund::RefundRequest;
-use wxpay::{CallOutcome, ErrCode, Fen, OrderRef, WxError};
-
-fn cmd() -> RefundCommand {
-    RefundCommand {
-        out_refund_no: "R-1".parse().unwrap(),
-        order: OrderRef::OutTradeNo("ORDER-1".parse().unwrap()),
-        total_fee: Fen::new(100).unwrap(),
-        refund_fee: Fen::new(10).unwrap(),
-        refund_desc: None,
-        refund_account: None,
-    }
-}
+use wxpay::{CallOutcome, ErrCode, Fen, WxError};
 
 // ---- workflows against a scripted WeChat ---------------------------------------------------
 //
