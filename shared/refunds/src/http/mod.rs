@@ -12,13 +12,15 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use lambda_http::RequestExt;
 use serde::Serialize;
-use tracing::error;
+use tracing::{Instrument, error, info};
 
 use crate::service::{RefundService, ServiceError};
 
@@ -58,17 +60,77 @@ struct ErrorBody<'a> {
     message: &'a str,
 }
 
+/// The error code of a refused request, for the log line [`observe`] writes.
+#[derive(Clone, Copy, Debug)]
+struct ErrorCode(&'static str);
+
+/// The ids a handler learned from a request body, for the log line [`observe`] writes.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RequestIds {
+    pub(crate) out_refund_no: Option<String>,
+    pub(crate) out_trade_no: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut resp = (
             self.status,
             Json(ErrorBody {
                 error: self.code,
                 message: &self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        resp.extensions_mut().insert(ErrorCode(self.code));
+        resp
     }
+}
+
+/// Longest id or path put in a log line (ids are at most 64 characters; anything longer is junk).
+const MAX_LOGGED: usize = 96;
+
+fn clip(s: &str) -> String {
+    s.chars().take(MAX_LOGGED).collect()
+}
+
+/// Every request runs in a span carrying the Lambda request id; a refused one (4xx) is logged at
+/// INFO with the route, the error code and the ids, so an operator can see why a client failed.
+/// Bodies are never logged.
+async fn observe(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let path = clip(req.uri().path());
+    let request_id = req
+        .extensions()
+        .lambda_context_ref()
+        .map(|c| c.request_id.clone())
+        .unwrap_or_default();
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let resp = next.run(req).instrument(span.clone()).await;
+    if resp.status().is_client_error() {
+        let _entered = span.enter();
+        let code = resp.extensions().get::<ErrorCode>().map_or("", |c| c.0);
+        let ids = resp
+            .extensions()
+            .get::<RequestIds>()
+            .cloned()
+            .unwrap_or_default();
+        info!(
+            %method,
+            route,
+            path,
+            status = resp.status().as_u16(),
+            error = code,
+            out_refund_no = ids.out_refund_no.as_deref().unwrap_or(""),
+            out_trade_no = ids.out_trade_no.as_deref().unwrap_or(""),
+            "request refused"
+        );
+    }
+    resp
 }
 
 impl From<ServiceError> for ApiError {
@@ -115,11 +177,13 @@ pub(crate) fn body_error(r: BytesRejection) -> ApiError {
     }
 }
 
-async fn not_found() -> ApiError {
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    info!(%method, path = clip(uri.path()), status = 404, error = "not_found", "request refused");
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    info!(%method, path = clip(uri.path()), status = 405, error = "method_not_allowed", "request refused");
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -131,6 +195,7 @@ type AppState = Arc<RefundService>;
 
 fn with_fallbacks(routes: Router<AppState>, svc: Arc<RefundService>) -> Router {
     routes
+        .route_layer(middleware::from_fn(observe))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(svc)

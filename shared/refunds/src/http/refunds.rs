@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use wxpay::refund::{RefundAccount, RefundDesc};
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, TransactionId};
 
-use super::{ApiError, AppState, body_error};
+use super::{ApiError, AppState, RequestIds, body_error};
 use crate::request::RefundCommand;
 use crate::service::Submitted;
 use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
@@ -154,10 +154,26 @@ pub struct OrderRefunds {
 pub(super) async fn create_refund(
     State(svc): State<AppState>,
     body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let mut ids = RequestIds::default();
+    let mut resp = match create(&svc, body, &mut ids).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    };
+    resp.extensions_mut().insert(ids);
+    resp
+}
+
+async fn create(
+    svc: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    ids: &mut RequestIds,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(body_error)?;
     let req: CreateRefund = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?;
+    ids.out_refund_no = Some(super::clip(&req.out_refund_no));
+    ids.out_trade_no = req.out_trade_no.as_deref().map(super::clip);
     let cmd = req.validate()?;
     let (status, rec) = match svc.submit(cmd).await? {
         // Refused for good by WeChat at once: nothing is in flight any more.

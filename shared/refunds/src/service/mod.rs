@@ -219,12 +219,13 @@ impl RefundService {
         match self.ledger.transition(t).await? {
             TransitionOutcome::Applied(after) => {
                 if after.status.needs_person() {
-                    error!(out_refund_no = %after.out_refund_no, out_trade_no = %after.order, "refund in CHANGE: the bank refused it; a person must handle it in the merchant platform");
+                    error!(out_refund_no = %after.out_refund_no, out_trade_no = after.order.field().1, "refund in CHANGE: the bank refused it; a person must handle it in the merchant platform");
                 }
                 Ok(after)
             }
             TransitionOutcome::Conflict(current) => {
-                warn!(out_refund_no = %rec.out_refund_no, from = %rec.status, to = %to, now_at = %current.status, "refund moved on concurrently; keeping the other writer's state");
+                // Normal after a restart or a race with the poller or a notification: not news.
+                info!(out_refund_no = %rec.out_refund_no, from = %rec.status, to = %to, now_at = %current.status, "refund moved on concurrently; keeping the other writer's state");
                 Ok(current)
             }
             TransitionOutcome::NotFound => Err(ServiceError::NotFound(rec.out_refund_no.clone())),
@@ -264,7 +265,7 @@ fn log_move(rec: &RefundRecord, to: RefundStatus, changes: &Changes, why: &Why) 
             warn!(out_refund_no = %no, err_code, err_code_des, "refund refused for good and never taken");
         }
         Why::Unsendable => {
-            error!(out_refund_no = %no, out_trade_no = %rec.order, reason = err_code_des, "stored refund cannot be sent to WeChat: failed, amount released");
+            error!(out_refund_no = %no, out_trade_no = rec.order.field().1, reason = err_code_des, "stored refund cannot be sent to WeChat: failed, amount released");
         }
         Why::RepeatRefusedUnverified => {
             warn!(out_refund_no = %no, err_code, "repeat refused; WeChat could not confirm whether an earlier attempt was taken: keeping the amount");

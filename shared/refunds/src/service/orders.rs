@@ -44,7 +44,7 @@ impl RefundService {
                 // WeChat asks for per-number queries past 20 partial refunds and may refuse deep
                 // offsets: keep the pages read; the ledger (and its poller) covers the rest.
                 CallOutcome::Rejected(e) if e.code == ErrCode::ParamError && offset > 0 => {
-                    warn!(out_trade_no = %order, offset, err_code_des = %e.description, "order query paging refused; listing what was read plus the ledger");
+                    warn!(out_trade_no = order.field().1, offset, err_code_des = %e.description, "order query paging refused; listing what was read plus the ledger");
                     break;
                 }
                 other => {
@@ -129,7 +129,7 @@ impl RefundService {
     ) -> Result<RefundRecord, ServiceError> {
         match self.ledger.record_external(ext).await? {
             ExternalOutcome::Created(r) => {
-                warn!(out_refund_no = %r.out_refund_no, out_trade_no = %r.order, "refund made outside wxrefund recorded as external");
+                warn!(out_refund_no = %r.out_refund_no, out_trade_no = r.order.field().1, "refund made outside wxrefund recorded as external");
                 Ok(r)
             }
             ExternalOutcome::Existing(r) => Ok(r),

@@ -19,7 +19,7 @@ impl RefundService {
         let new = cmd.into_new_refund(now, now.plus(self.cfg.lease_ttl));
         match self.ledger.record(new).await? {
             RecordOutcome::Created(rec) => {
-                info!(out_refund_no = %rec.out_refund_no, out_trade_no = %rec.order, refund_fee = rec.refund_fee.get(), "refund recorded");
+                info!(out_refund_no = %rec.out_refund_no, out_trade_no = rec.order.field().1, refund_fee = rec.refund_fee.get(), "refund recorded");
                 Ok(Submitted::New(self.attempt(&rec).await?))
             }
             RecordOutcome::Existing(rec) => match decide::on_replay(&rec, now) {
