@@ -18,8 +18,9 @@ use wxpay::CallOutcome;
 use wxpay::notify::{NotifyError, RefundNotification};
 use wxpay::query::{RefundQueryRequest, RefundQueryResponse};
 use wxpay::refund::{RefundRequest, RefundResponse};
+use wxrefund::correction::{CorrectionKind, FactSource};
 use wxrefund::gateway::Gateway;
-use wxrefund::http::{CreateRefund, OrderRefunds, RefundView};
+use wxrefund::http::{CorrectionView, CreateRefund, OrderRefunds, RefundView};
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::service::{RefundService, ServiceConfig};
 use wxrefund::state::{LastError, RefundStatus};
@@ -258,7 +259,18 @@ fn sample_view(filled: bool) -> RefundView {
         created_at: "2026-01-01T04:00:00Z".into(),
         updated_at: "2026-01-01T04:00:02Z".into(),
         external: false,
-        needs_person: false,
+        needs_person: filled,
+        corrections: if filled {
+            vec![CorrectionView {
+                from: RefundStatus::Failed,
+                to: RefundStatus::Success,
+                kind: CorrectionKind::Contradiction,
+                source: FactSource::Notification,
+                at: "2026-01-02T04:00:00Z".into(),
+            }]
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -296,6 +308,7 @@ fn refund_view_schema_matches_its_serde_fields() {
             Value::Bool(_) => ty == "boolean",
             Value::String(_) => ty == "string" || p["$ref"].is_string(),
             Value::Object(_) => p["allOf"].is_array(),
+            Value::Array(_) => ty == "array",
             _ => false,
         };
         assert!(ok, "{k}: {v} vs schema {p}");

@@ -19,6 +19,7 @@ use wxpay::{
     CallOutcome, ErrCode, Fen, OutTradeNo, RetryClass, TransactionId, UnknownReason, WxError,
 };
 
+use crate::correction::{self, CorrectionKind};
 use crate::ledger::{Changes, Patch};
 use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
 
@@ -230,6 +231,13 @@ pub enum Step {
     /// About to fail a refund that an earlier attempt may have placed at WeChat: ask WeChat about
     /// the number first. `failure` is what the refund fails with if WeChat never took it.
     Verify { failure: LastError },
+    /// WeChat's signed books contradict a final status (or resolve a CHANGE): take WeChat's
+    /// status through the correction transition, history kept (see `crate::correction`).
+    Correct {
+        to: RefundStatus,
+        changes: Changes,
+        kind: CorrectionKind,
+    },
     /// WeChat has never seen the number: send it again (same number, same amounts).
     Resubmit,
     /// Leave the record as it is.
@@ -450,17 +458,25 @@ pub fn adopt(rec: &RefundRecord, found: &QueriedRefund, s: &Schedule, now: UnixM
         };
     }
     let to = RefundStatus::from(&found.refund_status);
+    let changes = Changes {
+        refund_id: Some(found.refund_id.clone()),
+        last_error: Patch::Clear,
+        refund_recv_account: found.refund_recv_account.clone(),
+        success_time: found.refund_success_time.clone(),
+        next_check_at: (!to.is_final()).then(|| now.plus(s.recheck_delay(rec, now))),
+        ..Changes::default()
+    };
+    if rec.status.is_final() {
+        // A final status is not the end of listening: WeChat's signed status wins.
+        return match correction::kind(rec.status, to) {
+            Some(kind) => Step::Correct { to, changes, kind },
+            None => Step::Keep,
+        };
+    }
     let stale = to == RefundStatus::Processing && rec.created_at.age_at(now) > s.stale_processing;
     Step::Move {
         to,
-        changes: Changes {
-            refund_id: Some(found.refund_id.clone()),
-            last_error: Patch::Clear,
-            refund_recv_account: found.refund_recv_account.clone(),
-            success_time: found.refund_success_time.clone(),
-            next_check_at: (!to.is_final()).then(|| now.plus(s.recheck_delay(rec, now))),
-            ..Changes::default()
-        },
+        changes,
         why: if stale {
             Why::AdoptedStale
         } else {
@@ -494,7 +510,8 @@ pub fn recheck_later(
 }
 
 /// A ledger refund that WeChat's order listing also reports: adopt its status when that moves the
-/// refund on (the listing is signed, like a query by number).
+/// refund on, or correct a final status it contradicts (the listing is signed, like a query by
+/// number).
 pub fn from_listing(
     rec: &RefundRecord,
     found: &QueriedRefund,
@@ -502,10 +519,9 @@ pub fn from_listing(
     now: UnixMillis,
 ) -> Step {
     let to = RefundStatus::from(&found.refund_status);
-    let movable = !rec.status.is_final()
-        && rec.status != RefundStatus::Submitting
+    let movable = rec.status != RefundStatus::Submitting
         && rec.status != to
-        && rec.status.can_move_to(to);
+        && (rec.status.is_final() || rec.status.can_move_to(to));
     if movable {
         adopt(rec, found, s, now)
     } else {
@@ -544,8 +560,9 @@ pub fn action(rec: &RefundRecord, trigger: Trigger) -> Action {
         (Trigger::Poll, Processing | Unknown) => Action::Query,
         (Trigger::Poll, Submitting) => Action::TakeOverThenQuery,
         (Trigger::Poll, _) => Action::Keep,
-        (_, s) if s.is_final() || s == Submitting => Action::Keep,
+        (_, Submitting) => Action::Keep,
         (_, Recorded) => Action::Submit,
+        // Final ones too: a notification or a refresh may bring a fact that contradicts them.
         (_, _) => Action::Query,
     }
 }

@@ -1,5 +1,6 @@
 //! `wxrefund`: the product core shared by the Lambda functions and the local stack.
 
+pub mod correction;
 pub mod decide;
 pub mod gateway;
 pub mod http;

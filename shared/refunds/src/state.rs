@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
+use crate::correction::{Attention, Correction};
+
 /// WeChat refuses the 51st partial refund of an order (protocol doc §5.2); we refuse it first.
 pub const MAX_REFUNDS_PER_ORDER: u32 = 50;
 
@@ -252,9 +254,20 @@ pub struct RefundRecord {
     pub next_check_at: Option<UnixMillis>,
     /// A refund WeChat told us about that was not made through our API.
     pub external: bool,
+    /// Set when a person must look beyond what the status says (a contradiction with WeChat).
+    #[serde(default)]
+    pub attention: Option<Attention>,
+    /// Every correction of a final status to WeChat's, oldest first (see `crate::correction`).
+    #[serde(default)]
+    pub corrections: Vec<Correction>,
 }
 
 impl RefundRecord {
+    /// A person must act: the bank refused it (CHANGE), or the ledger contradicted WeChat.
+    pub fn needs_person(&self) -> bool {
+        self.status.needs_person() || self.attention.is_some()
+    }
+
     /// The refund is due for the poller at `now` (non-final and its next check has come; a
     /// SUBMITTING refund's next check is its lease expiry, so an abandoned attempt is due too).
     pub fn is_due(&self, now: UnixMillis) -> bool {

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
+use wxrefund::correction::{AttentionReason, Correction, CorrectionKind, FactSource};
 use wxrefund::ledger::dynamo::DynamoLedger;
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::ledger::{
-    Changes, Cursor, ExternalOutcome, ExternalRefund, LeaseOutcome, Ledger, NewRefund, Patch,
-    RecordOutcome, Transition, TransitionOutcome, admin,
+    Changes, CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseOutcome, Ledger,
+    NewRefund, Patch, RecordOutcome, Transition, TransitionOutcome, admin,
 };
 use wxrefund::state::{LastError, MAX_REFUNDS_PER_ORDER, RefundRecord, RefundStatus, UnixMillis};
 
@@ -104,6 +105,8 @@ contract!(
     concurrent_records_of_one_number_create_exactly_once,
     concurrent_refunds_of_one_order_never_exceed_total_or_count,
     admin_views_list_order_refunds_and_pending_ages,
+    a_failed_refund_wechat_paid_is_corrected_with_its_history_and_reserved_as_a_fact,
+    a_correction_is_fenced_and_only_corrects_a_final_status,
 );
 
 // ---- helpers -----------------------------------------------------------------------------------
@@ -791,4 +794,127 @@ async fn admin_views_list_order_refunds_and_pending_ages(f: &Fixture) {
             .unwrap()
             .is_none()
     );
+}
+
+fn correction(r: &RefundRecord, to: RefundStatus, at: UnixMillis) -> CorrectionWrite {
+    CorrectionWrite {
+        out_refund_no: r.out_refund_no.clone(),
+        expected_status: r.status,
+        expected_version: r.version,
+        to,
+        changes: Changes {
+            refund_id: Some(RefundId::new("50000000009").unwrap()),
+            success_time: Some("2026-12-01 10:00:00".into()),
+            last_error: Patch::Clear,
+            next_check_at: Some(at),
+            ..Changes::default()
+        },
+        source: FactSource::Notification,
+        now: at,
+    }
+}
+
+async fn a_failed_refund_wechat_paid_is_corrected_with_its_history_and_reserved_as_a_fact(
+    f: &Fixture,
+) {
+    let l = f.ledger.as_ref();
+    // GIVEN R1 (900 of 1000) FAILED and released, and R2 taking the same 900 since
+    created(l, new_refund("R1", "ORDER-1", 1000, 900, "h")).await;
+    let a = leased(l, "R1", "A", T0).await;
+    let failed = applied(l, move_to(&a, RefundStatus::Failed, T0)).await;
+    created(l, new_refund("R2", "ORDER-1", 1000, 900, "h")).await;
+    // WHEN WeChat's signed books say R1 was paid
+    let at = UnixMillis(T0.get() + 5_000);
+    let fixed = match l
+        .correct(correction(&failed, RefundStatus::Success, at))
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Applied(r) => r,
+        other => panic!("{other:?}"),
+    };
+    // THEN R1 reads SUCCESS with WeChat's fields, flagged for a person, its history kept
+    assert_eq!(fixed.status, RefundStatus::Success);
+    assert_eq!(fixed.version, failed.version + 1);
+    assert_eq!(fixed.refund_id, Some(RefundId::new("50000000009").unwrap()));
+    assert_eq!(fixed.next_check_at, None);
+    assert_eq!(
+        fixed.attention.as_ref().map(|a| (a.reason, a.since)),
+        Some((AttentionReason::Contradiction, at))
+    );
+    assert_eq!(
+        fixed.corrections,
+        vec![Correction {
+            from: RefundStatus::Failed,
+            to: RefundStatus::Success,
+            kind: CorrectionKind::Contradiction,
+            source: FactSource::Notification,
+            at,
+        }]
+    );
+    assert!(fixed.needs_person());
+    assert_eq!(l.get(&no("R1")).await.unwrap(), Some(fixed));
+    // AND its amount and slot are held again, past the order's total: that is what happened
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count), (fen(1800), 2));
+    // AND nothing more can be refunded on the order
+    assert!(matches!(
+        l.record(new_refund("R3", "ORDER-1", 1000, 1, "h"))
+            .await
+            .unwrap(),
+        RecordOutcome::AmountExceeded { .. }
+    ));
+}
+
+async fn a_correction_is_fenced_and_only_corrects_a_final_status(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    created(l, new_refund("R1", "ORDER-1", 1000, 100, "h")).await;
+    let a = leased(l, "R1", "A", T0).await;
+    let processing = applied(l, move_to(&a, RefundStatus::Processing, T0)).await;
+    // GIVEN a refund still PROCESSING WHEN "corrected" THEN refused: that is a transition's job
+    assert_eq!(
+        l.correct(correction(&processing, RefundStatus::Success, T0))
+            .await
+            .unwrap(),
+        TransitionOutcome::Illegal {
+            from: RefundStatus::Processing,
+            to: RefundStatus::Success
+        }
+    );
+    let closed = applied(l, move_to(&processing, RefundStatus::RefundClose, T0)).await;
+    // WHEN corrected to the status it has THEN refused as no correction
+    assert!(matches!(
+        l.correct(correction(&closed, RefundStatus::RefundClose, T0))
+            .await
+            .unwrap(),
+        TransitionOutcome::Illegal { .. }
+    ));
+    // WHEN corrected from a stale version THEN the stored record is the answer
+    let mut stale = correction(&closed, RefundStatus::Success, T0);
+    stale.expected_version -= 1;
+    assert_eq!(
+        l.correct(stale).await.unwrap(),
+        TransitionOutcome::Conflict(closed.clone())
+    );
+    // WHEN WeChat says it is still PROCESSING THEN it is back in the pending index, re-reserved
+    let at = UnixMillis(T0.get() + 1_000);
+    let reopened = match l
+        .correct(correction(&closed, RefundStatus::Processing, at))
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Applied(r) => r,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reopened.next_check_at, Some(at));
+    let due = l.due(at, None, 10).await.unwrap();
+    assert_eq!(
+        due.items
+            .iter()
+            .map(|r| r.out_refund_no.clone())
+            .collect::<Vec<_>>(),
+        vec![no("R1")]
+    );
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.reserved, b.count), (fen(100), 1));
 }

@@ -2,6 +2,7 @@
 //! outcomes × record state, adoption, re-checks, the first action per trigger, replays.
 
 use super::*;
+use crate::correction::CorrectionKind;
 use crate::state::Lease;
 use RefundStatus::*;
 use wxpay::errors::Stage;
@@ -54,6 +55,8 @@ fn rec(status: RefundStatus, attempts: u32) -> RefundRecord {
         }),
         next_check_at: (!status.is_final()).then_some(UnixMillis(T0 + SEC)),
         external: false,
+        attention: None,
+        corrections: vec![],
     }
 }
 
@@ -114,6 +117,8 @@ fn found(status: WxRefundStatus, fee: u64) -> Lookup {
 enum Row {
     Move(RefundStatus, Option<&'static str>, Option<u64>),
     Verify(&'static str),
+    /// A correction to the status, of the kind.
+    Correct(RefundStatus, CorrectionKind),
     Resubmit,
     Keep,
 }
@@ -130,6 +135,7 @@ fn row(step: &Step, now: UnixMillis) -> Row {
             Row::Move(*to, code, delay)
         }
         Step::Verify { failure } => Row::Verify(leak(failure.code.clone())),
+        Step::Correct { to, kind, .. } => Row::Correct(*to, *kind),
         Step::Resubmit => Row::Resubmit,
         Step::Keep => Row::Keep,
     }
@@ -667,12 +673,97 @@ fn every_query_answer_for_every_open_state() {
         (rec(Success, 1), false, Lookup::NotListed, Row::Keep),
         (rec(Failed, 1), false, failed(), Row::Keep),
         (rec(Change, 1), false, e(), Row::Keep),
+        // final, and WeChat's signed reply lists it: the same status is nothing new; another
+        // status is corrected (CHANGE moving on is a resolution); another amount is never adopted
+        (
+            rec(Success, 1),
+            false,
+            found(WxRefundStatus::Success, 10),
+            Row::Keep,
+        ),
+        (
+            rec(Failed, 2),
+            false,
+            found(WxRefundStatus::Success, 10),
+            Row::Correct(Success, CorrectionKind::Contradiction),
+        ),
+        (
+            rec(Failed, 2),
+            false,
+            found(WxRefundStatus::Processing, 10),
+            Row::Correct(Processing, CorrectionKind::Contradiction),
+        ),
+        (
+            rec(Failed, 2),
+            false,
+            found(WxRefundStatus::Change, 10),
+            Row::Correct(Change, CorrectionKind::Contradiction),
+        ),
+        (
+            rec(RefundClose, 1),
+            false,
+            found(WxRefundStatus::Success, 10),
+            Row::Correct(Success, CorrectionKind::Contradiction),
+        ),
+        (
+            rec(Change, 1),
+            false,
+            found(WxRefundStatus::Success, 10),
+            Row::Correct(Success, CorrectionKind::Resolution),
+        ),
+        (
+            rec(Change, 1),
+            false,
+            found(WxRefundStatus::RefundClose, 10),
+            Row::Correct(RefundClose, CorrectionKind::Resolution),
+        ),
+        (
+            rec(Failed, 2),
+            false,
+            found(WxRefundStatus::Success, 11),
+            Row::Keep,
+        ),
     ];
     for (r, lease, lookup, want) in cases {
         let label = format!("{} lease={lease} {lookup:?}", r.status);
         // WHEN the query answers THEN the row matches
         let step = after_query(&r, lookup, lease, &schedule(), now);
         assert_eq!(row(&step, now), want, "{label}");
+    }
+}
+
+#[test]
+fn a_correction_carries_wechats_fields_and_schedules_an_open_status() {
+    let now = UnixMillis(T0 + 1000 * SEC);
+    match adopt(
+        &rec(Failed, 2),
+        &queried(WxRefundStatus::Processing, 10),
+        &schedule(),
+        now,
+    ) {
+        Step::Correct { to, changes, kind } => {
+            assert_eq!((to, kind), (Processing, CorrectionKind::Contradiction));
+            assert_eq!(changes.refund_id, Some("50000000001".parse().unwrap()));
+            assert_eq!(changes.last_error, Patch::Clear);
+            assert_eq!(
+                changes.next_check_at,
+                Some(now.plus(Duration::from_secs(500)))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match adopt(
+        &rec(Failed, 2),
+        &queried(WxRefundStatus::Success, 10),
+        &schedule(),
+        now,
+    ) {
+        Step::Correct { changes, .. } => {
+            assert_eq!(changes.next_check_at, None);
+            assert_eq!(changes.success_time.as_deref(), Some("2026-11-27 10:00:00"));
+            assert_eq!(changes.refund_recv_account.as_deref(), Some("支付用户零钱"));
+        }
+        other => panic!("{other:?}"),
     }
 }
 
@@ -771,7 +862,7 @@ fn recheck_later_per_status() {
 }
 
 #[test]
-fn the_order_listing_moves_only_open_refunds_on() {
+fn the_order_listing_moves_open_refunds_on_and_corrects_final_ones() {
     let now = UnixMillis(T0 + 1000 * SEC);
     let s = schedule();
     for (status, wx, want) in [
@@ -794,8 +885,33 @@ fn the_order_listing_moves_only_open_refunds_on() {
         (Submitting, WxRefundStatus::Success, Row::Keep),
         (Recorded, WxRefundStatus::Success, Row::Keep),
         (Success, WxRefundStatus::Success, Row::Keep),
-        (Failed, WxRefundStatus::Success, Row::Keep),
-        (Change, WxRefundStatus::Success, Row::Keep),
+        (Change, WxRefundStatus::Change, Row::Keep),
+        // a final status WeChat's listing contradicts is corrected; a moved-on CHANGE resolved
+        (
+            Failed,
+            WxRefundStatus::Success,
+            Row::Correct(Success, CorrectionKind::Contradiction),
+        ),
+        (
+            Failed,
+            WxRefundStatus::Processing,
+            Row::Correct(Processing, CorrectionKind::Contradiction),
+        ),
+        (
+            RefundClose,
+            WxRefundStatus::Success,
+            Row::Correct(Success, CorrectionKind::Contradiction),
+        ),
+        (
+            Success,
+            WxRefundStatus::RefundClose,
+            Row::Correct(RefundClose, CorrectionKind::Contradiction),
+        ),
+        (
+            Change,
+            WxRefundStatus::Success,
+            Row::Correct(Success, CorrectionKind::Resolution),
+        ),
     ] {
         let step = from_listing(&rec(status, 1), &queried(wx.clone(), 10), &s, now);
         assert_eq!(row(&step, now), want, "{status} ← {wx}");
@@ -815,10 +931,12 @@ fn the_first_action_per_trigger_and_status() {
         (Processing, [Query, Query, Query]),
         (Unknown, [Query, Query, Query]),
         (RetryWait, [Submit, Query, Query]),
-        (Success, [Keep, Keep, Keep]),
-        (RefundClose, [Keep, Keep, Keep]),
-        (Change, [Keep, Keep, Keep]),
-        (Failed, [Keep, Keep, Keep]),
+        // final: the poller leaves them, but a refresh or a notification asks WeChat again (a
+        // signed fact may contradict them)
+        (Success, [Keep, Query, Query]),
+        (RefundClose, [Keep, Query, Query]),
+        (Change, [Keep, Query, Query]),
+        (Failed, [Keep, Query, Query]),
     ];
     assert_eq!(table.len(), RefundStatus::ALL.len());
     for (status, [poll, refresh, notification]) in table {

@@ -25,7 +25,7 @@ use tracing::{Instrument, error, info};
 use crate::service::{RefundService, ServiceError};
 
 pub use poll::EVENTS_PATH;
-pub use refunds::{CreateRefund, OrderRefunds, RefundView};
+pub use refunds::{CorrectionView, CreateRefund, OrderRefunds, RefundView};
 
 /// Largest JSON body accepted (a refund request is a few hundred bytes).
 pub const MAX_JSON_BODY: usize = 16 * 1024;

@@ -14,6 +14,7 @@ use wxpay::refund::{RefundAccount, RefundDesc};
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, TransactionId};
 
 use super::{ApiError, AppState, RequestIds, body_error};
+use crate::correction::{CorrectionKind, FactSource};
 use crate::request::RefundCommand;
 use crate::service::Submitted;
 use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
@@ -111,8 +112,25 @@ pub struct RefundView {
     pub updated_at: String,
     /// Made outside this API (merchant platform) and learned from WeChat.
     pub external: bool,
-    /// CHANGE: the bank refused the refund; a person must act in the merchant platform.
+    /// A person must act: CHANGE (the bank refused the refund; act in the merchant platform), or
+    /// the ledger had said a final status that WeChat's books contradict (see `corrections`).
     pub needs_person: bool,
+    /// Every time a final status was corrected to WeChat's, oldest first.
+    pub corrections: Vec<CorrectionView>,
+}
+
+/// One correction as the API shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CorrectionView {
+    /// What the ledger said.
+    pub from: RefundStatus,
+    /// What WeChat's signed books say.
+    pub to: RefundStatus,
+    /// `contradiction` or `resolution` (a CHANGE refund resolved in the merchant platform).
+    pub kind: CorrectionKind,
+    /// `query`, `notification`, `order_listing` or `bill`.
+    pub source: FactSource,
+    pub at: String,
 }
 
 fn rfc3339(t: UnixMillis) -> String {
@@ -139,7 +157,18 @@ impl From<&RefundRecord> for RefundView {
             created_at: rfc3339(r.created_at),
             updated_at: rfc3339(r.updated_at),
             external: r.external,
-            needs_person: r.status.needs_person(),
+            needs_person: r.needs_person(),
+            corrections: r
+                .corrections
+                .iter()
+                .map(|c| CorrectionView {
+                    from: c.from,
+                    to: c.to,
+                    kind: c.kind,
+                    source: c.source,
+                    at: rfc3339(c.at),
+                })
+                .collect(),
         }
     }
 }

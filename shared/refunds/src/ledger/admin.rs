@@ -37,7 +37,7 @@ impl RefundLine {
                 .filter(|_| !r.status.is_final())
                 .map_or(Duration::ZERO, |at| at.age_at(now)),
             last_error: r.last_error.clone(),
-            needs_person: r.status.needs_person(),
+            needs_person: r.needs_person(),
             external: r.external,
         }
     }

@@ -21,6 +21,7 @@
 
 mod adapter;
 mod codec;
+mod correction;
 mod error;
 mod expr;
 mod keys;

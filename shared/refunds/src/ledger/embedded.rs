@@ -13,10 +13,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, Wr
 use wxpay::{OrderRef, OutRefundNo};
 
 use super::{
-    Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger, LedgerError,
-    NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
-    existing_outcome, external_record, fence_holds, fresh_book, illegal, lease_decision,
-    new_record, refusal, released,
+    CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger,
+    LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
+    corrected, corrected_book, existing_outcome, external_record, fence_holds, fresh_book, illegal,
+    lease_decision, new_record, refusal, released,
 };
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
 
@@ -415,6 +415,38 @@ impl Ledger for EmbeddedLedger {
             put_refund(&mut refunds, &mut pending, None, &rec)?;
             put_order(&mut orders, &book)?;
             Ok((ExternalOutcome::Created(rec), true))
+        })
+        .await
+    }
+
+    async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError> {
+        self.write(move |tx| {
+            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut orders = tx.open_table(ORDERS).map_err(store)?;
+            let mut pending = tx.open_table(PENDING).map_err(store)?;
+            let Some(rec) = read_refund(&refunds, c.out_refund_no.as_str())? else {
+                return Ok((TransitionOutcome::NotFound, false));
+            };
+            if rec.status != c.expected_status || rec.version != c.expected_version {
+                return Ok((TransitionOutcome::Conflict(rec), false));
+            }
+            let Some(next) = corrected(&rec, &c) else {
+                return Ok((
+                    TransitionOutcome::Illegal {
+                        from: rec.status,
+                        to: c.to,
+                    },
+                    false,
+                ));
+            };
+            let key = rec.order.key();
+            let book = read_order(&orders, &key)?.ok_or_else(|| LedgerError::Corrupt {
+                key: key.clone(),
+                problem: format!("order of refund {} is missing", rec.out_refund_no),
+            })?;
+            put_order(&mut orders, &corrected_book(&book, &rec, c.to))?;
+            put_refund(&mut refunds, &mut pending, Some(&rec), &next)?;
+            Ok((TransitionOutcome::Applied(next), true))
         })
         .await
     }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
+use crate::correction::{Attention, AttentionReason, Correction, CorrectionKind, FactSource};
 use crate::state::{
     LastError, Lease, MAX_REFUNDS_PER_ORDER, OrderBook, RefundRecord, RefundStatus, UnixMillis,
 };
@@ -238,6 +239,81 @@ pub trait Ledger: Send + Sync {
     /// Records a refund made outside our API as the fact it is: its amount is reserved without
     /// conditions (WeChat already took it). Idempotent by `out_refund_no`.
     async fn record_external(&self, ext: ExternalRefund) -> Result<ExternalOutcome, LedgerError>;
+
+    /// Corrects a final refund to the status a signed WeChat fact reports (see
+    /// [`crate::correction`]), fenced on status and version, with the history kept and the order's
+    /// book changed as the fact requires, in one transaction. `Illegal` when the record is not
+    /// final or already says WeChat's status.
+    async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError>;
+}
+
+/// A correction of a final refund to WeChat's status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorrectionWrite {
+    pub out_refund_no: OutRefundNo,
+    pub expected_status: RefundStatus,
+    pub expected_version: u64,
+    pub to: RefundStatus,
+    /// WeChat's fields for the refund (ids, account, success time) and, when `to` is not final,
+    /// its next check.
+    pub changes: Changes,
+    pub source: FactSource,
+    pub now: UnixMillis,
+}
+
+impl CorrectionWrite {
+    fn as_transition(&self) -> Transition {
+        Transition {
+            out_refund_no: self.out_refund_no.clone(),
+            expected_status: self.expected_status,
+            expected_version: self.expected_version,
+            lease_owner: None,
+            to: self.to,
+            changes: self.changes.clone(),
+            now: self.now,
+        }
+    }
+}
+
+/// The record after a (fenced) correction, or `None` when it is no correction.
+pub(crate) fn corrected(rec: &RefundRecord, c: &CorrectionWrite) -> Option<RefundRecord> {
+    let kind = crate::correction::kind(rec.status, c.to)?;
+    let mut next = apply_transition(rec, &c.as_transition());
+    if !c.to.is_final() {
+        next.next_check_at = Some(c.changes.next_check_at.unwrap_or(c.now));
+    }
+    next.corrections.push(Correction {
+        from: rec.status,
+        to: c.to,
+        kind,
+        source: c.source,
+        at: c.now,
+    });
+    if kind == CorrectionKind::Contradiction && next.attention.is_none() {
+        next.attention = Some(Attention {
+            reason: AttentionReason::Contradiction,
+            since: c.now,
+        });
+    }
+    Some(next)
+}
+
+/// The order's book after a correction of `rec` to `to`: facts, so no limit applies.
+pub(crate) fn corrected_book(book: &OrderBook, rec: &RefundRecord, to: RefundStatus) -> OrderBook {
+    let change = crate::correction::book_change(rec.status, to, rec.refund_fee);
+    let mut b = book.clone();
+    let fee = rec.refund_fee;
+    b.reserved = match change.reserved.signum() {
+        1 => b.reserved.checked_add(fee).unwrap_or(b.reserved),
+        -1 => b.reserved.saturating_sub(fee),
+        _ => b.reserved,
+    };
+    b.count = match change.count.signum() {
+        1 => b.count.saturating_add(1),
+        -1 => b.count.saturating_sub(1),
+        _ => b.count,
+    };
+    b
 }
 
 // ---- rules shared by the adapters --------------------------------------------------------------
@@ -267,6 +343,8 @@ pub(crate) fn new_record(n: &NewRefund) -> RefundRecord {
         lease: None,
         next_check_at: Some(n.next_check_at),
         external: false,
+        attention: None,
+        corrections: Vec::new(),
     }
 }
 
@@ -300,6 +378,8 @@ pub(crate) fn external_record(e: &ExternalRefund) -> Option<RefundRecord> {
         lease: None,
         next_check_at: (!e.status.is_final()).then(|| e.next_check_at.unwrap_or(e.now)),
         external: true,
+        attention: None,
+        corrections: Vec::new(),
     })
 }
 

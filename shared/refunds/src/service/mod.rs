@@ -21,9 +21,12 @@ use tracing::{error, info, warn};
 use wxpay::refund::RefundRequest;
 use wxpay::{Fen, OutRefundNo, RetryClass};
 
+use crate::correction::{CorrectionKind, FactSource};
 use crate::decide::{CallFailure, Lookup, Schedule, Step, Why};
 use crate::gateway::Gateway;
-use crate::ledger::{Changes, LeaseOutcome, Ledger, LedgerError, Transition, TransitionOutcome};
+use crate::ledger::{
+    Changes, CorrectionWrite, LeaseOutcome, Ledger, LedgerError, Transition, TransitionOutcome,
+};
 use crate::state::{RefundRecord, RefundStatus, UnixMillis};
 
 pub use crate::request::RefundCommand;
@@ -183,6 +186,7 @@ impl RefundService {
         rec: &RefundRecord,
         lease: Option<&LeaseToken>,
         step: Step,
+        source: FactSource,
         now: UnixMillis,
     ) -> Result<RefundRecord, ServiceError> {
         match step {
@@ -191,9 +195,55 @@ impl RefundService {
                 self.move_to(rec, lease, to, changes, now).await
             }
             Step::Keep => Ok(rec.clone()),
+            Step::Correct { to, changes, kind } => {
+                self.correct(rec, to, changes, kind, source, now).await
+            }
             Step::Verify { .. } | Step::Resubmit => Err(ServiceError::Internal(format!(
                 "step {step:?} reached carry_out for {}",
                 rec.out_refund_no
+            ))),
+        }
+    }
+
+    /// Takes WeChat's status for a final refund through the correction transition. A
+    /// contradiction is an error an operator must see: the merchant may have acted on ours.
+    async fn correct(
+        &self,
+        rec: &RefundRecord,
+        to: RefundStatus,
+        changes: Changes,
+        kind: CorrectionKind,
+        source: FactSource,
+        now: UnixMillis,
+    ) -> Result<RefundRecord, ServiceError> {
+        let c = CorrectionWrite {
+            out_refund_no: rec.out_refund_no.clone(),
+            expected_status: rec.status,
+            expected_version: rec.version,
+            to,
+            changes,
+            source,
+            now,
+        };
+        match self.ledger.correct(c).await? {
+            TransitionOutcome::Applied(after) => {
+                match kind {
+                    CorrectionKind::Contradiction => {
+                        error!(out_refund_no = %rec.out_refund_no, out_trade_no = rec.order.field().1, ours = %rec.status, wechat = %to, refund_fee = rec.refund_fee.get(), ?source, "the ledger contradicted WeChat's books: corrected to WeChat's status, history kept; a person must check what the merchant did meanwhile");
+                    }
+                    CorrectionKind::Resolution => {
+                        info!(out_refund_no = %rec.out_refund_no, out_trade_no = rec.order.field().1, from = %rec.status, to = %to, ?source, "CHANGE refund resolved in the merchant platform");
+                    }
+                }
+                Ok(after)
+            }
+            TransitionOutcome::Conflict(current) => {
+                info!(out_refund_no = %rec.out_refund_no, now_at = %current.status, "refund moved on before its correction; checking again later");
+                Ok(current)
+            }
+            TransitionOutcome::NotFound => Err(ServiceError::NotFound(rec.out_refund_no.clone())),
+            TransitionOutcome::Illegal { from, to } => Err(ServiceError::Internal(format!(
+                "illegal correction {from} -> {to}"
             ))),
         }
     }

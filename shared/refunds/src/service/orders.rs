@@ -7,6 +7,7 @@ use wxpay::query::{QueriedRefund, QuerySelector, RefundQueryRequest};
 use wxpay::{CallOutcome, ErrCode, Fen, OrderRef};
 
 use super::{RefundService, ServiceError};
+use crate::correction::FactSource;
 use crate::decide::{self, CallFailure, QueriedOrder};
 use crate::ledger::{ExternalOutcome, ExternalRefund};
 use crate::state::{RefundRecord, UnixMillis};
@@ -70,7 +71,9 @@ impl RefundService {
             {
                 Some(i) => {
                     let step = decide::from_listing(&local[i], found, self.schedule(), now);
-                    let updated = self.carry_out(&local[i], None, step, now).await?;
+                    let updated = self
+                        .carry_out(&local[i], None, step, FactSource::OrderListing, now)
+                        .await?;
                     local[i] = updated;
                 }
                 None => {

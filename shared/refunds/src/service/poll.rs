@@ -48,7 +48,7 @@ impl RefundService {
                         }
                         if after.status.is_final() {
                             report.settled += 1;
-                            if after.status.needs_person() {
+                            if after.needs_person() {
                                 report.needs_person += 1;
                             }
                         } else {

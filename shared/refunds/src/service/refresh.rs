@@ -4,6 +4,7 @@
 use wxpay::OutRefundNo;
 
 use super::{LeaseToken, RefundService, ServiceError};
+use crate::correction::FactSource;
 use crate::decide::{self, Action, Step, Trigger};
 use crate::state::{RefundRecord, UnixMillis};
 
@@ -28,14 +29,20 @@ impl RefundService {
         rec: RefundRecord,
         trigger: Trigger,
     ) -> Result<RefundRecord, ServiceError> {
+        // The fact a correction records: the query that confirmed a notification is the
+        // notification's; the poller's and a refresh's are queries.
+        let source = match trigger {
+            Trigger::Notification => FactSource::Notification,
+            Trigger::Poll | Trigger::Refresh => FactSource::Query,
+        };
         match decide::action(&rec, trigger) {
             Action::Submit => self.attempt(&rec).await,
-            Action::Query => self.reconcile(rec, None).await,
+            Action::Query => self.reconcile(rec, None, source).await,
             Action::TakeOverThenQuery => {
                 // An abandoned attempt (its lease expired): take it over, then find out what
                 // happened.
                 self.under_lease(&rec.out_refund_no, |rec, lease| async move {
-                    self.reconcile(rec, Some(&lease)).await
+                    self.reconcile(rec, Some(&lease), source).await
                 })
                 .await
             }
@@ -49,6 +56,7 @@ impl RefundService {
         &self,
         rec: RefundRecord,
         lease: Option<&LeaseToken>,
+        source: FactSource,
     ) -> Result<RefundRecord, ServiceError> {
         let lookup = self.look_up(&rec.out_refund_no).await;
         let now = UnixMillis::now();
@@ -60,7 +68,7 @@ impl RefundService {
                     self.attempt(&rec).await
                 }
             },
-            step => self.carry_out(&rec, lease, step, now).await,
+            step => self.carry_out(&rec, lease, step, source, now).await,
         }
     }
 }

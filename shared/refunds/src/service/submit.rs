@@ -4,6 +4,7 @@
 use tracing::{info, warn};
 
 use super::{LeaseToken, RefundService, ServiceError, Submitted};
+use crate::correction::FactSource;
 use crate::decide::{self, Replay, Step};
 use crate::ledger::RecordOutcome;
 use crate::request::RefundCommand;
@@ -66,8 +67,14 @@ impl RefundService {
         match step {
             Step::Verify { failure } => self.verify_before_failing(rec, lease, failure).await,
             step => {
-                self.carry_out(&rec, Some(lease), step, UnixMillis::now())
-                    .await
+                self.carry_out(
+                    &rec,
+                    Some(lease),
+                    step,
+                    FactSource::Query,
+                    UnixMillis::now(),
+                )
+                .await
             }
         }
     }
@@ -87,6 +94,7 @@ impl RefundService {
         }
         let now = UnixMillis::now();
         let step = decide::after_verify(&rec, &failure, lookup, self.schedule(), now);
-        self.carry_out(&rec, Some(lease), step, now).await
+        self.carry_out(&rec, Some(lease), step, FactSource::Query, now)
+            .await
     }
 }

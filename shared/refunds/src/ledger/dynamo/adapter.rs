@@ -30,8 +30,8 @@ use super::updates::{
     transition_update,
 };
 use crate::ledger::{
-    Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger, LedgerError,
-    NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
+    CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger,
+    LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
     existing_outcome, external_record, fence_holds, fresh_book, illegal, lease_decision,
     new_record, refusal,
 };
@@ -109,7 +109,10 @@ impl DynamoLedger {
         Ok(out.item)
     }
 
-    async fn get_refund(&self, no: &OutRefundNo) -> Result<Option<RefundRecord>, LedgerError> {
+    pub(super) async fn get_refund(
+        &self,
+        no: &OutRefundNo,
+    ) -> Result<Option<RefundRecord>, LedgerError> {
         self.get_item(refund_pk(no))
             .await?
             .map(|i| RefundRecord::try_from(&i))
@@ -127,7 +130,7 @@ impl DynamoLedger {
     /// Cancellations by concurrent transactions or by throttling are retried with [`TxnRetry`];
     /// when the attempts run out, throttling is `Unavailable` (the store refuses the load) and
     /// conflicts are `Contention`. Every TransactWriteItems goes through here.
-    async fn transact(
+    pub(super) async fn transact(
         &self,
         what: &str,
         items: Vec<TransactWriteItem>,
@@ -199,7 +202,11 @@ impl DynamoLedger {
     }
 
     /// A transaction's Put of `item`, under `condition`'s condition only.
-    fn put_item(&self, item: Item, condition: Expr) -> Result<TransactWriteItem, LedgerError> {
+    pub(super) fn put_item(
+        &self,
+        item: Item,
+        condition: Expr,
+    ) -> Result<TransactWriteItem, LedgerError> {
         let mut put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(item))
@@ -214,7 +221,11 @@ impl DynamoLedger {
             .build())
     }
 
-    fn update_item(&self, pk: String, u: Expr) -> Result<TransactWriteItem, LedgerError> {
+    pub(super) fn update_item(
+        &self,
+        pk: String,
+        u: Expr,
+    ) -> Result<TransactWriteItem, LedgerError> {
         let update = Update::builder()
             .table_name(&self.table)
             .key("pk", AttributeValue::S(pk))
@@ -377,6 +388,10 @@ impl Ledger for DynamoLedger {
                 })
             }
         }
+    }
+
+    async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError> {
+        self.correct_refund(&c).await
     }
 
     async fn transition(&self, t: Transition) -> Result<TransitionOutcome, LedgerError> {

@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
 use super::keys::{pending_pk, pending_sk, refund_pk};
+use crate::correction::{Attention, AttentionReason, Correction};
 use crate::ledger::LedgerError;
 use crate::state::{LastError, Lease, OrderBook, RefundRecord, RefundStatus, UnixMillis};
 
@@ -96,6 +97,19 @@ impl From<&RefundRecord> for Item {
             );
         }
         i.insert("external".into(), AttributeValue::Bool(r.external));
+        if let Some(a) = &r.attention {
+            i.insert(
+                "attention_reason".into(),
+                AttributeValue::S(attention_code(a.reason).into()),
+            );
+            i.insert("attention_since".into(), num(a.since.get()));
+        }
+        // The history is read whole and never queried: one JSON attribute, absent while empty.
+        if !r.corrections.is_empty()
+            && let Ok(json) = serde_json::to_string(&r.corrections)
+        {
+            i.insert("corrections".into(), AttributeValue::S(json));
+        }
         i
     }
 }
@@ -196,6 +210,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+fn attention_code(reason: AttentionReason) -> &'static str {
+    match reason {
+        AttentionReason::Contradiction => "contradiction",
+    }
+}
+
+fn attention_reason(code: &str) -> Option<AttentionReason> {
+    match code {
+        "contradiction" => Some(AttentionReason::Contradiction),
+        _ => None,
+    }
+}
+
 impl TryFrom<&Item> for RefundRecord {
     type Error = LedgerError;
 
@@ -222,7 +249,24 @@ impl TryFrom<&Item> for RefundRecord {
             Some(AttributeValue::Bool(b)) => *b,
             Some(_) => return Err(r.corrupt("external is not a boolean")),
         };
+        let attention = match (r.opt_s("attention_reason")?, r.opt_u64("attention_since")?) {
+            (None, None) => None,
+            (Some(code), Some(since)) => Some(Attention {
+                reason: attention_reason(code)
+                    .ok_or_else(|| r.corrupt("attention_reason is not a known reason"))?,
+                since: UnixMillis(since),
+            }),
+            _ => return Err(r.corrupt("attention_reason and attention_since must come together")),
+        };
+        let corrections: Vec<Correction> = match r.opt_s("corrections")? {
+            None => Vec::new(),
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| r.corrupt(format!("corrections: {e}")))?
+            }
+        };
         Ok(RefundRecord {
+            attention,
+            corrections,
             out_refund_no: r.id("out_refund_no", str::parse::<OutRefundNo>)?,
             order: r.order()?,
             out_trade_no: r.opt_id("out_trade_no", str::parse::<OutTradeNo>)?,
@@ -323,6 +367,17 @@ mod tests {
             }),
             next_check_at: Some(UnixMillis(99)),
             external: true,
+            attention: Some(Attention {
+                reason: AttentionReason::Contradiction,
+                since: UnixMillis(9),
+            }),
+            corrections: vec![Correction {
+                from: RefundStatus::Failed,
+                to: RefundStatus::Success,
+                kind: crate::correction::CorrectionKind::Contradiction,
+                source: crate::correction::FactSource::Notification,
+                at: UnixMillis(9),
+            }],
         };
         let item = Item::from(&rec);
         assert_eq!(RefundRecord::try_from(&item).unwrap(), rec);
