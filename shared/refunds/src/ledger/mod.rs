@@ -222,7 +222,9 @@ pub trait Ledger: Send + Sync {
     /// transaction when the target status releases it.
     async fn transition(&self, t: Transition) -> Result<TransitionOutcome, LedgerError>;
 
-    /// Non-final refunds whose next check is at or before `now`, one page at a time.
+    /// Non-final refunds whose next check is at or before `now`, one page at a time, most overdue
+    /// first across the whole index (by next check, then by number: both adapters serve the same
+    /// order), so a poll that stops at its budget has served the longest-waiting refunds.
     async fn due(
         &self,
         now: UnixMillis,
