@@ -107,6 +107,8 @@ contract!(
     admin_views_list_order_refunds_and_pending_ages,
     a_failed_refund_wechat_paid_is_corrected_with_its_history_and_reserved_as_a_fact,
     a_correction_is_fenced_and_only_corrects_a_final_status,
+    due_serves_the_most_overdue_first_across_all_shards,
+    an_order_with_thousands_of_failed_attempts_still_takes_refunds,
 );
 
 // ---- helpers -----------------------------------------------------------------------------------
@@ -917,4 +919,150 @@ async fn a_correction_is_fenced_and_only_corrects_a_final_status(f: &Fixture) {
     );
     let b = book(l, "ORDER-1").await;
     assert_eq!((b.reserved, b.count), (fen(100), 1));
+}
+
+/// The pending shard of a number: FNV-1a mod 8, as docs/ARCHITECTURE.md ("The `pending` GSI")
+/// specifies, so the test can show its refunds cover every shard.
+fn shard_of(no: &str) -> u64 {
+    let h = no.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    h % 8
+}
+
+async fn due_serves_the_most_overdue_first_across_all_shards(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    let now = T0.plus(Duration::from_secs(86_400));
+    // GIVEN 64 refunds over every shard, each overdue by a different number of minutes (1..=64),
+    // the ages shuffled against the numbers so no shard holds the oldest ones
+    let mut age_of = std::collections::HashMap::new();
+    for i in 0..64u64 {
+        let n = format!("OVD{i:02}");
+        let minutes = (i * 7919) % 64 + 1;
+        let mut r = new_refund(&n, &format!("ORDER-{}", i % 5), 10_000, 1, "h");
+        r.next_check_at = UnixMillis(now.get() - minutes * 60_000);
+        created(l, r).await;
+        age_of.insert(no(&n), minutes);
+    }
+    let shards: HashSet<u64> = age_of.keys().map(|n| shard_of(n.as_str())).collect();
+    assert_eq!(shards.len(), 8, "the refunds cover every shard");
+    // AND one not due yet
+    let mut later = new_refund("NOT-YET", "ORDER-X", 10_000, 1, "h");
+    later.next_check_at = now.plus(Duration::from_secs(1));
+    created(l, later).await;
+
+    // WHEN the first page of 5 is read THEN it holds exactly the 5 most overdue, most overdue first
+    let first = l.due(now, None, 5).await.unwrap();
+    let ages: Vec<u64> = first
+        .items
+        .iter()
+        .map(|r| age_of[&r.out_refund_no])
+        .collect();
+    assert_eq!(ages, vec![64, 63, 62, 61, 60]);
+    assert!(first.next.is_some());
+
+    // WHEN every page is read THEN each due refund comes exactly once, in overdue order overall
+    let mut seen = Vec::new();
+    let mut cursor: Option<Cursor> = None;
+    for pages in 1.. {
+        assert!(pages < 100, "paging does not end");
+        let page = l.due(now, cursor.take(), 7).await.unwrap();
+        assert!(page.items.len() <= 7, "page over the limit");
+        seen.extend(page.items.into_iter().map(|r| r.out_refund_no));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    let ages: Vec<u64> = seen.iter().map(|n| age_of[n]).collect();
+    assert_eq!(ages, (1..=64).rev().collect::<Vec<_>>(), "{seen:?}");
+}
+
+/// Attempts that fail for good on one order: 10,000 on the embedded ledger; on moto, whose
+/// transactions copy the whole table (1,100 took 250 s), as many as fit about 30 s. The bounds of
+/// the pages and their filling in turn are unit-tested in `ledger::dynamo`.
+const FAILED_ATTEMPTS_EMBEDDED: usize = 10_000;
+const FAILED_ATTEMPTS_MOTO: usize = 300;
+
+async fn an_order_with_thousands_of_failed_attempts_still_takes_refunds(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    let attempts = if f.dynamo.is_some() {
+        FAILED_ATTEMPTS_MOTO
+    } else {
+        FAILED_ATTEMPTS_EMBEDDED
+    };
+    let started = Instant::now();
+    // GIVEN an order whose every refund so far was refused for good (a retry loop with new numbers)
+    for i in 0..attempts {
+        let n = format!("F{i:05}-{}", "x".repeat(56));
+        created(l, new_refund(&n, "ORDER-F", 100, 100, "h")).await;
+        let a = leased(l, &n, "A", T0).await;
+        applied(l, move_to(&a, RefundStatus::Failed, T0)).await;
+    }
+    let failing = started.elapsed();
+    // WHEN a new refund of the whole amount is asked THEN it is recorded
+    let ok = created(l, new_refund("OK-1", "ORDER-F", 100, 100, "h")).await;
+    // AND it can go on through its lifecycle (the order is still writable)
+    let a = leased(l, "OK-1", "A", T0).await;
+    applied(l, move_to(&a, RefundStatus::Processing, T0)).await;
+    // THEN the book holds only it, and lists every number ever recorded
+    let b = book(l, "ORDER-F").await;
+    assert_eq!((b.reserved, b.count), (fen(100), 1));
+    assert_eq!(b.refunds.len(), attempts + 1);
+    assert_eq!(
+        b.refunds[0], ok.out_refund_no,
+        "the live refund comes first"
+    );
+    // AND the order's refunds are all listed, the failed ones included, oldest first
+    let listed = l.list_by_order(&order("ORDER-F")).await.unwrap();
+    assert_eq!(listed.len(), attempts + 1);
+    let failed = listed
+        .iter()
+        .filter(|r| r.status == RefundStatus::Failed)
+        .count();
+    assert_eq!(failed, attempts);
+    let unique: HashSet<_> = listed.iter().map(|r| r.out_refund_no.clone()).collect();
+    assert_eq!(unique.len(), attempts + 1);
+    // AND on DynamoDB no item grows with the failures: the order item lists only the live number,
+    // and each page of released numbers stays far below the 400 KB item limit
+    if let Some(d) = &f.dynamo {
+        let client = aws_sdk_dynamodb::Client::new(&wxrefund::testing::moto_sdk_config().await);
+        let raw = |pk: String| {
+            let client = client.clone();
+            let table = d.table().to_owned();
+            async move {
+                client
+                    .get_item()
+                    .table_name(table)
+                    .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .unwrap()
+                    .item
+                    .expect("item exists")
+            }
+        };
+        let order_item = raw("ORDER#out_trade_no:ORDER-F".into()).await;
+        assert_eq!(
+            order_item.get("refund_nos").unwrap().as_ss().unwrap(),
+            &vec!["OK-1".to_owned()]
+        );
+        let mut paged = 0;
+        for page in 0..attempts.div_ceil(1000) {
+            let item = raw(format!("ORDER#out_trade_no:ORDER-F#FAILED#{page}")).await;
+            let nos = item.get("refund_nos").unwrap().as_ss().unwrap();
+            let size: usize = nos.iter().map(String::len).sum();
+            assert!(
+                nos.len() <= 1000 && size < 100_000,
+                "page {page}: {size} bytes"
+            );
+            paged += nos.len();
+        }
+        assert_eq!(paged, attempts);
+    }
+    println!(
+        "{attempts} failed attempts in {failing:?}, then the new refund and the listing in {:?}",
+        started.elapsed() - failing
+    );
 }

@@ -4,8 +4,19 @@
 //! - `REFUND#<out_refund_no>`: one refund, every `RefundRecord` field as its own attribute, plus the
 //!   sparse pending-index keys `gsi1pk = PENDING#<shard>` and `gsi1sk = <20-digit next check
 //!   millis>#<out_refund_no>` while the refund is not final.
-//! - `ORDER#<OrderRef::key()>`: the order book: `total_fee`, `reserved`, `refund_count` and the
-//!   string set `refund_nos`.
+//! - `ORDER#<OrderRef::key()>`: the order book: `total_fee`, `reserved`, `refund_count`, the
+//!   string set `refund_nos` of the numbers that have not FAILED, and `failed_count`.
+//! - `ORDER#<OrderRef::key()>#FAILED#<page>`: up to 1,000 released (FAILED) numbers of the order.
+//!
+//! Bounded items: a FAILED refund gives back its amount and slot, so the transaction that fails it
+//! also moves its number out of the order item into page `failed_count / 1000` (and counts it,
+//! conditional on the count it read). The order item then lists at most the refunds holding a
+//! slot, and a page at most 1,000 numbers of ≤ 64 bytes, so no item nears DynamoDB's 400 KB limit
+//! however often an order's refunds fail; `order` and `list_by_order` read the pages too and still
+//! list every number.
+//!
+//! `due` merges the 8 pending shards by sort key (most overdue first across all of them); its
+//! cursor holds every shard's position.
 //!
 //! Writes per happy-path refund (counted by [`DynamoLedger::write_stats`] and asserted by the
 //! contract suite): 4 requests, 5 item writes: `record` (one TransactWriteItems of 2 items),

@@ -2,6 +2,12 @@
 //! one redb write transaction per operation (redb allows one writer at a time, so every operation is
 //! serialised and atomic), and commits are durable (fsync) before a call returns, so killing the
 //! process at any moment loses nothing that was acknowledged.
+//!
+//! Bounded order values: an order's JSON book lists only the refunds holding a slot (at most the
+//! order's 50, plus external ones WeChat reported). A FAILED refund gives its slot back, and its
+//! number moves, in the same transaction, to `order_failed`, one small entry per number keyed
+//! `(order key, out_refund_no)`. So no value grows with the number of failed attempts, and
+//! `order`/`list_by_order` still list every number (a range read of the order's entries).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -16,7 +22,7 @@ use super::{
     CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger,
     LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
     corrected, corrected_book, existing_outcome, external_record, fence_holds, fresh_book, illegal,
-    lease_decision, new_record, refusal, released,
+    lease_decision, new_record, refusal, released, with_released,
 };
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
 
@@ -26,6 +32,9 @@ const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 /// (next_check_at millis, out_refund_no) of every non-final refund: the poller's index.
 const PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("pending");
+/// (`OrderRef::key()`, out_refund_no) of every FAILED refund: released numbers, kept out of the
+/// order's book so its value stays bounded.
+const ORDER_FAILED: TableDefinition<(&str, &str), ()> = TableDefinition::new("order_failed");
 
 /// The redb-backed ledger. Cheap to clone (the database is shared).
 #[derive(Clone)]
@@ -77,6 +86,39 @@ fn read_order<T: ReadableTable<&'static str, &'static [u8]>>(
 ) -> Result<Option<OrderBook>, LedgerError> {
     match t.get(key).map_err(store)? {
         Some(v) => decode(key, v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The released (FAILED) numbers of an order, in number order.
+fn read_failed<T: ReadableTable<(&'static str, &'static str), ()>>(
+    t: &T,
+    key: &str,
+) -> Result<Vec<OutRefundNo>, LedgerError> {
+    let mut out = Vec::new();
+    for entry in t.range::<(&str, &str)>((key, "")..).map_err(store)? {
+        let (k, _) = entry.map_err(store)?;
+        let (order, no) = k.value();
+        if order != key {
+            break;
+        }
+        out.push(OutRefundNo::new(no).map_err(|e| LedgerError::Corrupt {
+            key: key.to_owned(),
+            problem: format!("failed refund number: {e}"),
+        })?);
+    }
+    Ok(out)
+}
+
+/// The whole book of an order (see [`with_released`]).
+fn read_full_order(
+    tx: &redb::ReadTransaction,
+    key: &str,
+) -> Result<Option<OrderBook>, LedgerError> {
+    let orders = tx.open_table(ORDERS).map_err(store)?;
+    let failed = tx.open_table(ORDER_FAILED).map_err(store)?;
+    match read_order(&orders, key)? {
+        Some(book) => Ok(Some(with_released(book, read_failed(&failed, key)?))),
         None => Ok(None),
     }
 }
@@ -134,6 +176,7 @@ impl EmbeddedLedger {
             tx.open_table(REFUNDS).map_err(store)?;
             tx.open_table(ORDERS).map_err(store)?;
             tx.open_table(PENDING).map_err(store)?;
+            tx.open_table(ORDER_FAILED).map_err(store)?;
         }
         tx.commit().map_err(store)?;
         Ok(Self { db: Arc::new(db) })
@@ -283,6 +326,12 @@ impl Ledger for EmbeddedLedger {
                     });
                 }
                 put_order(&mut orders, &released(&book, &rec, t.to))?;
+                if t.to.releases_slot() {
+                    let mut failed = tx.open_table(ORDER_FAILED).map_err(store)?;
+                    failed
+                        .insert((key.as_str(), rec.out_refund_no.as_str()), ())
+                        .map_err(store)?;
+                }
             }
             put_refund(&mut refunds, &mut pending, Some(&rec), &next)?;
             Ok((TransitionOutcome::Applied(next), true))
@@ -349,19 +398,14 @@ impl Ledger for EmbeddedLedger {
 
     async fn order(&self, order: &OrderRef) -> Result<Option<OrderBook>, LedgerError> {
         let key = order.key();
-        self.read(move |tx| {
-            let orders = tx.open_table(ORDERS).map_err(store)?;
-            read_order(&orders, &key)
-        })
-        .await
+        self.read(move |tx| read_full_order(tx, &key)).await
     }
 
     async fn list_by_order(&self, order: &OrderRef) -> Result<Vec<RefundRecord>, LedgerError> {
         let key = order.key();
         self.read(move |tx| {
-            let orders = tx.open_table(ORDERS).map_err(store)?;
             let refunds = tx.open_table(REFUNDS).map_err(store)?;
-            let Some(book) = read_order(&orders, &key)? else {
+            let Some(book) = read_full_order(tx, &key)? else {
                 return Ok(Vec::new());
             };
             let mut out = Vec::with_capacity(book.refunds.len());

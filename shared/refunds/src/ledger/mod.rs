@@ -49,7 +49,8 @@ pub enum RecordOutcome {
     Existing(RefundRecord),
     /// Same number, different request: the caller must get `idempotency_key_reused`.
     KeyReused(RefundRecord),
-    /// `reserved + refund_fee > total_fee`.
+    /// `reserved + refund_fee > total_fee`. In the refusals' books, `refunds` lists only the
+    /// refunds holding a slot (the released ones are kept apart; [`Ledger::order`] lists all).
     AmountExceeded { book: OrderBook },
     /// The order already has [`MAX_REFUNDS_PER_ORDER`] refunds.
     TooManyRefunds { book: OrderBook },
@@ -222,7 +223,9 @@ pub trait Ledger: Send + Sync {
     /// transaction when the target status releases it.
     async fn transition(&self, t: Transition) -> Result<TransitionOutcome, LedgerError>;
 
-    /// Non-final refunds whose next check is at or before `now`, one page at a time.
+    /// Non-final refunds whose next check is at or before `now`, one page at a time, most overdue
+    /// first across the whole index (by next check, then by number: both adapters serve the same
+    /// order), so a poll that stops at its budget has served the longest-waiting refunds.
     async fn due(
         &self,
         now: UnixMillis,
@@ -230,10 +233,12 @@ pub trait Ledger: Send + Sync {
         limit: usize,
     ) -> Result<Page, LedgerError>;
 
-    /// The order's book (strongly consistent).
+    /// The order's book (strongly consistent). Its `refunds` lists every number ever recorded
+    /// for the order, FAILED ones included: first the ones still holding a slot, then the
+    /// released ones. (The book a refusal of `record` carries lists only the former.)
     async fn order(&self, order: &OrderRef) -> Result<Option<OrderBook>, LedgerError>;
 
-    /// Every refund recorded for the order, oldest first.
+    /// Every refund recorded for the order, FAILED ones included, oldest first.
     async fn list_by_order(&self, order: &OrderRef) -> Result<Vec<RefundRecord>, LedgerError>;
 
     /// Records a refund made outside our API as the fact it is: its amount is reserved without
@@ -530,14 +535,34 @@ pub(crate) fn apply_transition(rec: &RefundRecord, t: &Transition) -> RefundReco
     next
 }
 
-/// The order book after a refund enters `to` (only called when `to` releases).
+/// The order book after a refund enters `to` (only called when `to` releases). A refund that gives
+/// back its slot (FAILED) also leaves the book's own list: the adapters keep released numbers
+/// apart from the order (bounded pages, see [`dynamo`] and [`embedded`]), so the order's own list
+/// holds at most the refunds holding a slot, however many attempts failed.
 pub(crate) fn released(book: &OrderBook, rec: &RefundRecord, to: RefundStatus) -> OrderBook {
     let mut b = book.clone();
     b.reserved = b.reserved.saturating_sub(rec.refund_fee);
     if to.releases_slot() {
         b.count = b.count.saturating_sub(1);
+        b.refunds.retain(|no| no != &rec.out_refund_no);
     }
     b
+}
+
+/// The whole book as [`Ledger::order`] answers it: the order's own list (the refunds holding a
+/// slot) followed by the released (FAILED) numbers kept apart, each number once (a book written
+/// before the numbers were kept apart may still list failed ones itself).
+pub(crate) fn with_released(
+    mut book: OrderBook,
+    released: impl IntoIterator<Item = OutRefundNo>,
+) -> OrderBook {
+    let mut seen: std::collections::HashSet<OutRefundNo> = book.refunds.iter().cloned().collect();
+    for no in released {
+        if seen.insert(no.clone()) {
+            book.refunds.push(no);
+        }
+    }
+    book
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{RefundService, ServiceError};
 use crate::decide::Trigger;
@@ -19,6 +19,28 @@ pub struct PollReport {
     pub needs_person: u32,
     pub errors: u32,
     pub pages: u32,
+    /// Due refunds the poll saw but left unexamined when its budget ran out: the rest of the page
+    /// it was on, or the next page (read once to tell). A lower bound when `left_due_more`.
+    pub left_due: u32,
+    /// More due refunds may follow the `left_due` ones (the pages had not ended).
+    pub left_due_more: bool,
+    /// How late the most overdue refund left unexamined was, when the poll ended.
+    pub oldest_due_age_secs: Option<u64>,
+}
+
+impl PollReport {
+    /// Notes what was left when the budget ran out: `left` are due refunds not examined (the
+    /// most overdue first, as `due` serves them), `more` whether pages followed them.
+    fn left(&mut self, left: &[crate::state::RefundRecord], more: bool) {
+        let now = UnixMillis::now();
+        self.left_due = u32::try_from(left.len()).unwrap_or(u32::MAX);
+        self.left_due_more = more;
+        self.oldest_due_age_secs = left
+            .iter()
+            .filter_map(|r| r.next_check_at)
+            .min()
+            .map(|at| at.age_at(now).as_secs());
+    }
 }
 
 impl RefundService {
@@ -30,12 +52,20 @@ impl RefundService {
         let now = UnixMillis::now();
         'pages: loop {
             if started.elapsed() >= budget {
+                // Spent between pages: one more page read says whether (and how late) work is left.
+                if let Some(c) = cursor.take() {
+                    match self.ledger.due(now, Some(c), self.cfg.page_size).await {
+                        Ok(page) => report.left(&page.items, page.next.is_some()),
+                        Err(e) => warn!(error = %e, "poll: could not read what is left due"),
+                    }
+                }
                 break;
             }
             let page = self.ledger.due(now, cursor, self.cfg.page_size).await?;
             report.pages += 1;
-            for rec in page.items {
+            for (i, rec) in page.items.iter().cloned().enumerate() {
                 if started.elapsed() >= budget {
+                    report.left(&page.items[i..], page.next.is_some());
                     break 'pages;
                 }
                 report.examined += 1;
@@ -66,6 +96,20 @@ impl RefundService {
                 Some(next) => cursor = Some(next),
                 None => break,
             }
+        }
+        if report.left_due > 0 {
+            let left = if report.left_due_more {
+                format!("at least {}", report.left_due)
+            } else {
+                report.left_due.to_string()
+            };
+            warn!(
+                left_due = %left,
+                oldest_due_age_secs = report.oldest_due_age_secs,
+                examined = report.examined,
+                budget_secs = budget.as_secs(),
+                "poll budget spent with due refunds left"
+            );
         }
         // An idle poll (every minute on Lambda, every few seconds locally) is not news.
         if report.examined == 0 && report.errors == 0 {

@@ -2,7 +2,7 @@
 //! sends the expressions `updates` builds, decodes items with `codec`, and turns DynamoDB's
 //! answers (failed conditions, cancelled transactions) into the port's outcomes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,24 +16,24 @@ use aws_sdk_dynamodb::types::{
 };
 use wxpay::{OrderRef, OutRefundNo};
 
-use super::codec::Item;
+use super::codec::{Item, failed_count, page_nos};
 use super::error::{config, unavailable};
 use super::expr::Expr;
 use super::keys::{
-    cursor, due_upper_bound, no_from_pending_sk, order_pk, parse_cursor, refund_pk, refund_pk_str,
-    shard_pk, sk_of,
+    ShardPos, cursor, due_upper_bound, failed_page_of, failed_page_pk, failed_pages,
+    no_from_pending_sk, order_pk, parse_cursor, refund_pk, refund_pk_str, shard_pk, sk_of,
 };
 use super::table::{PENDING_INDEX, PENDING_SHARDS};
 use super::txn_retry::{Cancellation, TXN_ATTEMPTS, TxnRetry, cancellation, code};
 use super::updates::{
-    create_if_absent, external_reservation, lease_update, record_reservation, release_on_order,
-    transition_update,
+    create_if_absent, external_reservation, failed_page_update, lease_update, record_reservation,
+    release_on_order, transition_update,
 };
 use crate::ledger::{
     CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger,
     LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
     existing_outcome, external_record, fence_holds, fresh_book, illegal, lease_decision,
-    new_record, refusal,
+    new_record, refusal, with_released,
 };
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
 
@@ -263,7 +263,58 @@ impl DynamoLedger {
         }
     }
 
+    /// Starts one query of a pending shard after `pos`, for at most `want` due items: the items
+    /// with their sort keys, in order, and the last evaluated sort key if the shard has more.
+    fn read_shard(
+        &self,
+        shard: usize,
+        pos: ShardPos,
+        upper: &str,
+        want: usize,
+    ) -> tokio::task::JoinHandle<Result<ShardBatch, LedgerError>> {
+        // The shards are read concurrently; the client is a cheap handle.
+        let client = self.client.clone();
+        let table = self.table.clone();
+        let upper = upper.to_owned();
+        tokio::spawn(async move {
+            let gpk = shard_pk(shard as u32);
+            let mut q = client
+                .query()
+                .table_name(&table)
+                .index_name(PENDING_INDEX)
+                .key_condition_expression("#g1 = :g1 AND #g2 < :upper")
+                .expression_attribute_names("#g1", "gsi1pk")
+                .expression_attribute_names("#g2", "gsi1sk")
+                .expression_attribute_values(":g1", AttributeValue::S(gpk.clone()))
+                .expression_attribute_values(":upper", AttributeValue::S(upper))
+                .limit(i32::try_from(want).unwrap_or(i32::MAX));
+            if let ShardPos::After(sk) = pos {
+                let no = no_from_pending_sk(&sk)
+                    .ok_or_else(|| LedgerError::BadCursor(sk.chars().take(100).collect()))?;
+                q = q
+                    .exclusive_start_key("gsi1pk", AttributeValue::S(gpk))
+                    .exclusive_start_key("pk", AttributeValue::S(refund_pk_str(no)))
+                    .exclusive_start_key("gsi1sk", AttributeValue::S(sk));
+            }
+            let out = q.send().await.map_err(unavailable)?;
+            let last = out
+                .last_evaluated_key()
+                .and_then(|k| k.get("gsi1sk"))
+                .and_then(|v| v.as_s().ok())
+                .cloned();
+            let items = out
+                .items
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|item| sk_of(&item).map(|sk| (sk, item)))
+                .collect();
+            Ok((items, last))
+        })
+    }
+
     /// The release path of `transition`: refund update and order release in one transaction.
+    /// A release of the slot (FAILED) also reads the order for its `failed_count` and adds the
+    /// number to that count's page item in the same transaction.
     async fn transition_releasing(&self, t: &Transition) -> Result<TransitionOutcome, LedgerError> {
         let mut retry = TxnRetry::new();
         loop {
@@ -274,42 +325,125 @@ impl DynamoLedger {
             if !fence_holds(&rec, t) {
                 return Ok(TransitionOutcome::Conflict(rec));
             }
-            let items = vec![
+            let missing = || LedgerError::Corrupt {
+                key: order_pk(&rec.order),
+                problem: format!(
+                    "cannot release {} of refund {}: order missing or reserving less",
+                    rec.refund_fee, rec.out_refund_no
+                ),
+            };
+            let released = if t.to.releases_slot() {
+                let order = self.get_item(order_pk(&rec.order)).await?;
+                failed_count(&order.ok_or_else(missing)?)?
+            } else {
+                0
+            };
+            let mut items = vec![
                 self.update_item(refund_pk(&t.out_refund_no), transition_update(t))?,
-                self.update_item(order_pk(&rec.order), release_on_order(&rec, t))?,
+                self.update_item(order_pk(&rec.order), release_on_order(&rec, t, released))?,
             ];
+            if t.to.releases_slot() {
+                let page = failed_page_of(released);
+                items.push(self.update_item(
+                    failed_page_pk(&rec.order, page),
+                    failed_page_update(&rec, page, t.now),
+                )?);
+            }
             let Some(reasons) = self
                 .transact(&format!("transition of {}", t.out_refund_no), items)
                 .await?
             else {
                 return Ok(TransitionOutcome::Applied(apply_transition(&rec, t)));
             };
-            if let Some(r) = reasons
-                .first()
-                .filter(|r| code(r) == "ConditionalCheckFailed")
-            {
+            let failed = |i: usize| {
+                reasons
+                    .get(i)
+                    .filter(|r| code(r) == "ConditionalCheckFailed")
+            };
+            if let Some(r) = failed(0) {
                 match self.old_refund(r, &t.out_refund_no).await? {
                     // Cannot happen (the condition is the fence); read again rather than guess.
                     Some(cur) if fence_holds(&cur, t) => {}
                     Some(cur) => return Ok(TransitionOutcome::Conflict(cur)),
                     None => return Ok(TransitionOutcome::NotFound),
                 }
-                if !retry.pause().await {
-                    return Err(LedgerError::Contention(format!(
-                        "transition of {}",
-                        t.out_refund_no
-                    )));
+            } else if let Some(r) = failed(1) {
+                // Another release of the order moved `failed_count` on since we read it: read
+                // again. An order missing or reserving less than the fee is corrupt.
+                let book = self.old_order(r, &rec.order).await?;
+                if !book.is_some_and(|b| b.reserved >= rec.refund_fee && t.to.releases_slot()) {
+                    return Err(missing());
                 }
-                continue;
+            } else {
+                return Err(missing());
             }
-            return Err(LedgerError::Corrupt {
-                key: order_pk(&rec.order),
-                problem: format!(
-                    "cannot release {} of refund {}: order missing or reserving less",
-                    rec.refund_fee, rec.out_refund_no
-                ),
-            });
+            if !retry.pause().await {
+                return Err(LedgerError::Contention(format!(
+                    "transition of {}",
+                    t.out_refund_no
+                )));
+            }
         }
+    }
+
+    /// Consistent BatchGetItem of `pks` (100 at a time), retrying what DynamoDB left unprocessed.
+    /// Absent items are simply not returned.
+    async fn batch_get(&self, what: &str, pks: Vec<String>) -> Result<Vec<Item>, LedgerError> {
+        let mut out = Vec::with_capacity(pks.len());
+        for chunk in pks.chunks(100) {
+            let mut keys: Vec<Item> = chunk
+                .iter()
+                .map(|pk| HashMap::from([("pk".to_owned(), AttributeValue::S(pk.clone()))]))
+                .collect();
+            let mut retry = TxnRetry::new();
+            while !keys.is_empty() {
+                let ka = KeysAndAttributes::builder()
+                    .set_keys(Some(keys))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(config)?;
+                let mut res = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, ka)
+                    .send()
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(items) = res.responses.as_mut().and_then(|r| r.remove(&self.table)) {
+                    out.extend(items);
+                }
+                // Unprocessed keys are DynamoDB shedding load: ask again after a pause.
+                keys = res
+                    .unprocessed_keys()
+                    .and_then(|u| u.get(&self.table))
+                    .map(|k| k.keys().to_vec())
+                    .unwrap_or_default();
+                if !keys.is_empty() && !retry.pause().await {
+                    return Err(LedgerError::Contention(what.to_owned()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole book: the order item and its pages of released numbers (see [`with_released`]).
+    async fn full_order(&self, order: &OrderRef) -> Result<Option<OrderBook>, LedgerError> {
+        let Some(item) = self.get_item(order_pk(order)).await? else {
+            return Ok(None);
+        };
+        let book = OrderBook::try_from(&item)?;
+        let pages: Vec<String> = (0..failed_pages(failed_count(&item)?))
+            .map(|p| failed_page_pk(order, p))
+            .collect();
+        if pages.is_empty() {
+            return Ok(Some(book));
+        }
+        let mut released = Vec::new();
+        for page in self.batch_get(&format!("order {order}"), pages).await? {
+            released.extend(page_nos(&page)?);
+        }
+        released.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(Some(with_released(book, released)))
     }
 }
 
@@ -418,117 +552,74 @@ impl Ledger for DynamoLedger {
         limit: usize,
     ) -> Result<Page, LedgerError> {
         let limit = limit.clamp(1, 1000);
-        let (first_shard, mut start_sk) = match &cursor_in {
-            Some(c) => {
-                let (s, sk) = parse_cursor(c)?;
-                (s, Some(sk))
-            }
-            None => (0, None),
+        let positions = match &cursor_in {
+            Some(c) => parse_cursor(c)?,
+            None => vec![ShardPos::Start; PENDING_SHARDS as usize],
         };
         let upper = due_upper_bound(now);
+        let mut shards: Vec<ShardRead> = positions.into_iter().map(ShardRead::new).collect();
         let mut items: Vec<RefundRecord> = Vec::new();
-        for shard in first_shard..PENDING_SHARDS {
-            let gpk = shard_pk(shard);
-            loop {
-                let want = limit - items.len();
-                let mut q = self
-                    .client
-                    .query()
-                    .table_name(&self.table)
-                    .index_name(PENDING_INDEX)
-                    .key_condition_expression("#g1 = :g1 AND #g2 < :upper")
-                    .expression_attribute_names("#g1", "gsi1pk")
-                    .expression_attribute_names("#g2", "gsi1sk")
-                    .expression_attribute_values(":g1", AttributeValue::S(gpk.clone()))
-                    .expression_attribute_values(":upper", AttributeValue::S(upper.clone()))
-                    .limit(i32::try_from(want).unwrap_or(i32::MAX));
-                if let Some(sk) = start_sk.take() {
-                    let no = no_from_pending_sk(&sk)
-                        .ok_or_else(|| LedgerError::BadCursor(sk.chars().take(100).collect()))?;
-                    q = q
-                        .exclusive_start_key("gsi1pk", AttributeValue::S(gpk.clone()))
-                        .exclusive_start_key("pk", AttributeValue::S(refund_pk_str(no)))
-                        .exclusive_start_key("gsi1sk", AttributeValue::S(sk));
-                }
-                let out = q.send().await.map_err(unavailable)?;
-                for item in out.items() {
-                    // One unreadable item must not stop the poller for every other refund.
-                    let rec = match RefundRecord::try_from(item) {
-                        Ok(rec) => rec,
-                        Err(e) => {
-                            tracing::error!(error = %e, "pending refund skipped: unreadable item");
-                            continue;
-                        }
-                    };
-                    // The index is eventually consistent: a just-finished refund may linger.
-                    if !rec.status.is_final() {
-                        items.push(rec);
-                    }
-                }
-                let last_sk = out
-                    .last_evaluated_key()
-                    .and_then(|k| k.get("gsi1sk"))
-                    .and_then(|v| v.as_s().ok())
-                    .cloned();
-                if items.len() >= limit {
-                    // Resume after the last key this query evaluated (covers filtered items too).
-                    let resume = last_sk.or_else(|| out.items().last().and_then(sk_of));
-                    let next = resume.map(|sk| cursor(shard, &sk));
-                    return Ok(Page { items, next });
-                }
-                match last_sk {
-                    Some(sk) => start_sk = Some(sk),
-                    None => break,
+        // A k-way merge of the shards by sort key (next check, then number): the page holds the
+        // most overdue refunds of all shards. A shard is read again only when its buffer runs dry
+        // before the page is full, since its next key may sort before every other buffered one.
+        while items.len() < limit {
+            let want = limit - items.len();
+            let mut reads = Vec::new();
+            for (i, sh) in shards.iter().enumerate() {
+                if sh.needs_read() {
+                    reads.push((i, self.read_shard(i, sh.pos.clone(), &upper, want)));
                 }
             }
+            for (i, read) in reads {
+                let (buf, last) = read.await.map_err(|e| {
+                    LedgerError::Unavailable(format!("pending query failed: {e}"))
+                })??;
+                shards[i].fill(buf, last);
+            }
+            let next = shards
+                .iter()
+                .enumerate()
+                .filter_map(|(i, sh)| sh.buf.front().map(|(sk, _)| (sk, i)))
+                .min()
+                .map(|(_, i)| i);
+            let Some(i) = next else {
+                break; // every shard is read to its end
+            };
+            let Some((sk, item)) = shards[i].buf.pop_front() else {
+                break;
+            };
+            shards[i].pos = ShardPos::After(sk);
+            // One unreadable item must not stop the poller for every other refund.
+            match RefundRecord::try_from(&item) {
+                // The index is eventually consistent: a just-finished refund may linger.
+                Ok(rec) if !rec.status.is_final() => items.push(rec),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "pending refund skipped: unreadable item"),
+            }
         }
-        Ok(Page { items, next: None })
+        let positions: Vec<ShardPos> = shards.into_iter().map(ShardRead::position).collect();
+        let next = positions
+            .iter()
+            .any(|p| *p != ShardPos::Done)
+            .then(|| cursor(&positions));
+        Ok(Page { items, next })
     }
 
     async fn order(&self, order: &OrderRef) -> Result<Option<OrderBook>, LedgerError> {
-        self.get_order(order).await
+        self.full_order(order).await
     }
 
     async fn list_by_order(&self, order: &OrderRef) -> Result<Vec<RefundRecord>, LedgerError> {
-        let Some(book) = self.get_order(order).await? else {
+        let Some(book) = self.full_order(order).await? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::with_capacity(book.refunds.len());
-        for chunk in book.refunds.chunks(100) {
-            let mut keys: Vec<Item> = chunk
-                .iter()
-                .map(|no| HashMap::from([("pk".to_owned(), AttributeValue::S(refund_pk(no)))]))
-                .collect();
-            let mut retry = TxnRetry::new();
-            while !keys.is_empty() {
-                let ka = KeysAndAttributes::builder()
-                    .set_keys(Some(keys))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(config)?;
-                let res = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, ka)
-                    .send()
-                    .await
-                    .map_err(unavailable)?;
-                if let Some(items) = res.responses().and_then(|r| r.get(&self.table)) {
-                    for item in items {
-                        out.push(RefundRecord::try_from(item)?);
-                    }
-                }
-                // Unprocessed keys are DynamoDB shedding load: ask again after a pause.
-                keys = res
-                    .unprocessed_keys()
-                    .and_then(|u| u.get(&self.table))
-                    .map(|k| k.keys().to_vec())
-                    .unwrap_or_default();
-                if !keys.is_empty() && !retry.pause().await {
-                    return Err(LedgerError::Contention(format!("list of {order}")));
-                }
-            }
-        }
+        let pks = book.refunds.iter().map(refund_pk).collect();
+        let mut out = self
+            .batch_get(&format!("list of {order}"), pks)
+            .await?
+            .iter()
+            .map(RefundRecord::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
         out.sort_by(|a, b| {
             (a.created_at, a.out_refund_no.as_str()).cmp(&(b.created_at, b.out_refund_no.as_str()))
         });
@@ -560,6 +651,52 @@ impl Ledger for DynamoLedger {
                 "record_external of {}",
                 rec.out_refund_no
             ))),
+        }
+    }
+}
+
+/// One query's items of a shard with their sort keys, in order, and the last evaluated sort key
+/// when the shard holds more.
+type ShardBatch = (Vec<(String, Item)>, Option<String>);
+
+/// One shard of a `due` merge: where it stands, what was read and not yet merged, and whether
+/// the index holds more after the buffer.
+struct ShardRead {
+    pos: ShardPos,
+    buf: VecDeque<(String, Item)>,
+    more: bool,
+}
+
+impl ShardRead {
+    fn new(pos: ShardPos) -> Self {
+        let more = pos != ShardPos::Done;
+        Self {
+            pos,
+            buf: VecDeque::new(),
+            more,
+        }
+    }
+
+    fn needs_read(&self) -> bool {
+        self.buf.is_empty() && self.more
+    }
+
+    fn fill(&mut self, buf: Vec<(String, Item)>, last: Option<String>) {
+        self.buf = buf.into();
+        self.more = last.is_some();
+        if self.buf.is_empty() {
+            // Nothing returned: done, or (never seen, but it keeps the loop moving) resume after
+            // the key the query stopped at.
+            self.pos = last.map_or(ShardPos::Done, ShardPos::After);
+        }
+    }
+
+    /// The position to resume from: after the last merged key; done when nothing is left.
+    fn position(self) -> ShardPos {
+        if self.buf.is_empty() && !self.more {
+            ShardPos::Done
+        } else {
+            self.pos
         }
     }
 }

@@ -317,6 +317,27 @@ impl TryFrom<&Item> for OrderBook {
     }
 }
 
+/// How many numbers an order item says it has released to its pages (`failed_count`; absent on
+/// orders that never released one).
+pub(super) fn failed_count(item: &Item) -> Result<u64, LedgerError> {
+    Ok(Reader::new(item).opt_u64("failed_count")?.unwrap_or(0))
+}
+
+/// The numbers of a page item of released numbers (`refund_nos`).
+pub(super) fn page_nos(item: &Item) -> Result<Vec<OutRefundNo>, LedgerError> {
+    let r = Reader::new(item);
+    match item.get("refund_nos") {
+        None => Ok(Vec::new()),
+        Some(AttributeValue::Ss(nos)) => nos
+            .iter()
+            .map(|n| {
+                OutRefundNo::new(n.as_str()).map_err(|e| r.corrupt(format!("refund_nos: {e}")))
+            })
+            .collect(),
+        Some(_) => Err(r.corrupt("refund_nos is not a string set")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

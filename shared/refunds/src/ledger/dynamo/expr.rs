@@ -1,4 +1,4 @@
-//! The expression builder: one update expression (SET / REMOVE / ADD clauses) and one condition,
+//! The expression builder: one update expression (SET / REMOVE / ADD / DELETE clauses) and one condition,
 //! with the `#name` and `:value` placeholders they use.
 
 use std::collections::HashMap;
@@ -14,6 +14,8 @@ pub(super) struct Expr {
     pub(super) set: Vec<String>,
     pub(super) remove: Vec<String>,
     pub(super) add: Vec<String>,
+    /// `DELETE` clauses: remove elements from a set.
+    pub(super) delete: Vec<String>,
     /// Empty: unconditional.
     pub(super) condition: String,
 }
@@ -46,6 +48,9 @@ impl Expr {
         }
         if !self.add.is_empty() {
             parts.push(format!("ADD {}", self.add.join(", ")));
+        }
+        if !self.delete.is_empty() {
+            parts.push(format!("DELETE {}", self.delete.join(", ")));
         }
         parts.join(" ")
     }

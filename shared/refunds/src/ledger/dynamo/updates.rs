@@ -186,7 +186,13 @@ pub(super) fn lease_update(
 
 /// The order side of a releasing transition: give back the stored record's fee (and the slot,
 /// if the target releases it). The amount comes from the stored record, never from the caller.
-pub(super) fn release_on_order(rec: &RefundRecord, t: &Transition) -> Expr {
+///
+/// A target that releases the slot (FAILED) also moves the number out of the order's
+/// `refund_nos` into page `failed_page_of(released)` (see [`failed_page_update`], written in the
+/// same transaction) and counts it in `failed_count`. `released` is the `failed_count` the
+/// caller read; the condition holds the write to it, so two releases never pick a page from the
+/// same count, and a page takes exactly `FAILED_PAGE_SIZE` numbers.
+pub(super) fn release_on_order(rec: &RefundRecord, t: &Transition, released: u64) -> Expr {
     let mut o = Expr::default();
     let reserved = o.n("reserved");
     let fee = o.v("fee", num(rec.refund_fee.get()));
@@ -194,13 +200,55 @@ pub(super) fn release_on_order(rec: &RefundRecord, t: &Transition) -> Expr {
     let now = o.v("now", num(t.now.get()));
     o.set.push(format!("{reserved} = {reserved} - {fee}"));
     o.set.push(format!("{upd} = {now}"));
+    let pk = o.n("pk");
+    o.condition = format!("attribute_exists({pk}) AND {reserved} >= {fee}");
     if t.to.releases_slot() {
         let cnt = o.n("refund_count");
         let one = o.v("one", num(1));
         o.set.push(format!("{cnt} = {cnt} - {one}"));
+        let (nos, fc) = (o.n("refund_nos"), o.n("failed_count"));
+        let v_no = o.v(
+            "no",
+            AttributeValue::Ss(vec![rec.out_refund_no.to_string()]),
+        );
+        o.delete.push(format!("{nos} {v_no}"));
+        let v_next = o.v("next_failed", num(released + 1));
+        o.set.push(format!("{fc} = {v_next}"));
+        let v_fc = o.v("failed", num(released));
+        if released == 0 {
+            o.condition.push_str(&format!(
+                " AND (attribute_not_exists({fc}) OR {fc} = {v_fc})"
+            ));
+        } else {
+            o.condition.push_str(&format!(" AND {fc} = {v_fc}"));
+        }
     }
-    let pk = o.n("pk");
-    o.condition = format!("attribute_exists({pk}) AND {reserved} >= {fee}");
+    o
+}
+
+/// The page item that takes a released (FAILED) number: created by the first number of its page,
+/// unconditional (the order update's condition in the same transaction guards it).
+pub(super) fn failed_page_update(rec: &RefundRecord, page: u64, now: UnixMillis) -> Expr {
+    let mut o = Expr::default();
+    let (okey, pg, nos, upd) = (
+        o.n("order_key"),
+        o.n("page"),
+        o.n("refund_nos"),
+        o.n("updated_at"),
+    );
+    let v_okey = o.v("okey", AttributeValue::S(rec.order.key()));
+    let v_page = o.v("page", num(page));
+    let v_now = o.v("now", num(now.get()));
+    let v_no = o.v(
+        "no",
+        AttributeValue::Ss(vec![rec.out_refund_no.to_string()]),
+    );
+    o.set = vec![
+        format!("{okey} = {v_okey}"),
+        format!("{pg} = {v_page}"),
+        format!("{upd} = {v_now}"),
+    ];
+    o.add = vec![format!("{nos} {v_no}")];
     o
 }
 
@@ -281,4 +329,95 @@ pub(super) fn transition_update(t: &Transition) -> Expr {
     }
     u.condition = condition;
     u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Changes, NewRefund};
+    use wxpay::Fen;
+
+    fn failed_move(no: &str) -> (RefundRecord, Transition) {
+        let rec = crate::ledger::new_record(&NewRefund {
+            out_refund_no: OutRefundNo::new(no).unwrap(),
+            order: OrderRef::OutTradeNo(OutTradeNo::new("ORDER-1").unwrap()),
+            total_fee: Fen::new(100).unwrap(),
+            refund_fee: Fen::new(100).unwrap(),
+            refund_desc: None,
+            refund_account: None,
+            request_hash: "h".into(),
+            now: UnixMillis(1),
+            next_check_at: UnixMillis(2),
+        });
+        let t = Transition {
+            out_refund_no: rec.out_refund_no.clone(),
+            expected_status: RefundStatus::Submitting,
+            expected_version: 2,
+            lease_owner: Some("a".into()),
+            to: RefundStatus::Failed,
+            changes: Changes::default(),
+            now: UnixMillis(3),
+        };
+        (rec, t)
+    }
+
+    fn value<'a>(e: &'a Expr, v: &str) -> &'a AttributeValue {
+        &e.values[v]
+    }
+
+    #[test]
+    fn a_failed_refund_leaves_the_order_item_for_a_page_under_the_count_it_read() {
+        // GIVEN a refund failing for good on an order that released 2,345 numbers before
+        let (rec, t) = failed_move("R1");
+        let o = release_on_order(&rec, &t, 2_345);
+        let expr = o.update_expression();
+        // THEN the order item loses the number, counts it, and only if the count is still 2,345
+        assert!(expr.contains("DELETE #n"), "{expr}");
+        assert!(o.condition.ends_with("AND #n5 = :v5"), "{}", o.condition);
+        assert_eq!(o.names["#n5"], "failed_count");
+        assert_eq!(value(&o, ":v5"), &num(2_345));
+        assert_eq!(value(&o, ":v4"), &num(2_346));
+        // AND the number goes to page 2 (the 2,346th number), which only ever gains it
+        let p = failed_page_update(&rec, super::super::keys::failed_page_of(2_345), t.now);
+        assert!(p.update_expression().ends_with("ADD #n2 :v3"));
+        assert_eq!(value(&p, ":v1"), &num(2));
+        assert!(p.condition.is_empty());
+        // AND the first release also accepts an order item written before failed_count existed
+        let first = release_on_order(&rec, &t, 0);
+        assert!(
+            first
+                .condition
+                .contains("attribute_not_exists(#n5) OR #n5 = ")
+        );
+        // AND a REFUNDCLOSE keeps the number (and slot) on the order
+        let close = Transition {
+            to: RefundStatus::RefundClose,
+            ..t
+        };
+        let o = release_on_order(&rec, &close, 7);
+        assert!(o.delete.is_empty() && !o.names.values().any(|n| n == "failed_count"));
+    }
+
+    #[test]
+    fn a_full_page_of_the_longest_numbers_stays_far_below_the_item_limit() {
+        // GIVEN a page item holding FAILED_PAGE_SIZE numbers of the maximal 64 bytes
+        let nos: Vec<String> = (0..super::super::keys::FAILED_PAGE_SIZE)
+            .map(|i| format!("{i:064}"))
+            .collect();
+        // THEN its size (attribute names + values, DynamoDB's measure) is under 70 KB of 400 KB
+        let size = "pk".len()
+            + "ORDER#out_trade_no:".len()
+            + 32
+            + "#FAILED#".len()
+            + 20
+            + "order_key".len()
+            + 64
+            + "page".len()
+            + 21
+            + "updated_at".len()
+            + 21
+            + "refund_nos".len()
+            + nos.iter().map(String::len).sum::<usize>();
+        assert!(size < 70_000, "{size}");
+    }
 }
