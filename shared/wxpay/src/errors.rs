@@ -132,7 +132,8 @@ impl WxError {
             ErrCode::SignError
         } else if msg.contains("缺少参数") {
             ErrCode::LackParams
-        } else if msg.contains("不识别的参数") || msg.contains("参数") {
+        } else if msg.contains("参数") {
+            // 不识别的参数… (unrecognised parameter) and any other parameter complaint
             ErrCode::ParamError
         } else if msg.contains("XML") || msg.contains("xml") {
             ErrCode::XmlFormatError

@@ -161,6 +161,30 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_sign_counts_as_no_signature() {
+        // GIVEN a refusal with an empty <sign/> THEN it is an unsigned refusal, not a bad signature
+        let body = xml::encode([
+            ("return_code", "SUCCESS"),
+            ("result_code", "FAIL"),
+            ("err_code", "ORDERNOTEXIST"),
+            ("sign", ""),
+        ])
+        .unwrap();
+        assert!(matches!(
+            check(body.as_bytes(), &keys(SignType::Md5), SignType::Md5),
+            Err(ReplyError::Rejected(_))
+        ));
+        // GIVEN a success with an empty <sign/> THEN it is missing its signature
+        let mut fields = OK.to_vec();
+        fields.push(("sign", ""));
+        let body = xml::encode(fields).unwrap();
+        assert!(matches!(
+            check(body.as_bytes(), &keys(SignType::Md5), SignType::Md5),
+            Err(ReplyError::MissingSignature { .. })
+        ));
+    }
+
+    #[test]
     fn result_fail_unsigned_is_accepted_as_refusal_with_details() {
         let body = xml::encode([
             ("return_code", "SUCCESS"),
