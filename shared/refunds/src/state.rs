@@ -273,15 +273,6 @@ impl RefundRecord {
     pub fn is_due(&self, now: UnixMillis) -> bool {
         !self.status.is_final() && self.next_check_at.is_some_and(|t| t <= now)
     }
-
-    /// Someone other than `owner` holds an unexpired lease at `now`.
-    pub fn lease_held_by_other(&self, owner: &str, now: UnixMillis) -> bool {
-        self.status == RefundStatus::Submitting
-            && self
-                .lease
-                .as_ref()
-                .is_some_and(|l| l.expires_at > now && l.owner != owner)
-    }
 }
 
 /// Per order: its total, what non-released refunds reserve of it, and how many of the 50 slots are
@@ -309,12 +300,87 @@ impl OrderBook {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::RefundStatus::*;
     use super::*;
 
+    /// The transition table as the design states it (the doc comment of `can_move_to` and
+    /// DESIGN-NOTES), written out cell by cell: `x` = allowed, `.` = refused. Rows are the current
+    /// status, columns the target, both in `RefundStatus::ALL` order.
+    const MOVES: [(RefundStatus, &str); 9] = [
+        //             REC SUB PRO UNK RTW SUC RCL CHG FAI
+        (Recorded, /*   */ ".   x   .   .   .   .   .   .   ."),
+        (Submitting, /* */ ".   .   x   x   x   x   x   x   x"),
+        (Processing, /* */ ".   .   x   .   .   x   x   x   ."),
+        (Unknown, /*    */ ".   x   x   x   x   x   x   x   x"),
+        (RetryWait, /*  */ ".   x   x   .   x   x   x   x   x"),
+        (Success, /*    */ ".   .   .   .   .   .   .   .   ."),
+        (RefundClose, /**/ ".   .   .   .   .   .   .   .   ."),
+        (Change, /*     */ ".   .   .   .   .   .   .   .   ."),
+        (Failed, /*     */ ".   .   .   .   .   .   .   .   ."),
+    ];
+
+    /// The expected answer of `from.can_move_to(to)`, read from [`MOVES`] (never from the code).
+    pub(crate) fn allowed(from: RefundStatus, to: RefundStatus) -> bool {
+        let (_, row) = MOVES.iter().find(|(f, _)| *f == from).unwrap();
+        let cells: Vec<char> = row.chars().filter(|c| !c.is_whitespace()).collect();
+        assert_eq!(cells.len(), 9, "row {from} of MOVES");
+        let col = RefundStatus::ALL.iter().position(|s| *s == to).unwrap();
+        match cells[col] {
+            'x' => true,
+            '.' => false,
+            other => panic!("bad cell {other:?} in row {from} of MOVES"),
+        }
+    }
+
     #[test]
-    fn wire_names_are_wechats_and_round_trip() {
+    fn transition_matrix_every_cell() {
+        // GIVEN the 81 cells of the expected table WHEN each move is asked THEN the answer is the cell
+        let mut allowed_moves = 0;
+        for from in RefundStatus::ALL {
+            for to in RefundStatus::ALL {
+                let want = allowed(from, to);
+                assert_eq!(from.can_move_to(to), want, "{from} -> {to}");
+                allowed_moves += usize::from(want);
+            }
+        }
+        assert_eq!(allowed_moves, 27, "the table itself has 27 arrows");
+    }
+
+    #[test]
+    fn every_status_predicate_for_every_status() {
+        // GIVEN every status with its expected wire name and flags
+        //   (final, needs a person, releases the amount, releases the slot, leasable)
+        // THEN each predicate answers exactly that
+        let table: [(RefundStatus, &str, bool, bool, bool, bool, bool); 9] = [
+            (Recorded, "RECORDED", false, false, false, false, true),
+            (Submitting, "SUBMITTING", false, false, false, false, false),
+            (Processing, "PROCESSING", false, false, false, false, false),
+            (Unknown, "UNKNOWN", false, false, false, false, true),
+            (RetryWait, "RETRY_WAIT", false, false, false, false, true),
+            (Success, "SUCCESS", true, false, false, false, false),
+            (RefundClose, "REFUNDCLOSE", true, false, true, false, false),
+            (Change, "CHANGE", true, true, false, false, false),
+            (Failed, "FAILED", true, false, true, true, false),
+        ];
+        assert_eq!(table.map(|row| row.0), RefundStatus::ALL);
+        for (st, wire, fin, person, amount, slot, leasable) in table {
+            assert_eq!(st.as_str(), wire);
+            assert_eq!(st.to_string(), wire, "Display of {wire}");
+            assert_eq!(st.is_final(), fin, "is_final({wire})");
+            assert_eq!(st.needs_person(), person, "needs_person({wire})");
+            assert_eq!(
+                st.releases_reservation(),
+                amount,
+                "releases_reservation({wire})"
+            );
+            assert_eq!(st.releases_slot(), slot, "releases_slot({wire})");
+            assert_eq!(st.is_leasable(), leasable, "is_leasable({wire})");
+        }
+    }
+
+    #[test]
+    fn wire_names_round_trip_through_serde_and_from_str() {
         // GIVEN every status WHEN serialised THEN the wire name matches as_str and parses back
         for st in RefundStatus::ALL {
             let json = serde_json::to_string(&st).unwrap();
@@ -322,82 +388,38 @@ mod tests {
             assert_eq!(serde_json::from_str::<RefundStatus>(&json).unwrap(), st);
             assert_eq!(st.as_str().parse::<RefundStatus>().unwrap(), st);
         }
-        assert_eq!(RetryWait.as_str(), "RETRY_WAIT");
-        assert_eq!(RefundClose.as_str(), "REFUNDCLOSE");
-        assert!("REFUND_CLOSE".parse::<RefundStatus>().is_err());
     }
 
     #[test]
-    fn final_and_release_rules() {
-        // GIVEN the four final statuses THEN only FAILED and REFUNDCLOSE release the amount
-        let finals: Vec<_> = RefundStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_final())
-            .collect();
-        assert_eq!(finals, vec![Success, RefundClose, Change, Failed]);
-        let releasing: Vec<_> = RefundStatus::ALL
-            .into_iter()
-            .filter(|s| s.releases_reservation())
-            .collect();
-        assert_eq!(releasing, vec![RefundClose, Failed]);
-        assert!(Change.needs_person() && !Change.releases_reservation());
-        assert!(Failed.releases_slot() && !RefundClose.releases_slot());
-    }
-
-    #[test]
-    fn final_states_go_nowhere() {
-        // GIVEN a final status WHEN asked for any move THEN it is refused
-        for from in RefundStatus::ALL.into_iter().filter(|s| s.is_final()) {
-            for to in RefundStatus::ALL {
-                assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
-            }
-        }
-    }
-
-    #[test]
-    fn diagram_moves_are_allowed_and_others_refused() {
-        // GIVEN the design diagram THEN its arrows are allowed and a sample of non-arrows refused
-        for (from, to) in [
-            (Recorded, Submitting),
-            (Submitting, Processing),
-            (Submitting, Unknown),
-            (Submitting, RetryWait),
-            (Submitting, Failed),
-            (Submitting, Success),
-            (RetryWait, Submitting),
-            (Unknown, Submitting),
-            (Unknown, Success),
-            (Processing, Success),
-            (Processing, RefundClose),
-            (Processing, Change),
-            (Processing, Processing),
-        ] {
-            assert!(from.can_move_to(to), "{from} -> {to} must be allowed");
-        }
-        for (from, to) in [
-            (Recorded, Processing),
-            (Recorded, Failed),
-            (Recorded, Recorded),
-            (Submitting, Recorded),
-            (Submitting, Submitting),
-            (Processing, Submitting),
-            (Processing, Failed),
-            (Processing, Unknown),
-        ] {
-            assert!(!from.can_move_to(to), "{from} -> {to} must be refused");
-        }
+    fn unknown_status_names_are_refused_and_truncated() {
+        // GIVEN near-miss and overlong names WHEN parsed THEN refused, the echo capped at 32 chars
+        assert_eq!(
+            "REFUND_CLOSE".parse::<RefundStatus>(),
+            Err(UnknownStatus("REFUND_CLOSE".into()))
+        );
+        assert!("success".parse::<RefundStatus>().is_err());
+        assert!("".parse::<RefundStatus>().is_err());
+        let long = "X".repeat(100);
+        assert_eq!(
+            long.parse::<RefundStatus>(),
+            Err(UnknownStatus("X".repeat(32)))
+        );
+        assert_eq!(
+            UnknownStatus("NOPE".into()).to_string(),
+            "unknown refund status \"NOPE\""
+        );
     }
 
     #[test]
     fn every_non_final_state_can_reach_a_final_one() {
-        // GIVEN the table WHEN walking it from RECORDED THEN a final state is reachable from every
-        // reachable state (no refund can get stuck by construction)
+        // GIVEN the expected table WHEN walking it THEN a final state is reachable from every
+        // non-final state (no refund can get stuck by construction)
         for start in RefundStatus::ALL.into_iter().filter(|s| !s.is_final()) {
             let mut seen = vec![start];
             let mut i = 0;
             while i < seen.len() {
                 for to in RefundStatus::ALL {
-                    if seen[i].can_move_to(to) && !seen.contains(&to) {
+                    if allowed(seen[i], to) && !seen.contains(&to) {
                         seen.push(to);
                     }
                 }
@@ -407,40 +429,119 @@ mod tests {
         }
     }
 
-    #[test]
-    fn leasable_states() {
-        // GIVEN the statuses THEN exactly RECORDED, RETRY_WAIT and UNKNOWN are leasable
-        let leasable: Vec<_> = RefundStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_leasable())
-            .collect();
-        assert_eq!(leasable, vec![Recorded, Unknown, RetryWait]);
-        for s in &leasable {
-            assert!(s.can_move_to(Submitting));
+    fn record(status: RefundStatus, next_check_at: Option<UnixMillis>) -> RefundRecord {
+        RefundRecord {
+            out_refund_no: OutRefundNo::new("R1").unwrap(),
+            order: OrderRef::OutTradeNo(OutTradeNo::new("ORDER-1").unwrap()),
+            out_trade_no: None,
+            transaction_id: None,
+            refund_id: None,
+            total_fee: Fen::new(100).unwrap(),
+            refund_fee: Fen::new(10).unwrap(),
+            refund_desc: None,
+            refund_account: None,
+            status,
+            attempts: 0,
+            last_error: None,
+            refund_recv_account: None,
+            success_time: None,
+            created_at: UnixMillis(1),
+            updated_at: UnixMillis(1),
+            request_hash: "h".into(),
+            version: 1,
+            lease: None,
+            next_check_at,
+            external: false,
         }
     }
 
     #[test]
-    fn time_helpers_saturate() {
-        // GIVEN a time WHEN adding a huge duration or aging into the past THEN nothing wraps
-        let t = UnixMillis(1_000);
-        assert_eq!(t.plus(std::time::Duration::from_secs(2)), UnixMillis(3_000));
-        assert_eq!(t.plus(std::time::Duration::MAX), UnixMillis(u64::MAX));
-        assert_eq!(UnixMillis(5_000).age_at(t), std::time::Duration::ZERO);
-        assert_eq!(t.age_at(UnixMillis(4_000)).as_millis(), 3_000);
-        assert!(UnixMillis::now().get() > 1_700_000_000_000);
+    fn is_due_for_every_status_at_the_boundary() {
+        // GIVEN a next check at t=1000, one per status, expected due-ness when the check has come
+        let now = UnixMillis(1_000);
+        for (st, due) in [
+            (Recorded, true),
+            (Submitting, true),
+            (Processing, true),
+            (Unknown, true),
+            (RetryWait, true),
+            (Success, false),
+            (RefundClose, false),
+            (Change, false),
+            (Failed, false),
+        ] {
+            // WHEN the check is exactly now or earlier THEN due iff non-final
+            assert_eq!(record(st, Some(now)).is_due(now), due, "{st} at its check");
+            assert_eq!(
+                record(st, Some(UnixMillis(999))).is_due(now),
+                due,
+                "{st} late"
+            );
+            // WHEN the check is 1 ms ahead, or there is none THEN never due
+            assert!(
+                !record(st, Some(UnixMillis(1_001))).is_due(now),
+                "{st} early"
+            );
+            assert!(!record(st, None).is_due(now), "{st} without a check");
+        }
     }
 
     #[test]
-    fn order_book_available() {
-        // GIVEN an order of 100 with 30 reserved THEN 70 is available
-        let book = OrderBook {
+    fn time_helpers_saturate_and_print_as_integers() {
+        // GIVEN a time WHEN adding a huge duration or aging into the past THEN nothing wraps
+        let t = UnixMillis(1_000);
+        assert_eq!(t.get(), 1_000);
+        assert_eq!(t.plus(std::time::Duration::from_secs(2)), UnixMillis(3_000));
+        assert_eq!(t.plus(std::time::Duration::MAX), UnixMillis(u64::MAX));
+        assert_eq!(
+            UnixMillis(u64::MAX - 1).plus(std::time::Duration::from_millis(5)),
+            UnixMillis(u64::MAX)
+        );
+        assert_eq!(UnixMillis(5_000).age_at(t), std::time::Duration::ZERO);
+        assert_eq!(t.age_at(UnixMillis(4_000)).as_millis(), 3_000);
+        assert_eq!(t.to_string(), "1000");
+        // THEN the wall clock is after 2023 and moves forward
+        let a = UnixMillis::now();
+        assert!(a.get() > 1_700_000_000_000);
+        assert!(UnixMillis::now() >= a);
+    }
+
+    fn book(total: u64, reserved: u64, count: u32) -> OrderBook {
+        OrderBook {
             order: OrderRef::OutTradeNo(OutTradeNo::new("ORDER-1").unwrap()),
-            total_fee: Fen::new(100).unwrap(),
-            reserved: Fen::new(30).unwrap(),
-            count: 1,
+            total_fee: Fen::new(total).unwrap(),
+            reserved: Fen::new(reserved).unwrap(),
+            count,
             refunds: vec![],
-        };
-        assert_eq!(book.available(), Fen::new(70).unwrap());
+        }
+    }
+
+    #[test]
+    fn order_book_available_is_total_minus_reserved_never_negative() {
+        // GIVEN (total, reserved, expected available)
+        for (total, reserved, available) in [(100, 30, 70), (100, 0, 100), (100, 100, 0), (5, 9, 0)]
+        {
+            // THEN available is what is left, floored at zero
+            assert_eq!(
+                book(total, reserved, 1).available(),
+                Fen::new(available).unwrap(),
+                "{total} - {reserved}"
+            );
+        }
+    }
+
+    #[test]
+    fn order_book_holds_nothing_only_with_no_amount_and_no_slot() {
+        // GIVEN (reserved, count, expected) WHEN asked THEN only 0 and 0 holds nothing
+        // (a REFUNDCLOSE refund keeps its slot with no amount; a CHANGE one keeps both)
+        for (reserved, count, nothing) in
+            [(0, 0, true), (0, 1, false), (10, 0, false), (10, 1, false)]
+        {
+            assert_eq!(
+                book(100, reserved, count).holds_nothing(),
+                nothing,
+                "reserved {reserved}, count {count}"
+            );
+        }
     }
 }

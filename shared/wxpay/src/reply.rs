@@ -161,6 +161,30 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_sign_counts_as_no_signature() {
+        // GIVEN a refusal with an empty <sign/> THEN it is an unsigned refusal, not a bad signature
+        let body = xml::encode([
+            ("return_code", "SUCCESS"),
+            ("result_code", "FAIL"),
+            ("err_code", "ORDERNOTEXIST"),
+            ("sign", ""),
+        ])
+        .unwrap();
+        assert!(matches!(
+            check(body.as_bytes(), &keys(SignType::Md5), SignType::Md5),
+            Err(ReplyError::Rejected(_))
+        ));
+        // GIVEN a success with an empty <sign/> THEN it is missing its signature
+        let mut fields = OK.to_vec();
+        fields.push(("sign", ""));
+        let body = xml::encode(fields).unwrap();
+        assert!(matches!(
+            check(body.as_bytes(), &keys(SignType::Md5), SignType::Md5),
+            Err(ReplyError::MissingSignature { .. })
+        ));
+    }
+
+    #[test]
     fn result_fail_unsigned_is_accepted_as_refusal_with_details() {
         let body = xml::encode([
             ("return_code", "SUCCESS"),
@@ -222,5 +246,112 @@ mod tests {
             check(&other_merchant, &keys(SignType::Md5), SignType::Md5),
             Err(ReplyError::Malformed { .. })
         ));
+    }
+
+    fn malformed_problem(body: &[u8]) -> String {
+        match check(body, &keys(SignType::Md5), SignType::Md5) {
+            Err(ReplyError::Malformed { problem, raw }) => {
+                assert_eq!(raw.as_bytes(), body);
+                problem
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn envelope_codes_must_be_success_or_fail() {
+        // GIVEN (return_code, result_code, expected problem), signed correctly
+        for (ret, res, problem) in [
+            (None, Some("SUCCESS"), "return_code is missing"),
+            (
+                Some("OK"),
+                Some("SUCCESS"),
+                "return_code is neither SUCCESS nor FAIL",
+            ),
+            (Some("SUCCESS"), None, "result_code is missing"),
+            (
+                Some("SUCCESS"),
+                Some("OK"),
+                "result_code is neither SUCCESS nor FAIL",
+            ),
+        ] {
+            let mut fields = vec![("mch_id", "10000100")];
+            fields.extend(ret.map(|v| ("return_code", v)));
+            fields.extend(res.map(|v| ("result_code", v)));
+            // WHEN checked THEN malformed, with the problem named and the body kept
+            let body = signed(&fields, SignType::Md5);
+            assert_eq!(malformed_problem(&body), problem, "{ret:?}/{res:?}");
+        }
+    }
+
+    #[test]
+    fn a_reply_for_another_appid_or_mch_id_is_malformed() {
+        // GIVEN a correctly signed success naming another appid or mch_id THEN refused by name
+        for (field, problem) in [
+            ("appid", "appid in the reply is not ours"),
+            ("mch_id", "mch_id in the reply is not ours"),
+        ] {
+            let fields: Vec<(&str, &str)> = OK
+                .iter()
+                .map(|&(k, v)| if k == field { (k, "wxother") } else { (k, v) })
+                .collect();
+            assert_eq!(malformed_problem(&signed(&fields, SignType::Md5)), problem);
+        }
+        // GIVEN the ids absent or empty THEN nothing to compare: accepted
+        let bare = signed(
+            &[
+                ("return_code", "SUCCESS"),
+                ("result_code", "SUCCESS"),
+                ("appid", ""),
+            ],
+            SignType::Md5,
+        );
+        assert!(check(&bare, &keys(SignType::Md5), SignType::Md5).is_ok());
+    }
+
+    #[test]
+    fn a_signed_refusal_is_verified_and_then_reported() {
+        // GIVEN a correctly signed business refusal THEN it is a clean refusal with its code
+        let body = signed(
+            &[
+                ("return_code", "SUCCESS"),
+                ("result_code", "FAIL"),
+                ("err_code", "SYSTEMERROR"),
+                ("mch_id", "10000100"),
+            ],
+            SignType::HmacSha256,
+        );
+        match check(&body, &keys(SignType::HmacSha256), SignType::HmacSha256) {
+            Err(e @ ReplyError::Rejected(_)) => {
+                assert!(!e.outcome_unknown());
+                let ReplyError::Rejected(wx) = e else {
+                    unreachable!()
+                };
+                assert_eq!(wx.code, ErrCode::SystemError);
+                assert_eq!(wx.class(), RetryClass::RetrySame);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_a_clean_refusal_has_a_known_outcome() {
+        // GIVEN one error of each kind THEN only Rejected says the request did not take effect
+        let wx = WxError::from_result_fail(&XmlMap::new(), b"");
+        for (err, unknown) in [
+            (ReplyError::Rejected(wx), false),
+            (ReplyError::Xml(XmlError::TooLarge(1)), true),
+            (ReplyError::MissingSignature { raw: String::new() }, true),
+            (ReplyError::BadSignature { raw: String::new() }, true),
+            (
+                ReplyError::Malformed {
+                    problem: "p".into(),
+                    raw: String::new(),
+                },
+                true,
+            ),
+        ] {
+            assert_eq!(err.outcome_unknown(), unknown, "{err:?}");
+        }
     }
 }

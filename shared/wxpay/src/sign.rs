@@ -259,26 +259,117 @@ mod tests {
     }
 
     #[test]
-    fn sign_type_wire_strings() {
-        assert_eq!(SignType::HmacSha256.as_str(), "HMAC-SHA256");
-        assert_eq!("HMAC-SHA256".parse::<SignType>(), Ok(SignType::HmacSha256));
-        assert!("HMAC_SHA256".parse::<SignType>().is_err());
+    fn sign_type_wire_strings_and_lengths() {
+        // GIVEN each sign type (wire string, hex length) THEN printed, parsed and serialised so
+        for (st, wire, len) in [
+            (SignType::Md5, "MD5", 32),
+            (SignType::HmacSha256, "HMAC-SHA256", 64),
+        ] {
+            assert_eq!(st.as_str(), wire);
+            assert_eq!(st.to_string(), wire);
+            assert_eq!(st.hex_len(), len);
+            assert_eq!(sign(OFFICIAL, &official_key(), st).len(), len);
+            assert_eq!(wire.parse::<SignType>(), Ok(st));
+            assert_eq!(serde_json::to_string(&st).unwrap(), format!("\"{wire}\""));
+            assert_eq!(
+                serde_json::from_str::<SignType>(&format!("\"{wire}\"")).unwrap(),
+                st
+            );
+        }
+        assert_eq!(SignType::default(), SignType::Md5);
+        // GIVEN the enum-name spellings some SDKs send WHEN parsed THEN refused
+        for bad in ["HMAC_SHA256", "md5", "HmacSha256", ""] {
+            assert_eq!(
+                bad.parse::<SignType>(),
+                Err(UnknownSignType(bad.into())),
+                "{bad:?}"
+            );
+        }
+        assert!(serde_json::from_str::<SignType>("\"HMAC_SHA256\"").is_err());
+        // GIVEN an overlong value THEN the error echoes at most 32 characters
         assert_eq!(
-            serde_json::to_string(&SignType::HmacSha256).unwrap(),
-            "\"HMAC-SHA256\""
+            "X".repeat(40).parse::<SignType>(),
+            Err(UnknownSignType("X".repeat(32)))
+        );
+        assert_eq!(
+            UnknownSignType("SHA1".into()).to_string(),
+            "unknown sign_type \"SHA1\" (expected MD5 or HMAC-SHA256)"
         );
     }
 
     #[test]
     fn api_key_is_validated_and_redacted() {
-        assert_eq!(ApiKey::new("short").unwrap_err(), ApiKeyError::Length(5));
+        // GIVEN keys of the wrong length or charset THEN refused with the reason
+        for (key, want) in [
+            ("short".to_owned(), ApiKeyError::Length(5)),
+            ("a".repeat(31), ApiKeyError::Length(31)),
+            ("a".repeat(33), ApiKeyError::Length(33)),
+            ("!".repeat(32), ApiKeyError::Charset),
+            ("é".repeat(32), ApiKeyError::Charset), // 32 characters, 64 bytes
+            (format!("{}-", "a".repeat(31)), ApiKeyError::Charset),
+        ] {
+            assert_eq!(ApiKey::new(key.clone()).unwrap_err(), want, "{key}");
+        }
         assert_eq!(
-            ApiKey::new("!".repeat(32)).unwrap_err(),
-            ApiKeyError::Charset
+            ApiKeyError::Length(5).to_string(),
+            "api_v2_key must be exactly 32 characters, got 5 (is this the APIv3 key?)"
         );
+        // GIVEN a valid key THEN it is exposed only on request, never printed
         let key = official_key();
-        assert!(!format!("{key:?}").contains("192006"));
-        assert!(!format!("{key}").contains("192006"));
+        assert_eq!(key.expose(), "192006250b4c09247ec02edce69f6a2d");
+        assert_eq!(format!("{key:?}"), "ApiKey([REDACTED])");
+        assert_eq!(format!("{key}"), "[REDACTED]");
+    }
+
+    #[test]
+    fn signed_fields_drop_sign_and_empty_values_and_sort_by_bytes() {
+        // GIVEN fields out of order, with `sign`, an empty value, a zero, upper case and a duplicate
+        let fields = signed_fields([
+            ("b", "2"),
+            ("sign", "X"),
+            ("a", "1"),
+            ("empty", ""),
+            ("Z", "upper sorts first"),
+            ("coupon_refund_fee", "0"),
+            ("a", "0"),
+        ]);
+        // THEN byte order of the names (ties by value), without `sign` and the empty value
+        assert_eq!(
+            fields,
+            vec![
+                ("Z", "upper sorts first"),
+                ("a", "0"),
+                ("a", "1"),
+                ("b", "2"),
+                ("coupon_refund_fee", "0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn verify_refuses_a_signature_of_the_wrong_length() {
+        // GIVEN the official MD5 signature, cut or padded THEN refused before comparing
+        let key = official_key();
+        assert!(verify(
+            OFFICIAL,
+            &key,
+            SignType::Md5,
+            "9A0A8659F005D6984697E2CA0A9CF3B7"
+        ));
+        for given in [
+            "9A0A8659F005D6984697E2CA0A9CF3B",
+            "9A0A8659F005D6984697E2CA0A9CF3B70",
+            "",
+        ] {
+            assert!(!verify(OFFICIAL, &key, SignType::Md5, given), "{given:?}");
+        }
+        // GIVEN the official HMAC signature in lower case THEN accepted
+        assert!(verify(
+            OFFICIAL,
+            &key,
+            SignType::HmacSha256,
+            "6a9ae1657590fd6257d693a078e1c3e4bb6ba4dc30b23e0ee2496e54170dacd6"
+        ));
     }
 
     proptest! {

@@ -568,9 +568,30 @@ pub(crate) fn with_released(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::tests::allowed;
+    use RefundStatus::*;
 
     fn no(s: &str) -> OutRefundNo {
         OutRefundNo::new(s).unwrap()
+    }
+
+    fn fen(n: u64) -> Fen {
+        Fen::new(n).unwrap()
+    }
+
+    fn trade(s: &str) -> OutTradeNo {
+        OutTradeNo::new(s).unwrap()
+    }
+
+    fn tx(s: &str) -> TransactionId {
+        TransactionId::new(s).unwrap()
+    }
+
+    fn err(code: &str) -> LastError {
+        LastError {
+            code: code.into(),
+            message: format!("{code} message"),
+        }
     }
 
     fn take(d: LeaseDecision) -> RefundRecord {
@@ -583,143 +604,658 @@ mod tests {
     fn new_refund(total: u64, fee: u64) -> NewRefund {
         NewRefund {
             out_refund_no: no("R1"),
-            order: OrderRef::OutTradeNo(OutTradeNo::new("ORDER-1").unwrap()),
-            total_fee: Fen::new(total).unwrap(),
-            refund_fee: Fen::new(fee).unwrap(),
-            refund_desc: None,
-            refund_account: None,
+            order: OrderRef::OutTradeNo(trade("ORDER-1")),
+            total_fee: fen(total),
+            refund_fee: fen(fee),
+            refund_desc: Some("broken".into()),
+            refund_account: Some("REFUND_SOURCE_RECHARGE_FUNDS".into()),
             request_hash: "h".into(),
             now: UnixMillis(1_000),
             next_check_at: UnixMillis(61_000),
         }
     }
 
-    #[test]
-    fn refusal_order_is_total_then_count_then_amount() {
-        // GIVEN a full order with a different total WHEN checked THEN the total mismatch wins
-        let n = new_refund(100, 10);
-        let mut book = fresh_book(&n);
-        book.count = MAX_REFUNDS_PER_ORDER;
-        book.reserved = Fen::new(95).unwrap();
-        book.total_fee = Fen::new(99).unwrap();
-        assert!(matches!(
-            refusal(&book, &n),
-            Some(RecordOutcome::TotalFeeMismatch { .. })
-        ));
-        book.total_fee = Fen::new(100).unwrap();
-        assert!(matches!(
-            refusal(&book, &n),
-            Some(RecordOutcome::TooManyRefunds { .. })
-        ));
-        book.count = 3;
-        assert!(matches!(
-            refusal(&book, &n),
-            Some(RecordOutcome::AmountExceeded { .. })
-        ));
-        book.reserved = Fen::new(90).unwrap();
-        assert_eq!(refusal(&book, &n), None, "exactly the total fits");
-    }
-
-    #[test]
-    fn lease_rules() {
-        // GIVEN a recorded refund WHEN leased THEN it is SUBMITTING, due at lease expiry
-        let rec = new_record(&new_refund(100, 10));
-        let now = UnixMillis(2_000);
-        let leased = take(lease_decision(&rec, "a", Duration::from_secs(30), now));
-        assert_eq!(leased.status, RefundStatus::Submitting);
-        assert_eq!(leased.attempts, 1);
-        assert_eq!(leased.version, 2);
-        assert_eq!(leased.next_check_at, Some(UnixMillis(32_000)));
-        // WHEN another owner tries before expiry THEN held; after expiry THEN taken over
-        assert!(matches!(
-            lease_decision(&leased, "b", Duration::from_secs(30), UnixMillis(31_999)),
-            LeaseDecision::Refuse(LeaseOutcome::Held(_))
-        ));
-        let taken = take(lease_decision(
-            &leased,
-            "b",
-            Duration::from_secs(30),
-            UnixMillis(32_000),
-        ));
-        assert_eq!(taken.lease.unwrap().owner, "b");
-        assert_eq!(taken.attempts, 2);
-    }
-
-    #[test]
-    fn transition_clears_lease_and_pending_when_final() {
-        // GIVEN a leased refund WHEN it goes to SUCCESS THEN lease and next check are gone
-        let rec = new_record(&new_refund(100, 10));
-        let leased = take(lease_decision(
-            &rec,
-            "a",
-            Duration::from_secs(30),
-            UnixMillis(2),
-        ));
-        let t = Transition {
+    /// A record with every field set to something distinguishable, in `status`.
+    fn stored(status: RefundStatus) -> RefundRecord {
+        RefundRecord {
             out_refund_no: no("R1"),
-            expected_status: RefundStatus::Submitting,
-            expected_version: 2,
-            lease_owner: Some("a".into()),
-            to: RefundStatus::Success,
-            changes: Changes {
-                last_error: Patch::Set(LastError {
-                    code: "X".into(),
-                    message: "y".into(),
-                }),
-                ..Changes::default()
-            },
-            now: UnixMillis(3),
-        };
-        assert_eq!(illegal(&t), None);
-        assert!(fence_holds(&leased, &t));
-        let done = apply_transition(&leased, &t);
-        assert_eq!(done.lease, None);
-        assert_eq!(done.next_check_at, None);
-        assert_eq!(done.version, 3);
-        assert_eq!(done.last_error.map(|e| e.code), Some("X".into()));
-        // WHEN the lease owner is someone else THEN the fence fails
-        let other = Transition {
-            lease_owner: Some("b".into()),
-            ..t.clone()
-        };
-        assert!(!fence_holds(&leased, &other));
-        // WHEN leaving SUBMITTING without an owner THEN the move is illegal before any I/O
-        let anonymous = Transition {
-            lease_owner: None,
-            ..t
-        };
-        assert!(matches!(
-            illegal(&anonymous),
-            Some(TransitionOutcome::Illegal { .. })
-        ));
-    }
-
-    #[test]
-    fn external_record_rules() {
-        // GIVEN a WeChat-reported PROCESSING refund THEN it is pending and external
-        let e = ExternalRefund {
-            out_refund_no: no("EXT1"),
-            order: OrderRef::OutTradeNo(OutTradeNo::new("ORDER-1").unwrap()),
-            out_trade_no: None,
+            order: OrderRef::OutTradeNo(trade("ORDER-1")),
+            out_trade_no: Some(trade("ORDER-1")),
             transaction_id: None,
             refund_id: None,
-            total_fee: Fen::new(100).unwrap(),
-            refund_fee: Fen::new(10).unwrap(),
-            status: RefundStatus::Processing,
+            total_fee: fen(100),
+            refund_fee: fen(10),
+            refund_desc: Some("broken".into()),
             refund_account: None,
+            status,
+            attempts: 3,
+            last_error: Some(err("OLD")),
             refund_recv_account: None,
             success_time: None,
+            created_at: UnixMillis(1_000),
+            updated_at: UnixMillis(2_000),
+            request_hash: "h".into(),
+            version: 7,
+            lease: (status == Submitting).then(|| Lease {
+                owner: "a".into(),
+                expires_at: UnixMillis(90_000),
+            }),
+            next_check_at: Some(UnixMillis(90_000)),
+            external: false,
+        }
+    }
+
+    fn transition(from: RefundStatus, to: RefundStatus, changes: Changes) -> Transition {
+        Transition {
+            out_refund_no: no("R1"),
+            expected_status: from,
+            expected_version: 7,
+            lease_owner: (from == Submitting).then(|| "a".to_owned()),
+            to,
+            changes,
+            now: UnixMillis(5_000),
+        }
+    }
+
+    // ---- record -------------------------------------------------------------------------------
+
+    #[test]
+    fn new_record_writes_every_field_from_the_request() {
+        // GIVEN a request naming the order by out_trade_no WHEN recorded THEN this exact record
+        let n = new_refund(100, 10);
+        assert_eq!(
+            new_record(&n),
+            RefundRecord {
+                out_refund_no: no("R1"),
+                order: OrderRef::OutTradeNo(trade("ORDER-1")),
+                out_trade_no: Some(trade("ORDER-1")),
+                transaction_id: None,
+                refund_id: None,
+                total_fee: fen(100),
+                refund_fee: fen(10),
+                refund_desc: Some("broken".into()),
+                refund_account: Some("REFUND_SOURCE_RECHARGE_FUNDS".into()),
+                status: Recorded,
+                attempts: 0,
+                last_error: None,
+                refund_recv_account: None,
+                success_time: None,
+                created_at: UnixMillis(1_000),
+                updated_at: UnixMillis(1_000),
+                request_hash: "h".into(),
+                version: 1,
+                lease: None,
+                next_check_at: Some(UnixMillis(61_000)),
+                external: false,
+            }
+        );
+        // GIVEN the order named by transaction_id THEN that is the id the record carries
+        let by_tx = NewRefund {
+            order: OrderRef::TransactionId(tx("4200000001")),
+            ..n
+        };
+        let rec = new_record(&by_tx);
+        assert_eq!(rec.out_trade_no, None);
+        assert_eq!(rec.transaction_id, Some(tx("4200000001")));
+    }
+
+    #[test]
+    fn fresh_book_is_empty_with_the_request_total() {
+        // GIVEN an order never seen WHEN its book is made THEN nothing reserved, no slot taken
+        assert_eq!(
+            fresh_book(&new_refund(100, 10)),
+            OrderBook {
+                order: OrderRef::OutTradeNo(trade("ORDER-1")),
+                total_fee: fen(100),
+                reserved: Fen::ZERO,
+                count: 0,
+                refunds: vec![],
+            }
+        );
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Refusal {
+        Accept,
+        Mismatch,
+        TooMany,
+        Exceeded,
+    }
+
+    #[test]
+    fn refusal_for_every_order_rule() {
+        use Refusal::*;
+        let max = wxpay::money::MAX_FEN;
+        // GIVEN (book total, reserved, count, request total, refund fee) and the expected answer
+        for (book_total, reserved, count, total, fee, want) in [
+            // amounts: exactly the total fits, one fen more does not
+            (100, 0, 0, 100, 100, Accept),
+            (100, 90, 3, 100, 10, Accept),
+            (100, 90, 3, 100, 11, Exceeded),
+            (max, max, 3, max, 1, Exceeded), // the sum leaves the Fen range
+            // the 50 cap: the 50th fits, the 51st does not
+            (100, 0, 49, 100, 1, Accept),
+            (100, 0, 50, 100, 1, TooMany),
+            (100, 0, 51, 100, 1, TooMany),
+            // another total: refused while anything is held...
+            (100, 10, 1, 99, 1, Mismatch),
+            (100, 0, 1, 99, 1, Mismatch), // a REFUNDCLOSE refund keeps its slot
+            (100, 10, 0, 99, 1, Mismatch), // an amount without a slot
+            // ...but an order whose refunds all FAILED takes the new total, amounts checked on it
+            (100, 0, 0, 99, 99, Accept),
+            (100, 0, 0, 200, 150, Accept),
+            (200, 0, 0, 100, 150, Exceeded),
+            // order of the answers: total, then cap, then amount
+            (99, 95, 50, 100, 10, Mismatch),
+            (100, 95, 50, 100, 10, TooMany),
+        ] {
+            let n = new_refund(total, fee);
+            let book = OrderBook {
+                total_fee: fen(book_total),
+                reserved: fen(reserved),
+                count,
+                ..fresh_book(&n)
+            };
+            let got = refusal(&book, &n);
+            let case = format!("book {book_total}/{reserved}/{count}, request {total}/{fee}");
+            // THEN the answer is the expected one and carries the book as it is
+            let kind = match &got {
+                None => Accept,
+                Some(RecordOutcome::TotalFeeMismatch { book: b }) => {
+                    assert_eq!(b, &book, "{case}");
+                    Mismatch
+                }
+                Some(RecordOutcome::TooManyRefunds { book: b }) => {
+                    assert_eq!(b, &book, "{case}");
+                    TooMany
+                }
+                Some(RecordOutcome::AmountExceeded { book: b }) => {
+                    assert_eq!(b, &book, "{case}");
+                    Exceeded
+                }
+                Some(other) => panic!("{case}: {other:?}"),
+            };
+            assert_eq!(kind, want, "{case}");
+        }
+    }
+
+    #[test]
+    fn same_hash_is_a_replay_another_hash_a_reused_key() {
+        // GIVEN a stored record with hash "h"
+        let rec = new_record(&new_refund(100, 10));
+        // WHEN the same number comes with the same hash THEN the stored record, as a replay
+        assert_eq!(
+            existing_outcome(rec.clone(), "h"),
+            RecordOutcome::Existing(rec.clone())
+        );
+        // WHEN it comes with another hash (or hits an external record) THEN a reused key
+        assert_eq!(
+            existing_outcome(rec.clone(), "h2"),
+            RecordOutcome::KeyReused(rec.clone())
+        );
+        let ext = RefundRecord {
+            request_hash: EXTERNAL_REQUEST_HASH.into(),
+            ..rec
+        };
+        assert_eq!(
+            existing_outcome(ext.clone(), "h"),
+            RecordOutcome::KeyReused(ext)
+        );
+        assert_eq!(EXTERNAL_REQUEST_HASH, "external");
+    }
+
+    // ---- lease --------------------------------------------------------------------------------
+
+    #[derive(Debug, PartialEq)]
+    enum LeaseAnswer {
+        Take,
+        Held,
+        NotLeasable,
+    }
+
+    fn lease_answer(d: &LeaseDecision) -> LeaseAnswer {
+        match d {
+            LeaseDecision::Take(_) => LeaseAnswer::Take,
+            LeaseDecision::Refuse(LeaseOutcome::Held(_)) => LeaseAnswer::Held,
+            LeaseDecision::Refuse(LeaseOutcome::NotLeasable(_)) => LeaseAnswer::NotLeasable,
+            LeaseDecision::Refuse(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lease_decision_for_every_status() {
+        // GIVEN a refund in each status, SUBMITTING under a lease until t=90000, asked at t=5000
+        let now = UnixMillis(5_000);
+        let ttl = Duration::from_secs(30);
+        for (st, want) in [
+            (Recorded, LeaseAnswer::Take),
+            (Submitting, LeaseAnswer::Held),
+            (Processing, LeaseAnswer::NotLeasable),
+            (Unknown, LeaseAnswer::Take),
+            (RetryWait, LeaseAnswer::Take),
+            (Success, LeaseAnswer::NotLeasable),
+            (RefundClose, LeaseAnswer::NotLeasable),
+            (Change, LeaseAnswer::NotLeasable),
+            (Failed, LeaseAnswer::NotLeasable),
+        ] {
+            let rec = stored(st);
+            // THEN the decision is the expected one; a refusal carries the record untouched
+            let d = lease_decision(&rec, "b", ttl, now);
+            assert_eq!(lease_answer(&d), want, "{st}");
+            if let LeaseDecision::Refuse(LeaseOutcome::Held(r) | LeaseOutcome::NotLeasable(r)) = d {
+                assert_eq!(r, rec, "{st}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_submitting_lease_is_held_until_it_expires_even_for_its_owner() {
+        // GIVEN a SUBMITTING refund leased by "a" until t=90000
+        let rec = stored(Submitting);
+        let ttl = Duration::from_secs(30);
+        for (owner, at, want) in [
+            ("b", 89_999, LeaseAnswer::Held),
+            ("a", 89_999, LeaseAnswer::Held),
+            ("b", 90_000, LeaseAnswer::Take),
+            ("a", 90_001, LeaseAnswer::Take),
+        ] {
+            // WHEN asked by `owner` at `at` THEN held before expiry, taken from expiry on
+            let d = lease_decision(&rec, owner, ttl, UnixMillis(at));
+            assert_eq!(lease_answer(&d), want, "{owner} at {at}");
+        }
+        // GIVEN SUBMITTING without any lease (a broken write) THEN it can be taken
+        let orphan = RefundRecord { lease: None, ..rec };
+        let d = lease_decision(&orphan, "b", ttl, UnixMillis(0));
+        assert_eq!(lease_answer(&d), LeaseAnswer::Take);
+    }
+
+    #[test]
+    fn taking_a_lease_writes_owner_expiry_attempt_version_and_next_check() {
+        // GIVEN a RETRY_WAIT refund (3 attempts, version 7) WHEN leased at 5000 for 30 s
+        let rec = stored(RetryWait);
+        let leased = take(lease_decision(
+            &rec,
+            "b",
+            Duration::from_secs(30),
+            UnixMillis(5_000),
+        ));
+        // THEN exactly these fields change
+        let want = RefundRecord {
+            status: Submitting,
+            lease: Some(Lease {
+                owner: "b".into(),
+                expires_at: UnixMillis(35_000),
+            }),
+            attempts: 4,
+            version: 8,
+            updated_at: UnixMillis(5_000),
+            next_check_at: Some(UnixMillis(35_000)),
+            ..stored(RetryWait)
+        };
+        assert_eq!(leased, want);
+        // GIVEN an expired SUBMITTING lease WHEN taken over THEN the new owner, one more attempt
+        let over = take(lease_decision(
+            &stored(Submitting),
+            "c",
+            Duration::from_secs(1),
+            UnixMillis(90_000),
+        ));
+        assert_eq!(
+            over.lease,
+            Some(Lease {
+                owner: "c".into(),
+                expires_at: UnixMillis(91_000),
+            })
+        );
+        assert_eq!((over.attempts, over.version), (4, 8));
+        // GIVEN a counter at its maximum THEN it saturates instead of wrapping
+        let worn = RefundRecord {
+            attempts: u32::MAX,
+            ..stored(Unknown)
+        };
+        let d = lease_decision(&worn, "b", Duration::ZERO, UnixMillis(0));
+        assert_eq!(take(d).attempts, u32::MAX);
+    }
+
+    // ---- transition ---------------------------------------------------------------------------
+
+    #[test]
+    fn illegal_for_every_move_with_and_without_a_lease_owner() {
+        // GIVEN every (from, to) pair, with and without a lease owner
+        for from in RefundStatus::ALL {
+            for to in RefundStatus::ALL {
+                for owner in [Some("a".to_owned()), None] {
+                    let t = Transition {
+                        lease_owner: owner.clone(),
+                        ..transition(from, to, Changes::default())
+                    };
+                    // THEN legal only for an arrow of the table, never into SUBMITTING (that is
+                    // acquire_lease's), and out of SUBMITTING only naming the lease owner
+                    let legal = allowed(from, to)
+                        && to != Submitting
+                        && !(from == Submitting && owner.is_none());
+                    let want = (!legal).then_some(TransitionOutcome::Illegal { from, to });
+                    assert_eq!(illegal(&t), want, "{from} -> {to}, owner {owner:?}");
+                }
+            }
+        }
+        // and spelled out for the cases the formula above could hide
+        let t = |from, to, owner: Option<&str>| Transition {
+            lease_owner: owner.map(str::to_owned),
+            ..transition(from, to, Changes::default())
+        };
+        assert_eq!(illegal(&t(Submitting, Processing, Some("a"))), None);
+        assert_eq!(illegal(&t(Unknown, Success, None)), None);
+        assert!(illegal(&t(Submitting, Processing, None)).is_some());
+        assert!(illegal(&t(RetryWait, Submitting, Some("a"))).is_some());
+        assert!(illegal(&t(Recorded, Submitting, None)).is_some());
+        assert!(illegal(&t(Processing, Failed, None)).is_some());
+    }
+
+    #[test]
+    fn the_fence_needs_status_version_and_for_submitting_the_lease_owner() {
+        let t = |from, version, owner: Option<&str>| Transition {
+            expected_version: version,
+            lease_owner: owner.map(str::to_owned),
+            ..transition(from, Success, Changes::default())
+        };
+        // GIVEN a record at (status, version 7, lease "a" if SUBMITTING) and what the writer expected
+        for (rec, tr, holds) in [
+            (stored(Unknown), t(Unknown, 7, None), true),
+            (stored(Unknown), t(Processing, 7, None), false), // another status
+            (stored(Unknown), t(Unknown, 6, None), false),    // an older version
+            (stored(Unknown), t(Unknown, 8, None), false),    // a newer version
+            (stored(Unknown), t(Unknown, 7, Some("z")), true), // owner ignored off SUBMITTING
+            (stored(Submitting), t(Submitting, 7, Some("a")), true),
+            (stored(Submitting), t(Submitting, 7, Some("b")), false), // another owner
+            (stored(Submitting), t(Submitting, 7, None), false),
+            (stored(Submitting), t(Submitting, 6, Some("a")), false),
+            (
+                RefundRecord {
+                    lease: None,
+                    ..stored(Submitting)
+                },
+                t(Submitting, 7, Some("a")),
+                false,
+            ),
+        ] {
+            // THEN the fence holds only when all of it matches
+            assert_eq!(fence_holds(&rec, &tr), holds, "{rec:?} vs {tr:?}");
+        }
+    }
+
+    fn every_change() -> Changes {
+        Changes {
+            refund_id: Some(RefundId::new("50000000382019052709732678859").unwrap()),
+            transaction_id: Some(tx("4200000002")),
+            out_trade_no: Some(trade("ORDER-2")),
+            last_error: Patch::Set(err("NEW")),
+            refund_recv_account: Some("支付用户零钱".into()),
+            success_time: Some("2026-01-02 03:04:05".into()),
+            next_check_at: Some(UnixMillis(77_000)),
+        }
+    }
+
+    #[test]
+    fn every_allowed_move_writes_every_changed_field() {
+        // GIVEN every arrow of the table except into SUBMITTING, with every field changed
+        for from in RefundStatus::ALL {
+            for to in RefundStatus::ALL {
+                if !allowed(from, to) || to == Submitting {
+                    continue;
+                }
+                let next = apply_transition(&stored(from), &transition(from, to, every_change()));
+                // THEN the record carries each change, one version up, stamped now; the lease ends
+                // when leaving SUBMITTING; a final target leaves the pending index
+                let want = RefundRecord {
+                    status: to,
+                    version: 8,
+                    updated_at: UnixMillis(5_000),
+                    refund_id: Some(RefundId::new("50000000382019052709732678859").unwrap()),
+                    transaction_id: Some(tx("4200000002")),
+                    out_trade_no: Some(trade("ORDER-2")),
+                    last_error: Some(err("NEW")),
+                    refund_recv_account: Some("支付用户零钱".into()),
+                    success_time: Some("2026-01-02 03:04:05".into()),
+                    lease: None,
+                    next_check_at: (!matches!(to, Success | RefundClose | Change | Failed))
+                        .then_some(UnixMillis(77_000)),
+                    ..stored(from)
+                };
+                assert_eq!(next, want, "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_move_without_changes_keeps_every_field() {
+        // GIVEN a record with all optional fields set WHEN moved with no changes
+        let full = RefundRecord {
+            refund_id: Some(RefundId::new("5000").unwrap()),
+            transaction_id: Some(tx("4200000001")),
+            refund_recv_account: Some("招商银行信用卡0403".into()),
+            success_time: Some("2026-01-01 00:00:00".into()),
+            ..stored(Unknown)
+        };
+        let next = apply_transition(&full, &transition(Unknown, Processing, Changes::default()));
+        // THEN only status, version and updated_at move
+        assert_eq!(
+            next,
+            RefundRecord {
+                status: Processing,
+                version: 8,
+                updated_at: UnixMillis(5_000),
+                ..full
+            }
+        );
+    }
+
+    #[test]
+    fn last_error_is_kept_set_or_cleared() {
+        // GIVEN a record whose last error is OLD
+        for (patch, want) in [
+            (Patch::Keep, Some(err("OLD"))),
+            (Patch::Set(err("NEW")), Some(err("NEW"))),
+            (Patch::Clear, None),
+        ] {
+            let changes = Changes {
+                last_error: patch.clone(),
+                ..Changes::default()
+            };
+            // WHEN moved with the patch THEN the last error is as patched
+            let next = apply_transition(&stored(Unknown), &transition(Unknown, Unknown, changes));
+            assert_eq!(next.last_error, want, "{patch:?}");
+        }
+    }
+
+    #[test]
+    fn next_check_is_rescheduled_kept_or_dropped() {
+        // GIVEN a record due at 90000 (target, requested next check, expected next check)
+        for (to, asked, want) in [
+            (Unknown, Some(77_000), Some(77_000)), // rescheduled
+            (Unknown, None, Some(90_000)),         // kept
+            (Processing, Some(77_000), Some(77_000)),
+            (RetryWait, None, Some(90_000)),
+            (Success, Some(77_000), None), // final: out of the pending index regardless
+            (RefundClose, None, None),
+            (Change, Some(77_000), None),
+            (Failed, None, None),
+        ] {
+            let changes = Changes {
+                next_check_at: asked.map(UnixMillis),
+                ..Changes::default()
+            };
+            let next = apply_transition(&stored(Unknown), &transition(Unknown, to, changes));
+            assert_eq!(next.next_check_at, want.map(UnixMillis), "{to}, {asked:?}");
+        }
+    }
+
+    #[test]
+    fn only_leaving_submitting_ends_the_lease() {
+        // GIVEN a SUBMITTING refund under a lease WHEN it moves on THEN the lease is gone
+        let next = apply_transition(
+            &stored(Submitting),
+            &transition(Submitting, Unknown, Changes::default()),
+        );
+        assert_eq!(next.lease, None);
+        // GIVEN a (stale) lease on a PROCESSING refund WHEN it moves THEN the field is left alone
+        let lease = Some(Lease {
+            owner: "a".into(),
+            expires_at: UnixMillis(1),
+        });
+        let odd = RefundRecord {
+            lease: lease.clone(),
+            ..stored(Processing)
+        };
+        let next = apply_transition(&odd, &transition(Processing, Success, Changes::default()));
+        assert_eq!(next.lease, lease);
+    }
+
+    #[test]
+    fn every_releasing_move_gives_back_the_amount_and_only_failed_the_slot() {
+        // GIVEN an order of 100 with 30 reserved over 3 refunds, one of them of 10
+        let book = OrderBook {
+            reserved: fen(30),
+            count: 3,
+            ..fresh_book(&new_refund(100, 10))
+        };
+        // (target, reserved after, count after): FAILED gives back both, REFUNDCLOSE keeps its slot
+        let expected = [(Failed, 20, 2), (RefundClose, 20, 3)];
+        let mut moves = 0;
+        for from in RefundStatus::ALL {
+            for (to, reserved, count) in expected {
+                if !allowed(from, to) {
+                    continue;
+                }
+                // WHEN the refund enters a releasing status THEN the book is this
+                let after = released(&book, &stored(from), to);
+                let want = OrderBook {
+                    reserved: fen(reserved),
+                    count,
+                    ..book.clone()
+                };
+                assert_eq!(after, want, "{from} -> {to}");
+                moves += 1;
+            }
+        }
+        // (SUBMITTING, UNKNOWN, RETRY_WAIT → both; PROCESSING → REFUNDCLOSE only)
+        assert_eq!(moves, 7);
+        // GIVEN a book that somehow holds less WHEN released THEN it floors at zero
+        let thin = OrderBook {
+            reserved: fen(4),
+            count: 0,
+            ..book
+        };
+        let after = released(&thin, &stored(Unknown), Failed);
+        assert_eq!((after.reserved, after.count), (Fen::ZERO, 0));
+    }
+
+    // ---- external refunds ---------------------------------------------------------------------
+
+    fn external(status: RefundStatus) -> ExternalRefund {
+        ExternalRefund {
+            out_refund_no: no("EXT1"),
+            order: OrderRef::OutTradeNo(trade("ORDER-1")),
+            out_trade_no: None,
+            transaction_id: None,
+            refund_id: Some(RefundId::new("5000").unwrap()),
+            total_fee: fen(100),
+            refund_fee: fen(10),
+            status,
+            refund_account: Some("REFUND_SOURCE_UNSETTLED_FUNDS".into()),
+            refund_recv_account: Some("支付用户零钱".into()),
+            success_time: Some("2026-01-02 03:04:05".into()),
             now: UnixMillis(5),
             next_check_at: None,
+        }
+    }
+
+    #[test]
+    fn external_record_accepts_only_the_statuses_wechat_reports() {
+        // GIVEN an external refund in each status (accepted?, next check when accepted)
+        for (st, accepted, next_check) in [
+            (Recorded, false, None),
+            (Submitting, false, None),
+            (Processing, true, Some(UnixMillis(5))),
+            (Unknown, false, None),
+            (RetryWait, false, None),
+            (Success, true, None),
+            (RefundClose, true, None),
+            (Change, true, None),
+            (Failed, false, None),
+        ] {
+            // THEN WeChat's statuses are recorded as they are; ours are refused
+            let got = external_record(&external(st));
+            assert_eq!(got.is_some(), accepted, "{st}");
+            if let Some(rec) = got {
+                assert_eq!(rec.status, st);
+                assert_eq!(rec.next_check_at, next_check, "{st}");
+            }
+        }
+    }
+
+    #[test]
+    fn external_record_writes_every_field() {
+        // GIVEN a PROCESSING refund WeChat reported with its next check WHEN recorded
+        let e = ExternalRefund {
+            next_check_at: Some(UnixMillis(60_005)),
+            ..external(Processing)
         };
-        let rec = external_record(&e).unwrap();
-        assert!(rec.external);
-        assert_eq!(rec.next_check_at, Some(UnixMillis(5)));
-        // WHEN the status is one of ours THEN it is refused
-        let bad = ExternalRefund {
-            status: RefundStatus::Submitting,
-            ..e
+        // THEN this exact record: external, hashed as such, ids from the order
+        assert_eq!(
+            external_record(&e),
+            Some(RefundRecord {
+                out_refund_no: no("EXT1"),
+                order: OrderRef::OutTradeNo(trade("ORDER-1")),
+                out_trade_no: Some(trade("ORDER-1")),
+                transaction_id: None,
+                refund_id: Some(RefundId::new("5000").unwrap()),
+                total_fee: fen(100),
+                refund_fee: fen(10),
+                refund_desc: None,
+                refund_account: Some("REFUND_SOURCE_UNSETTLED_FUNDS".into()),
+                status: Processing,
+                attempts: 0,
+                last_error: None,
+                refund_recv_account: Some("支付用户零钱".into()),
+                success_time: Some("2026-01-02 03:04:05".into()),
+                created_at: UnixMillis(5),
+                updated_at: UnixMillis(5),
+                request_hash: "external".into(),
+                version: 1,
+                lease: None,
+                next_check_at: Some(UnixMillis(60_005)),
+                external: true,
+            })
+        );
+        // GIVEN the ids WeChat reported WHEN recorded THEN they win over the order's
+        let with_ids = ExternalRefund {
+            out_trade_no: Some(trade("ORDER-9")),
+            transaction_id: Some(tx("4200000009")),
+            ..external(Success)
         };
-        assert_eq!(external_record(&bad), None);
+        let rec = external_record(&with_ids).unwrap();
+        assert_eq!(rec.out_trade_no, Some(trade("ORDER-9")));
+        assert_eq!(rec.transaction_id, Some(tx("4200000009")));
+        // GIVEN an order named by transaction_id and nothing else THEN that id is kept
+        let by_tx = ExternalRefund {
+            order: OrderRef::TransactionId(tx("4200000001")),
+            ..external(Success)
+        };
+        let rec = external_record(&by_tx).unwrap();
+        assert_eq!(rec.out_trade_no, None);
+        assert_eq!(rec.transaction_id, Some(tx("4200000001")));
+    }
+
+    #[test]
+    fn cursor_is_the_string_it_was_made_of() {
+        // GIVEN a cursor WHEN read back, printed or serialised THEN it is the same string
+        let c = Cursor::new("3|00000000000000001234|R1");
+        assert_eq!(c.as_str(), "3|00000000000000001234|R1");
+        assert_eq!(c.to_string(), "3|00000000000000001234|R1");
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            "\"3|00000000000000001234|R1\""
+        );
     }
 }
