@@ -452,6 +452,8 @@ pub(crate) mod tests {
             lease: None,
             next_check_at,
             external: false,
+            attention: None,
+            corrections: vec![],
         }
     }
 

@@ -642,6 +642,8 @@ mod tests {
             }),
             next_check_at: Some(UnixMillis(90_000)),
             external: false,
+            attention: None,
+            corrections: vec![],
         }
     }
 
@@ -687,6 +689,8 @@ mod tests {
                 lease: None,
                 next_check_at: Some(UnixMillis(61_000)),
                 external: false,
+                attention: None,
+                corrections: vec![],
             }
         );
         // GIVEN the order named by transaction_id THEN that is the id the record carries
@@ -1226,6 +1230,8 @@ mod tests {
                 lease: None,
                 next_check_at: Some(UnixMillis(60_005)),
                 external: true,
+                attention: None,
+                corrections: vec![],
             })
         );
         // GIVEN the ids WeChat reported WHEN recorded THEN they win over the order's
