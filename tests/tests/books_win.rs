@@ -1,0 +1,113 @@
+//! WeChat's books win, end to end (real sandbox over mTLS): a refund the ledger answered FAILED
+//! while WeChat took it is corrected to WeChat's status once a signed fact says so, with its
+//! history kept, its amount re-reserved and a person told.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{LedgerKind, Stack, refund_body};
+use wxpay_sandbox::books::{Fault, FaultKind, FaultTarget};
+use wxrefund::state::RefundStatus;
+
+/// GIVEN attempt 1 answered SYSTEMERROR after WeChat took the refund, the repeat refused for good
+/// (USER_ACCOUNT_ABNORMAL) and the verifying query answered REFUNDNOTEXIST (WeChat lagging): the
+/// ledger says FAILED and released the amount, while WeChat holds the refund.
+async fn failed_but_taken(stack: &Stack, order: &str, no: &str) {
+    stack.create_order(order, 1000);
+    let fault = |kind, on| Fault {
+        kind,
+        times: Some(1),
+        on,
+    };
+    stack
+        .sandbox
+        .books()
+        .add_faults(
+            Some(order),
+            vec![
+                fault(FaultKind::SystemErrorAfter, FaultTarget::Apply),
+                fault(
+                    FaultKind::Refuse {
+                        err_code: "USER_ACCOUNT_ABNORMAL".into(),
+                        err_code_des: None,
+                    },
+                    FaultTarget::Apply,
+                ),
+                fault(FaultKind::RefundNotExist, FaultTarget::Query),
+            ],
+        )
+        .expect("faults");
+    let (status, view) = stack.post_refund(&refund_body(no, order, 1000, 100)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], "RETRY_WAIT", "{view}");
+    let failed = stack.poll_until(no, RefundStatus::Failed).await;
+    assert_eq!(
+        failed.last_error.expect("reason").code,
+        "USER_ACCOUNT_ABNORMAL"
+    );
+    assert_eq!(stack.order_books(order).refund_count, 1, "WeChat holds it");
+    // WeChat pays it out.
+    stack.sandbox.settle_now();
+}
+
+async fn then_the_ledger_agrees_with_wechat(stack: &Stack, order: &str, no: &str, source: &str) {
+    // THEN the refund reads SUCCESS, flagged for a person, with what we said before
+    let (status, view) = stack.get_refund(no).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["status"], "SUCCESS", "{view}");
+    assert_eq!(view["needs_person"], true, "{view}");
+    let c = &view["corrections"][0];
+    assert_eq!(
+        (
+            c["from"].as_str(),
+            c["to"].as_str(),
+            c["kind"].as_str(),
+            c["source"].as_str()
+        ),
+        (
+            Some("FAILED"),
+            Some("SUCCESS"),
+            Some("contradiction"),
+            Some(source)
+        ),
+        "{view}"
+    );
+    // AND its amount is reserved again: 901 on the 900 left is refused, WeChat never asked
+    let (status, err) = stack
+        .post_refund(&refund_body("R-BW-OVER", order, 1000, 901))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"], "refund_exceeds_order", "{err}");
+    assert_eq!(stack.apply_calls("R-BW-OVER"), 0);
+    let (status, view) = stack
+        .post_refund(&refund_body("R-BW-REST", order, 1000, 900))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refund_wechat_paid_is_corrected_by_the_order_listing() {
+    for kind in [LedgerKind::Dynamo, LedgerKind::Embedded] {
+        let stack = Stack::with_ledger(kind).await;
+        failed_but_taken(&stack, "ORDER-BW-1", "R-BW-1").await;
+        // WHEN the merchant lists the order (WeChat's signed list says SUCCESS)
+        let (status, list) = stack
+            .call(Method::GET, "/orders/ORDER-BW-1/refunds", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        then_the_ledger_agrees_with_wechat(&stack, "ORDER-BW-1", "R-BW-1", "order_listing").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refund_wechat_paid_is_corrected_by_its_notification() {
+    // GIVEN the stack served, so the sandbox's notifications reach it
+    let stack = Stack::served().await;
+    failed_but_taken(&stack, "ORDER-BW-2", "R-BW-2").await;
+    // WHEN WeChat's notification of the SUCCESS arrives (confirmed by a query)
+    common::eventually("the notification corrects the refund", || async {
+        stack.record("R-BW-2").await.status == RefundStatus::Success
+    })
+    .await;
+    then_the_ledger_agrees_with_wechat(&stack, "ORDER-BW-2", "R-BW-2", "notification").await;
+}
