@@ -2,6 +2,9 @@
 //! while WeChat took it is corrected to WeChat's status once a signed fact says so, with its
 //! history kept, its amount re-reserved and a person told.
 
+// Test support: a failed set-up step should stop the test with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use axum::http::{Method, StatusCode};
