@@ -114,3 +114,52 @@ async fn a_failed_refund_wechat_paid_is_corrected_by_its_notification() {
     .await;
     then_the_ledger_agrees_with_wechat(&stack, "ORDER-BW-2", "R-BW-2", "notification").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orders_true_total_comes_from_wechat() {
+    for kind in [LedgerKind::Dynamo, LedgerKind::Embedded] {
+        // GIVEN an order of 2000 whose first refund was sent with a wrong total and refused
+        let stack = Stack::with_ledger(kind).await;
+        stack.create_order("ORDER-BW-3", 2000);
+        let (status, view) = stack
+            .post_refund(&refund_body("R-BW-3A", "ORDER-BW-3", 1000, 100))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        assert_eq!(view["status"], "FAILED", "{view}");
+        assert_eq!(view["last_error"]["code"], "REFUND_FEE_MISMATCH", "{view}");
+        // AND a refund made in the merchant platform, learned from WeChat's order listing
+        stack
+            .sandbox
+            .vendor_refund(
+                "ORDER-BW-3",
+                wxpay_sandbox::books::NewRefund {
+                    out_refund_no: "R-BW-PLATFORM".into(),
+                    refund_fee: 300,
+                },
+            )
+            .expect("platform refund");
+        let (status, list) = stack
+            .call(Method::GET, "/orders/ORDER-BW-3/refunds", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert!(
+            list["refunds"]
+                .as_array()
+                .expect("refunds")
+                .iter()
+                .any(|r| r["out_refund_no"] == "R-BW-PLATFORM" && r["external"] == true),
+            "{list}"
+        );
+        // WHEN the merchant asks with the true total THEN it is accepted and reaches WeChat
+        let (status, view) = stack
+            .post_refund(&refund_body("R-BW-3B", "ORDER-BW-3", 2000, 100))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{kind:?}: {view}");
+        assert_eq!(view["status"], "PROCESSING", "{view}");
+        // AND the true total bounds it: 1600 more would pass 2000 (300 + 100 + 1601)
+        let (status, err) = stack
+            .post_refund(&refund_body("R-BW-3C", "ORDER-BW-3", 2000, 1601))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    }
+}

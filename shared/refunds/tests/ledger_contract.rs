@@ -108,6 +108,7 @@ contract!(
     a_failed_refund_wechat_paid_is_corrected_with_its_history_and_reserved_as_a_fact,
     a_correction_is_fenced_and_only_corrects_a_final_status,
     due_serves_the_most_overdue_first_across_all_shards,
+    an_external_refund_brings_the_orders_true_total,
     an_order_with_thousands_of_failed_attempts_still_takes_refunds,
 );
 
@@ -1065,4 +1066,51 @@ async fn an_order_with_thousands_of_failed_attempts_still_takes_refunds(f: &Fixt
         "{attempts} failed attempts in {failing:?}, then the new refund and the listing in {:?}",
         started.elapsed() - failing
     );
+}
+
+async fn an_external_refund_brings_the_orders_true_total(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN an order whose first refund was sent with a wrong total (1000 of a 2000 order) and
+    // failed
+    created(l, new_refund("R1", "ORDER-1", 1000, 100, "h")).await;
+    let a = leased(l, "R1", "A", T0).await;
+    applied(l, move_to(&a, RefundStatus::Failed, T0)).await;
+    // AND a second wrong-total refund still holding its amount, so the order does not hold nothing
+    created(l, new_refund("R2", "ORDER-1", 1000, 100, "h")).await;
+    assert!(matches!(
+        l.record(new_refund("R3", "ORDER-1", 2000, 100, "h"))
+            .await
+            .unwrap(),
+        RecordOutcome::TotalFeeMismatch { .. }
+    ));
+    // WHEN a refund made in the merchant platform is learned from WeChat's signed reply, which
+    // names the order's true total
+    let ext = ExternalRefund {
+        out_refund_no: no("WX-PLATFORM-1"),
+        order: order("ORDER-1"),
+        out_trade_no: None,
+        transaction_id: None,
+        refund_id: Some(RefundId::new("50000000077").unwrap()),
+        total_fee: fen(2000),
+        refund_fee: fen(300),
+        status: RefundStatus::Processing,
+        refund_account: None,
+        refund_recv_account: None,
+        success_time: None,
+        now: T0,
+        next_check_at: None,
+    };
+    assert!(matches!(
+        l.record_external(ext).await.unwrap(),
+        ExternalOutcome::Created(_)
+    ));
+    // THEN the order takes WeChat's total, and a request with the true total is accepted
+    let b = book(l, "ORDER-1").await;
+    assert_eq!((b.total_fee, b.reserved, b.count), (fen(2000), fen(400), 2));
+    assert!(matches!(
+        l.record(new_refund("R3", "ORDER-1", 2000, 100, "h"))
+            .await
+            .unwrap(),
+        RecordOutcome::Created(_)
+    ));
 }

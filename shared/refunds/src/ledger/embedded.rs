@@ -445,6 +445,8 @@ impl Ledger for EmbeddedLedger {
                 count: 0,
                 refunds: Vec::new(),
             });
+            // WeChat's total for the order (from its signed reply) wins over a stored one.
+            book.total_fee = rec.total_fee;
             // A fact, not a request: reserved even past the total (WeChat already did it).
             if !rec.status.releases_reservation() {
                 book.reserved = book.reserved.checked_add(rec.refund_fee).ok_or_else(|| {

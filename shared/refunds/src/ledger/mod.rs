@@ -242,7 +242,8 @@ pub trait Ledger: Send + Sync {
     async fn list_by_order(&self, order: &OrderRef) -> Result<Vec<RefundRecord>, LedgerError>;
 
     /// Records a refund made outside our API as the fact it is: its amount is reserved without
-    /// conditions (WeChat already took it). Idempotent by `out_refund_no`.
+    /// conditions (WeChat already took it), and its `total_fee` (WeChat's, from a signed reply)
+    /// becomes the order's. Idempotent by `out_refund_no`.
     async fn record_external(&self, ext: ExternalRefund) -> Result<ExternalOutcome, LedgerError>;
 
     /// Corrects a final refund to the status a signed WeChat fact reports (see

@@ -114,7 +114,8 @@ pub(super) fn record_reservation(n: &NewRefund, max_reserved: Fen) -> Expr {
 }
 
 /// `record_external`'s order update: a fact, not a request, so no amount or count condition
-/// (WeChat already did it) and the order takes it whatever it holds.
+/// (WeChat already did it), the order takes it whatever it holds, and WeChat's total for the order
+/// replaces a stored one (a first request with a wrong total must not lock the order forever).
 pub(super) fn external_reservation(rec: &RefundRecord) -> Expr {
     let fee = if rec.status.releases_reservation() {
         0
@@ -129,7 +130,8 @@ pub(super) fn external_reservation(rec: &RefundRecord) -> Expr {
         fee,
         &rec.out_refund_no,
         rec.created_at,
-        TotalUpdate::KeepStored,
+        // The total comes from WeChat's signed reply: it wins over one a request stored.
+        TotalUpdate::Replace,
     );
     o
 }
