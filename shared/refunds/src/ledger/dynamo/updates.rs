@@ -20,13 +20,6 @@ pub(super) fn create_if_absent() -> Expr {
     e
 }
 
-/// How a reservation treats the order's stored `total_fee`.
-enum TotalUpdate {
-    /// Set it to this total (the caller's condition decides when that is allowed).
-    Replace,
-    /// Keep a stored total; set this one only on a new order.
-    KeepStored,
-}
 
 /// Placeholders of the order attributes a caller may put in its condition.
 struct Reservation {
@@ -46,7 +39,6 @@ fn reserve_on_order(
     fee: u64,
     no: &OutRefundNo,
     now: UnixMillis,
-    total_update: TotalUpdate,
 ) -> Reservation {
     let (okey, total, reserved, cnt, nos, created, updated) = (
         o.n("order_key"),
@@ -64,10 +56,9 @@ fn reserve_on_order(
     let v_one = o.v("one", num(1));
     let v_now = o.v("now", num(now.get()));
     let v_nos = o.v("nos", AttributeValue::Ss(vec![no.as_str().to_owned()]));
-    let set_total = match total_update {
-        TotalUpdate::Replace => format!("{total} = {v_total}"),
-        TotalUpdate::KeepStored => format!("{total} = if_not_exists({total}, {v_total})"),
-    };
+    // Both callers set the total: a request's only where its condition allows (a new order or
+    // one holding nothing), WeChat's signed one always.
+    let set_total = format!("{total} = {v_total}");
     o.set = vec![
         format!("{okey} = if_not_exists({okey}, {v_okey})"),
         set_total,
@@ -99,7 +90,6 @@ pub(super) fn record_reservation(n: &NewRefund, max_reserved: Fen) -> Expr {
         n.refund_fee.get(),
         &n.out_refund_no,
         n.now,
-        TotalUpdate::Replace,
     );
     let (total, reserved, cnt, v_total, v_zero) = (r.total, r.reserved, r.cnt, r.v_total, r.v_zero);
     let v_max = o.v("max", num(MAX_REFUNDS_PER_ORDER));
@@ -130,8 +120,6 @@ pub(super) fn external_reservation(rec: &RefundRecord) -> Expr {
         fee,
         &rec.out_refund_no,
         rec.created_at,
-        // The total comes from WeChat's signed reply: it wins over one a request stored.
-        TotalUpdate::Replace,
     );
     o
 }
