@@ -20,9 +20,9 @@ use wxpay::{OrderRef, OutRefundNo};
 
 use super::{
     CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger,
-    LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
-    corrected, corrected_book, existing_outcome, external_record, fence_holds, fresh_book, illegal,
-    lease_decision, new_record, refusal, released, with_released,
+    LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, corrected,
+    corrected_book, existing_outcome, external_record, fence_holds, fresh_book, illegal,
+    lease_decision, new_record, refusal, released, transitioned, with_released,
 };
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
 
@@ -309,7 +309,7 @@ impl Ledger for EmbeddedLedger {
             if !fence_holds(&rec, &t) {
                 return Ok((TransitionOutcome::Conflict(rec), false));
             }
-            let next = apply_transition(&rec, &t);
+            let next = transitioned(&rec, &t);
             if t.to.releases_reservation() {
                 let key = rec.order.key();
                 let book = read_order(&orders, &key)?.ok_or_else(|| LedgerError::Corrupt {

@@ -284,7 +284,7 @@ impl CorrectionWrite {
 /// The record after a (fenced) correction, or `None` when it is no correction.
 pub(crate) fn corrected(rec: &RefundRecord, c: &CorrectionWrite) -> Option<RefundRecord> {
     let kind = crate::correction::kind(rec.status, c.to)?;
-    let mut next = apply_transition(rec, &c.as_transition());
+    let mut next = transitioned(rec, &c.as_transition());
     if !c.to.is_final() {
         next.next_check_at = Some(c.changes.next_check_at.unwrap_or(c.now));
     }
@@ -421,7 +421,8 @@ pub(crate) fn refusal(book: &OrderBook, n: &NewRefund) -> Option<RecordOutcome> 
     None
 }
 
-/// A refund that is not in the ledger yet and cannot fit even an empty order.
+/// The book of an order the ledger does not hold yet, as this request would open it (used to answer
+/// a refusal when no order item exists).
 pub(crate) fn fresh_book(n: &NewRefund) -> OrderBook {
     OrderBook {
         order: n.order.clone(),
@@ -499,7 +500,7 @@ pub(crate) fn fence_holds(rec: &RefundRecord, t: &Transition) -> bool {
 }
 
 /// The record after a (fenced, legal) transition.
-pub(crate) fn apply_transition(rec: &RefundRecord, t: &Transition) -> RefundRecord {
+pub(crate) fn transitioned(rec: &RefundRecord, t: &Transition) -> RefundRecord {
     let mut next = rec.clone();
     let c = &t.changes;
     next.status = t.to;
@@ -1009,7 +1010,7 @@ mod tests {
                 if !allowed(from, to) || to == Submitting {
                     continue;
                 }
-                let next = apply_transition(&stored(from), &transition(from, to, every_change()));
+                let next = transitioned(&stored(from), &transition(from, to, every_change()));
                 // THEN the record carries each change, one version up, stamped now; the lease ends
                 // when leaving SUBMITTING; a final target leaves the pending index
                 let want = RefundRecord {
@@ -1042,7 +1043,7 @@ mod tests {
             success_time: Some("2026-01-01 00:00:00".into()),
             ..stored(Unknown)
         };
-        let next = apply_transition(&full, &transition(Unknown, Processing, Changes::default()));
+        let next = transitioned(&full, &transition(Unknown, Processing, Changes::default()));
         // THEN only status, version and updated_at move
         assert_eq!(
             next,
@@ -1068,7 +1069,7 @@ mod tests {
                 ..Changes::default()
             };
             // WHEN moved with the patch THEN the last error is as patched
-            let next = apply_transition(&stored(Unknown), &transition(Unknown, Unknown, changes));
+            let next = transitioned(&stored(Unknown), &transition(Unknown, Unknown, changes));
             assert_eq!(next.last_error, want, "{patch:?}");
         }
     }
@@ -1090,7 +1091,7 @@ mod tests {
                 next_check_at: asked.map(UnixMillis),
                 ..Changes::default()
             };
-            let next = apply_transition(&stored(Unknown), &transition(Unknown, to, changes));
+            let next = transitioned(&stored(Unknown), &transition(Unknown, to, changes));
             assert_eq!(next.next_check_at, want.map(UnixMillis), "{to}, {asked:?}");
         }
     }
@@ -1098,7 +1099,7 @@ mod tests {
     #[test]
     fn only_leaving_submitting_ends_the_lease() {
         // GIVEN a SUBMITTING refund under a lease WHEN it moves on THEN the lease is gone
-        let next = apply_transition(
+        let next = transitioned(
             &stored(Submitting),
             &transition(Submitting, Unknown, Changes::default()),
         );
@@ -1112,7 +1113,7 @@ mod tests {
             lease: lease.clone(),
             ..stored(Processing)
         };
-        let next = apply_transition(&odd, &transition(Processing, Success, Changes::default()));
+        let next = transitioned(&odd, &transition(Processing, Success, Changes::default()));
         assert_eq!(next.lease, lease);
     }
 

@@ -31,9 +31,9 @@ use super::updates::{
 };
 use crate::ledger::{
     CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger,
-    LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, apply_transition,
-    existing_outcome, external_record, fence_holds, fresh_book, illegal, lease_decision,
-    new_record, refusal, with_released,
+    LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, existing_outcome,
+    external_record, fence_holds, fresh_book, illegal, lease_decision, new_record, refusal,
+    transitioned, with_released,
 };
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
 
@@ -353,7 +353,7 @@ impl DynamoLedger {
                 .transact(&format!("transition of {}", t.out_refund_no), items)
                 .await?
             else {
-                return Ok(TransitionOutcome::Applied(apply_transition(&rec, t)));
+                return Ok(TransitionOutcome::Applied(transitioned(&rec, t)));
             };
             let failed = |i: usize| {
                 reasons

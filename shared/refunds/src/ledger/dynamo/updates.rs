@@ -20,7 +20,6 @@ pub(super) fn create_if_absent() -> Expr {
     e
 }
 
-
 /// Placeholders of the order attributes a caller may put in its condition.
 struct Reservation {
     total: String,
