@@ -72,6 +72,16 @@ pub fn client_config(base_url: &str, ca_pem: Option<Vec<u8>>) -> ClientConfig {
     cfg
 }
 
+/// The OpenAPI document with its `servers` naming where this stack really listens.
+pub fn openapi_for(api_addr: SocketAddr) -> Result<String, BoxError> {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(OPENAPI_JSON).map_err(context("the bundled openapi.json"))?;
+    doc["servers"] = serde_json::json!([
+        {"url": format!("http://{api_addr}"), "description": "wxrefund-local"}
+    ]);
+    Ok(doc.to_string())
+}
+
 /// The address others use to reach `addr`: a wildcard bind is reached over loopback.
 pub fn reachable(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
@@ -247,9 +257,10 @@ impl Stack {
 
         let (stop_poller, stop_rx) = watch::channel(false);
         let poller = tokio::spawn(run_poller(Arc::clone(&svc), cfg.poll_every, stop_rx));
+        let doc = openapi_for(api_addr)?;
         let app = wxrefund::http::router(Arc::clone(&svc)).route(
             "/openapi.json",
-            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON) }),
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], doc) }),
         );
         Ok(Stack {
             api_addr,
@@ -325,6 +336,16 @@ mod tests {
         // apply, its repeat after a secret reload, and the verifying query, each paced
         assert!((client.total_timeout + pacing) * 3 < svc.lease_ttl);
         assert_eq!(client.backup_base_url, None);
+    }
+
+    #[test]
+    fn the_served_document_names_the_real_address() {
+        let doc: serde_json::Value = serde_json::from_str(
+            &openapi_for("127.0.0.1:4321".parse().expect("addr")).expect("doc"),
+        )
+        .expect("JSON");
+        assert_eq!(doc["servers"][0]["url"], "http://127.0.0.1:4321");
+        assert!(doc["paths"]["/refunds"].is_object());
     }
 
     #[test]

@@ -480,3 +480,82 @@ async fn a_refused_request_is_logged_with_route_code_and_ids_but_not_its_body() 
     );
     assert!(refused[1].contains("error=\"not_found\""), "{}", refused[1]);
 }
+
+#[tokio::test]
+async fn malformed_paths_queries_and_media_types_get_the_json_envelope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = router(&dir);
+    for (method, uri, content_type, status, code) in [
+        // a path that is not UTF-8
+        (
+            Method::GET,
+            "/refunds/%FF",
+            "application/json",
+            400,
+            "invalid_path",
+        ),
+        (
+            Method::GET,
+            "/orders/%FF/refunds",
+            "application/json",
+            400,
+            "invalid_path",
+        ),
+        // an unknown query parameter, on both GET routes
+        (
+            Method::GET,
+            "/refunds/R-1?verbose=1",
+            "application/json",
+            400,
+            "invalid_query",
+        ),
+        (
+            Method::GET,
+            "/orders/ORDER-1/refunds?verbose=1",
+            "application/json",
+            400,
+            "invalid_query",
+        ),
+        // a refund request that is not sent as JSON
+        (
+            Method::POST,
+            "/refunds",
+            "text/plain",
+            415,
+            "unsupported_media_type",
+        ),
+        (Method::POST, "/refunds", "", 415, "unsupported_media_type"),
+    ] {
+        let mut req = Request::builder().method(method.clone()).uri(uri);
+        if !content_type.is_empty() {
+            req = req.header("content-type", content_type);
+        }
+        let body =
+            r#"{"out_refund_no":"R-1","out_trade_no":"ORDER-1","total_fee":100,"refund_fee":1}"#;
+        let resp = router
+            .clone()
+            .oneshot(req.body(Body::from(body)).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(resp.status().as_u16(), status, "{method} {uri}");
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{method} {uri}"
+        );
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(v["error"], code, "{method} {uri}: {v}");
+    }
+    // AND a JSON content type with parameters is JSON
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/refunds")
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(Body::from("{"))
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}

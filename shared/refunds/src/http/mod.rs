@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,6 +38,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after_secs: Option<u32>,
 }
 
 impl ApiError {
@@ -46,6 +48,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
     }
 
@@ -82,6 +85,10 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         resp.extensions_mut().insert(ErrorCode(self.code));
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }
@@ -147,6 +154,7 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ServiceError::Upstream(_) => (StatusCode::BAD_GATEWAY, "upstream_error"),
+            ServiceError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ServiceError::Ledger(_) => (StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable"),
             ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         };
@@ -161,8 +169,18 @@ impl From<ServiceError> for ApiError {
             ServiceError::Internal(_) => "internal error; retry the same request".into(),
             _ => e.to_string(),
         };
-        ApiError::new(status, code, message)
+        let mut api = ApiError::new(status, code, message);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            // WeChat's limits are per second.
+            api.retry_after_secs = Some(1);
+        }
+        api
     }
+}
+
+/// A path that does not decode (e.g. `%FF`, not UTF-8) is a 400 in the JSON envelope.
+pub(crate) fn path_error(r: PathRejection) -> ApiError {
+    ApiError::bad_request("invalid_path", r.body_text())
 }
 
 pub(crate) fn body_error(r: BytesRejection) -> ApiError {

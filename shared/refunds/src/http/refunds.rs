@@ -3,9 +3,9 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use wxpay::refund::{RefundAccount, RefundDesc};
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, TransactionId};
 
-use super::{ApiError, AppState, RequestIds, body_error};
+use super::{ApiError, AppState, RequestIds, body_error, path_error};
 use crate::correction::{CorrectionKind, FactSource};
 use crate::request::RefundCommand;
 use crate::service::Submitted;
@@ -182,10 +182,11 @@ pub struct OrderRefunds {
 
 pub(super) async fn create_refund(
     State(svc): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut ids = RequestIds::default();
-    let mut resp = match create(&svc, body, &mut ids).await {
+    let mut resp = match create(&svc, &headers, body, &mut ids).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     };
@@ -195,9 +196,22 @@ pub(super) async fn create_refund(
 
 async fn create(
     svc: &AppState,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     ids: &mut RequestIds,
 ) -> Result<Response, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the refund request as JSON (Content-Type: application/json)",
+        ));
+    }
     let body = body.map_err(body_error)?;
     let req: CreateRefund = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?;
@@ -223,9 +237,10 @@ pub(super) struct GetParams {
 
 pub(super) async fn get_refund(
     State(svc): State<AppState>,
-    Path(no): Path<String>,
-    params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<GetParams>, QueryRejection>,
 ) -> Result<Json<RefundView>, ApiError> {
+    let Path(no) = path.map_err(path_error)?;
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let no = OutRefundNo::new(no)
@@ -238,10 +253,19 @@ pub(super) async fn get_refund(
     Ok(Json(RefundView::from(&rec)))
 }
 
+/// `GET /orders/{out_trade_no}/refunds` takes no query parameters; an unknown one is refused
+/// like on every other route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NoParams {}
+
 pub(super) async fn list_order_refunds(
     State(svc): State<AppState>,
-    Path(no): Path<String>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<NoParams>, QueryRejection>,
 ) -> Result<Json<OrderRefunds>, ApiError> {
+    let Path(no) = path.map_err(path_error)?;
+    params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let no = OutTradeNo::new(no)
         .map_err(|e| ApiError::bad_request("validation_error", e.to_string()))?;
     let recs = svc.list_by_order(&OrderRef::OutTradeNo(no.clone())).await?;
@@ -386,6 +410,31 @@ mod tests {
                 .map(|d| d.as_str().chars().count()),
             Some(80)
         );
+    }
+
+    #[test]
+    fn a_wechat_rate_limit_is_a_429_with_retry_after() {
+        // GIVEN WeChat's FREQUENCY_LIMITED on a call the merchant waits for
+        let refusal = wxpay::WxError {
+            stage: wxpay::errors::Stage::Result,
+            code: wxpay::ErrCode::FrequencyLimited,
+            description: "频率限制".into(),
+            return_msg: "OK".into(),
+            raw: String::new(),
+        };
+        let e = ServiceError::from(crate::decide::CallFailure::Rejected(refusal));
+        // THEN 429 rate_limited, Retry-After 1, in the JSON envelope
+        let resp = ApiError::from(e).into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            resp.headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        // AND any other refusal stays a 502
+        let other = ServiceError::from(crate::decide::CallFailure::NotSent("down".into()));
+        assert_eq!(ApiError::from(other).status, StatusCode::BAD_GATEWAY);
     }
 
     #[test]

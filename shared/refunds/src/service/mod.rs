@@ -90,6 +90,9 @@ pub enum ServiceError {
     NotFound(OutRefundNo),
     #[error("WeChat Pay: {0}")]
     Upstream(String),
+    /// WeChat refused the call for its rate limit (FREQUENCY_LIMITED): retry in a second.
+    #[error("WeChat Pay's rate limit: {0}")]
+    RateLimited(String),
     #[error("ledger: {0}")]
     Ledger(#[from] LedgerError),
     #[error("internal: {0}")]
@@ -98,7 +101,12 @@ pub enum ServiceError {
 
 impl From<CallFailure> for ServiceError {
     fn from(f: CallFailure) -> Self {
-        ServiceError::Upstream(f.to_string())
+        match &f {
+            CallFailure::Rejected(e) if e.code == wxpay::ErrCode::FrequencyLimited => {
+                ServiceError::RateLimited(f.to_string())
+            }
+            _ => ServiceError::Upstream(f.to_string()),
+        }
     }
 }
 
