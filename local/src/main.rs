@@ -62,6 +62,10 @@ struct Args {
     /// notify_url sent with every refund [default: http://<listen>/wxpay/refund-notify].
     #[arg(long)]
     notify_url: Option<String>,
+    /// Flag a refund `needs_person` once it is this old and still not final, whatever its status
+    /// (for trying escalation out) [default: production's ages per status].
+    #[arg(long, value_parser = parse_duration)]
+    escalate_after: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,6 +91,7 @@ impl Args {
             poll_every: self.poll_every,
             external,
             notify_url: self.notify_url.clone(),
+            escalate_after: self.escalate_after,
             ..StackConfig::new(self.listen, self.sandbox_listen, self.data_dir.clone())
         }
     }

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 use wxpay::client::ClientConfig;
 use wxpay_sandbox::{RunningSandbox, Sandbox, SandboxConfig};
-use wxrefund::decide::Schedule;
+use wxrefund::decide::{Escalation, Schedule};
 use wxrefund::gateway::WxPayGateway;
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::secrets::SecretSource;
@@ -46,7 +46,7 @@ pub use wxpay_sandbox::duration::parse_positive_duration as parse_duration;
 
 /// Local timings: fast enough to watch a refund settle, with the same relations as production
 /// (the lease outlives one leased run of WeChat calls including pacing waits).
-pub fn service_config(notify_url: String) -> ServiceConfig {
+pub fn service_config(notify_url: String, escalate_after: Option<Duration>) -> ServiceConfig {
     ServiceConfig {
         // One leased run may make three calls (apply, its repeat after a key reload, the verifying
         // query), each up to the client timeout plus the pacer's longest wait: 3 × (5 + 2) s.
@@ -55,7 +55,7 @@ pub fn service_config(notify_url: String) -> ServiceConfig {
             first_check: Duration::from_secs(1),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
-            ..Schedule::default()
+            escalate: escalate_after.map(Escalation::all).unwrap_or_default(),
         },
         notify_url: Some(notify_url),
         ..ServiceConfig::default()
@@ -127,6 +127,8 @@ pub struct StackConfig {
     /// The sandbox saves its books to `sandbox/books.json` after every change (like WeChat, it
     /// forgets nothing when killed); off keeps them in memory only.
     pub sandbox_persist: bool,
+    /// One escalation age for every open status (`--escalate-after`); `None`: production's.
+    pub escalate_after: Option<Duration>,
 }
 
 impl StackConfig {
@@ -143,6 +145,7 @@ impl StackConfig {
             sandbox_apply_qps: WECHAT_APPLY_QPS,
             sandbox_failure_qps: WECHAT_FAILURE_QPS,
             client_apply_qps: WECHAT_APPLY_QPS,
+            escalate_after: None,
             sandbox_persist: true,
         }
     }
@@ -252,7 +255,7 @@ impl Stack {
         let svc = Arc::new(RefundService::new(
             Arc::new(ledger),
             Arc::new(gateway),
-            service_config(notify_url.clone()),
+            service_config(notify_url.clone(), cfg.escalate_after),
         ));
 
         let (stop_poller, stop_rx) = watch::channel(false);
@@ -330,7 +333,7 @@ mod tests {
 
     #[test]
     fn local_timings_keep_a_call_inside_the_lease() {
-        let svc = service_config("http://127.0.0.1:3000/wxpay/refund-notify".into());
+        let svc = service_config("http://127.0.0.1:3000/wxpay/refund-notify".into(), None);
         let client = client_config("https://127.0.0.1:3001", None);
         let pacing = client.pacing.max_wait;
         // apply, its repeat after a secret reload, and the verifying query, each paced

@@ -46,6 +46,9 @@ pub enum AttentionReason {
     /// on the wrong one (e.g. refunded again under a new number after a FAILED). Never cleared by
     /// the machine.
     Contradiction,
+    /// Still not final past its status's escalation age (`decide::Schedule`): nothing the machine
+    /// does moves it on. Cleared when the refund reaches a final status by itself.
+    Stuck,
 }
 
 /// The refund needs a person, since when and why.

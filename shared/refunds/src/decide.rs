@@ -19,7 +19,7 @@ use wxpay::{
     CallOutcome, ErrCode, Fen, OutTradeNo, RetryClass, TransactionId, UnknownReason, WxError,
 };
 
-use crate::correction::{self, CorrectionKind};
+use crate::correction::{self, Attention, AttentionReason, CorrectionKind};
 use crate::ledger::{Changes, Patch};
 use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
 
@@ -32,8 +32,63 @@ pub struct Schedule {
     /// Shortest and longest wait between checks or re-submissions.
     pub min_backoff: Duration,
     pub max_backoff: Duration,
-    /// A refund PROCESSING longer than this is logged as needing a person.
-    pub stale_processing: Duration,
+    /// How old a refund may get in each open status before a person is asked to look.
+    pub escalate: Escalation,
+}
+
+/// Escalation ages: a refund older than this (from its creation) and still in the status is
+/// flagged `needs_person` (attention `stuck`) and listed by `GET /refunds?needs_person=true`.
+/// The production defaults say how long each status can last when everything works:
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    /// The poller picks a RECORDED refund up within a lease TTL (90 s): 15 min means it cannot.
+    pub recorded: Duration,
+    /// A lease lasts 90 s, then the poller takes over: 15 min means the takeover keeps failing.
+    pub submitting: Duration,
+    /// An unknown outcome is queried within minutes: 2 h of unanswerable queries needs a look.
+    pub unknown: Duration,
+    /// NOTENOUGH (the merchant must top up), a long SYSTEMERROR run, an unknown err_code, or a
+    /// request that could not be sent: a day is as long as a customer should wait unseen.
+    pub retry_wait: Duration,
+    /// WeChat settles wallet refunds in minutes and bank cards in days: a week is too long.
+    pub processing: Duration,
+}
+
+impl Escalation {
+    pub const fn all(age: Duration) -> Self {
+        Escalation {
+            recorded: age,
+            submitting: age,
+            unknown: age,
+            retry_wait: age,
+            processing: age,
+        }
+    }
+
+    /// The age for a status; final statuses never escalate.
+    pub fn age_for(&self, status: RefundStatus) -> Option<Duration> {
+        match status {
+            RefundStatus::Recorded => Some(self.recorded),
+            RefundStatus::Submitting => Some(self.submitting),
+            RefundStatus::Unknown => Some(self.unknown),
+            RefundStatus::RetryWait => Some(self.retry_wait),
+            RefundStatus::Processing => Some(self.processing),
+            _ => None,
+        }
+    }
+}
+
+impl Default for Escalation {
+    fn default() -> Self {
+        const MIN: u64 = 60;
+        Escalation {
+            recorded: Duration::from_secs(15 * MIN),
+            submitting: Duration::from_secs(15 * MIN),
+            unknown: Duration::from_secs(2 * 60 * MIN),
+            retry_wait: Duration::from_secs(24 * 60 * MIN),
+            processing: Duration::from_secs(7 * 24 * 60 * MIN),
+        }
+    }
 }
 
 impl Default for Schedule {
@@ -42,7 +97,7 @@ impl Default for Schedule {
             first_check: Duration::from_secs(60),
             min_backoff: Duration::from_secs(60),
             max_backoff: Duration::from_secs(4 * 3600),
-            stale_processing: Duration::from_secs(7 * 24 * 3600),
+            escalate: Escalation::default(),
         }
     }
 }
@@ -473,7 +528,8 @@ pub fn adopt(rec: &RefundRecord, found: &QueriedRefund, s: &Schedule, now: UnixM
             None => Step::Keep,
         };
     }
-    let stale = to == RefundStatus::Processing && rec.created_at.age_at(now) > s.stale_processing;
+    let stale =
+        to == RefundStatus::Processing && rec.created_at.age_at(now) > s.escalate.processing;
     Step::Move {
         to,
         changes,
@@ -526,6 +582,25 @@ pub fn from_listing(
         adopt(rec, found, s, now)
     } else {
         Step::Keep
+    }
+}
+
+/// Whether a move of `rec` to `to` flags it for a person or clears its flag: a refund older
+/// than the escalation age of the open status it moves to is flagged `stuck` (once); reaching a
+/// final status by itself clears a `stuck` flag, never a contradiction.
+pub fn escalation(
+    rec: &RefundRecord,
+    to: RefundStatus,
+    s: &Schedule,
+    now: UnixMillis,
+) -> Patch<Attention> {
+    match (&rec.attention, s.escalate.age_for(to)) {
+        (Some(a), None) if a.reason == AttentionReason::Stuck => Patch::Clear,
+        (None, Some(age)) if rec.created_at.age_at(now) > age => Patch::Set(Attention {
+            reason: AttentionReason::Stuck,
+            since: now,
+        }),
+        _ => Patch::Keep,
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
-use wxrefund::correction::{AttentionReason, Correction, CorrectionKind, FactSource};
+use wxrefund::correction::{Attention, AttentionReason, Correction, CorrectionKind, FactSource};
 use wxrefund::ledger::dynamo::DynamoLedger;
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::ledger::{
@@ -109,6 +109,7 @@ contract!(
     a_correction_is_fenced_and_only_corrects_a_final_status,
     due_serves_the_most_overdue_first_across_all_shards,
     an_external_refund_brings_the_orders_true_total,
+    refunds_that_need_a_person_are_listed_until_their_flag_clears,
     an_order_with_thousands_of_failed_attempts_still_takes_refunds,
 );
 
@@ -1113,4 +1114,56 @@ async fn an_external_refund_brings_the_orders_true_total(f: &Fixture) {
             .unwrap(),
         RecordOutcome::Created(_)
     ));
+}
+
+async fn refunds_that_need_a_person_are_listed_until_their_flag_clears(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    let listed = |page: wxrefund::ledger::Page| {
+        page.items
+            .iter()
+            .map(|r| r.out_refund_no.to_string())
+            .collect::<Vec<_>>()
+    };
+    // GIVEN R-A in CHANGE, R-B flagged as stuck while UNKNOWN, R-C an ordinary PROCESSING refund
+    for n in ["R-A", "R-B", "R-C"] {
+        created(l, new_refund(n, &format!("ORDER-{n}"), 100, 10, "h")).await;
+    }
+    let a = leased(l, "R-A", "x", T0).await;
+    let a = applied(l, move_to(&a, RefundStatus::Processing, T0)).await;
+    applied(l, move_to(&a, RefundStatus::Change, T0)).await;
+    let b = leased(l, "R-B", "x", T0).await;
+    let mut t = move_to(&b, RefundStatus::Unknown, T0);
+    t.changes.attention = Patch::Set(Attention {
+        reason: AttentionReason::Stuck,
+        since: T0,
+    });
+    let b = applied(l, t).await;
+    assert!(b.needs_person());
+    let c = leased(l, "R-C", "x", T0).await;
+    applied(l, move_to(&c, RefundStatus::Processing, T0)).await;
+    // WHEN listed THEN exactly the two, by number
+    assert_eq!(
+        listed(l.needing_person(None, 10).await.unwrap()),
+        vec!["R-A", "R-B"]
+    );
+    // AND paged one at a time, each once
+    let first = l.needing_person(None, 1).await.unwrap();
+    assert_eq!(listed(first.clone()), vec!["R-A"]);
+    let mut rest = Vec::new();
+    let mut cursor = first.next;
+    while let Some(c) = cursor {
+        let page = l.needing_person(Some(c), 1).await.unwrap();
+        cursor = page.next.clone();
+        rest.extend(listed(page));
+    }
+    assert_eq!(rest, vec!["R-B"]);
+    // WHEN R-B's refund finishes by itself and its stuck flag clears THEN it leaves the list
+    let mut t = move_to(&b, RefundStatus::Success, T0);
+    t.changes.attention = Patch::Clear;
+    let done = applied(l, t).await;
+    assert!(!done.needs_person());
+    assert_eq!(
+        listed(l.needing_person(None, 10).await.unwrap()),
+        vec!["R-A"]
+    );
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_norway::Value;
-use wxrefund::ledger::dynamo::{PENDING_INDEX, table_spec};
+use wxrefund::ledger::dynamo::{NEEDS_PERSON_INDEX, PENDING_INDEX, table_spec};
 
 const BINARIES: [&str; 3] = ["refund", "refund-query", "refund-notify"];
 const NOTIFY_ROUTE: (&str, &str) = ("POST", "/wxpay/refund-notify");
@@ -341,6 +341,7 @@ fn given_the_http_api_merchant_routes_need_iam_and_only_the_notify_route_is_publ
     // THEN they are exactly the documented routes (docs/DEPLOY.md) on their binaries; only notify opts out of IAM
     let want = BTreeMap::from([
         (("POST", "/refunds"), ("refund", None)),
+        (("GET", "/refunds"), ("refund-query", None)),
         (("GET", "/refunds/{out_refund_no}"), ("refund-query", None)),
         (
             ("GET", "/orders/{out_trade_no}/refunds"),
@@ -405,6 +406,7 @@ fn given_the_function_policies_each_reaches_only_the_ledger_with_item_level_acti
         "dynamodb:UpdateItem",
         "dynamodb:Query",
     ];
+    let mut queried = BTreeSet::new();
     for (id, f) in fs {
         let mut granted = BTreeSet::new();
         for st in statements(f) {
@@ -426,11 +428,13 @@ fn given_the_function_policies_each_reaches_only_the_ledger_with_item_level_acti
                     .unwrap_or_else(|| panic!("{id}: {a} must name the ledger table, not {res:?}"));
                 if a == "dynamodb:Query" {
                     assert_eq!(tag, "Sub", "{id}: Query resource");
-                    assert_eq!(
-                        payload.as_str(),
-                        Some(format!("${{{TABLE}.Arn}}/index/{PENDING_INDEX}").as_str()),
-                        "{id}: Query only on the pending index"
-                    );
+                    let pending = format!("${{{TABLE}.Arn}}/index/{PENDING_INDEX}");
+                    let flagged = format!("${{{TABLE}.Arn}}/index/{NEEDS_PERSON_INDEX}");
+                    match payload.as_str() {
+                        Some(p) if p == pending => queried.insert((id, PENDING_INDEX)),
+                        Some(p) if p == flagged => queried.insert((id, NEEDS_PERSON_INDEX)),
+                        other => panic!("{id}: Query only on the ledger's indexes, not {other:?}"),
+                    };
                 } else {
                     let target = match payload {
                         Value::String(s) => s.clone(),
@@ -452,9 +456,14 @@ fn given_the_function_policies_each_reaches_only_the_ledger_with_item_level_acti
         assert!(granted.contains("dynamodb:GetItem"), "{id}: GetItem");
         assert!(granted.contains("dynamodb:UpdateItem"), "{id}: UpdateItem");
         assert_eq!(
-            granted.contains("dynamodb:Query"),
+            queried.contains(&(id, PENDING_INDEX)),
             scheduled.contains(id),
-            "{id}: Query iff scheduled poller"
+            "{id}: the pending index is queried iff scheduled poller"
+        );
+        assert_eq!(
+            queried.contains(&(id, NEEDS_PERSON_INDEX)),
+            id == "RefundQueryFunction",
+            "{id}: the needs-person index is queried by the function serving GET /refunds only"
         );
         // AND every function may read the merchant secret (one policy template, one secret)
         let secret = seq(at(f, &["Properties", "Policies"]), "Policies")

@@ -16,7 +16,7 @@ fn schedule() -> Schedule {
         first_check: Duration::from_secs(10),
         min_backoff: Duration::from_secs(60),
         max_backoff: Duration::from_secs(4 * 3600),
-        stale_processing: Duration::from_secs(7 * 24 * 3600),
+        escalate: Escalation::default(),
     }
 }
 
@@ -1024,7 +1024,23 @@ fn production_schedule() {
     assert_eq!(s.first_check, Duration::from_secs(60));
     assert_eq!(s.min_backoff, Duration::from_secs(60));
     assert_eq!(s.max_backoff, Duration::from_secs(4 * 3600));
-    assert_eq!(s.stale_processing, Duration::from_secs(7 * 24 * 3600));
+    let e = &s.escalate;
+    assert_eq!(
+        [
+            e.recorded,
+            e.submitting,
+            e.unknown,
+            e.retry_wait,
+            e.processing
+        ],
+        [
+            Duration::from_secs(15 * 60),
+            Duration::from_secs(15 * 60),
+            Duration::from_secs(2 * 3600),
+            Duration::from_secs(24 * 3600),
+            Duration::from_secs(7 * 24 * 3600),
+        ]
+    );
 }
 
 #[test]
@@ -1140,5 +1156,68 @@ fn wechats_statuses_in_the_domain() {
         (WxRefundStatus::Other("REFUND_NEW".into()), Processing),
     ] {
         assert_eq!(RefundStatus::from(&wx), ours, "{wx}");
+    }
+}
+
+#[test]
+fn escalation_flags_an_old_open_refund_once_and_clears_only_its_own_flag() {
+    use crate::correction::{Attention, AttentionReason};
+    let s = Schedule {
+        escalate: Escalation {
+            recorded: Duration::from_secs(10),
+            submitting: Duration::from_secs(20),
+            unknown: Duration::from_secs(30),
+            retry_wait: Duration::from_secs(40),
+            processing: Duration::from_secs(50),
+        },
+        ..schedule()
+    };
+    let flag = |reason| Attention {
+        reason,
+        since: UnixMillis(T0),
+    };
+    let stuck = || Some(flag(AttentionReason::Stuck));
+    let contradicted = || Some(flag(AttentionReason::Contradiction));
+    // (age of the refund in s, its flag, the status it moves to) → what happens to the flag
+    for (age, attention, to, want) in [
+        // each open status by its own age: just under keeps, just over flags
+        (10, None, Recorded, "keep"),
+        (11, None, Recorded, "set"),
+        (20, None, Submitting, "keep"),
+        (21, None, Submitting, "set"),
+        (30, None, Unknown, "keep"),
+        (31, None, Unknown, "set"),
+        (40, None, RetryWait, "keep"),
+        (41, None, RetryWait, "set"),
+        (50, None, Processing, "keep"),
+        (51, None, Processing, "set"),
+        // flagged once: an old flag is not renewed, and a contradiction is never replaced
+        (99, stuck(), Unknown, "keep"),
+        (99, contradicted(), Unknown, "keep"),
+        // final: the machine resolved it, so a stuck flag clears; a contradiction stays
+        (99, stuck(), Success, "clear"),
+        (99, stuck(), Failed, "clear"),
+        (99, stuck(), Change, "clear"),
+        (99, contradicted(), Success, "keep"),
+        (99, None, Success, "keep"),
+    ] {
+        let mut r = rec(Unknown, 1);
+        r.attention = attention.clone();
+        let now = UnixMillis(T0 + age * SEC);
+        let got = match escalation(&r, to, &s, now) {
+            Patch::Keep => "keep",
+            Patch::Set(a) => {
+                assert_eq!(
+                    a,
+                    Attention {
+                        reason: AttentionReason::Stuck,
+                        since: now
+                    }
+                );
+                "set"
+            }
+            Patch::Clear => "clear",
+        };
+        assert_eq!(got, want, "age {age}, {attention:?}, to {to}");
     }
 }

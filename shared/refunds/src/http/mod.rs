@@ -25,7 +25,7 @@ use tracing::{Instrument, error, info};
 use crate::service::{RefundService, ServiceError};
 
 pub use poll::EVENTS_PATH;
-pub use refunds::{CorrectionView, CreateRefund, OrderRefunds, RefundView};
+pub use refunds::{CorrectionView, CreateRefund, OrderRefunds, RefundPage, RefundView};
 
 /// Largest JSON body accepted (a refund request is a few hundred bytes).
 pub const MAX_JSON_BODY: usize = 16 * 1024;
@@ -227,7 +227,8 @@ fn create_route(r: Router<AppState>) -> Router<AppState> {
 }
 
 fn read_routes(r: Router<AppState>) -> Router<AppState> {
-    r.route("/refunds/{out_refund_no}", get(refunds::get_refund))
+    r.route("/refunds", get(refunds::list_needing_person))
+        .route("/refunds/{out_refund_no}", get(refunds::get_refund))
         .route(
             "/orders/{out_trade_no}/refunds",
             get(refunds::list_order_refunds),

@@ -253,6 +253,58 @@ pub(super) async fn get_refund(
     Ok(Json(RefundView::from(&rec)))
 }
 
+/// `GET /refunds?needs_person=true[&cursor=…][&limit=…]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListParams {
+    needs_person: Option<bool>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One page of refunds that need a person.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefundPage {
+    pub refunds: Vec<RefundView>,
+    /// Pass as `cursor` for the next page; `null` after the last.
+    pub next_cursor: Option<String>,
+}
+
+/// The operator's list: every refund that needs a person (CHANGE, a contradiction with WeChat's
+/// books, or stuck past its escalation age), by `out_refund_no`.
+pub(super) async fn list_needing_person(
+    State(svc): State<AppState>,
+    params: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<RefundPage>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    if p.needs_person != Some(true) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "needs_person=true is required: this route lists the refunds that need a person",
+        ));
+    }
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit must be between 1 and 100",
+        ));
+    }
+    let cursor = match p.cursor {
+        None => None,
+        Some(c) => Some(crate::ledger::Cursor::new(
+            OutRefundNo::new(c)
+                .map_err(|_| ApiError::bad_request("invalid_query", "cursor is not one we gave"))?
+                .as_str(),
+        )),
+    };
+    let page = svc.needing_person(cursor, limit).await?;
+    Ok(Json(RefundPage {
+        refunds: page.items.iter().map(RefundView::from).collect(),
+        next_cursor: page.next.map(|c| c.as_str().to_owned()),
+    }))
+}
+
 /// `GET /orders/{out_trade_no}/refunds` takes no query parameters; an unknown one is refused
 /// like on every other route.
 #[derive(Debug, Deserialize)]

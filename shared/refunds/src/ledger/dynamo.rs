@@ -41,4 +41,7 @@ mod txn_retry;
 mod updates;
 
 pub use adapter::{DynamoLedger, WriteStats};
-pub use table::{IndexSpec, PENDING_INDEX, PENDING_SHARDS, TableSpec, create_table, table_spec};
+pub use table::{
+    IndexSpec, NEEDS_PERSON_INDEX, NEEDS_PERSON_PK, PENDING_INDEX, PENDING_SHARDS, TableSpec,
+    create_table, table_spec,
+};

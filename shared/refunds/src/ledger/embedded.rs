@@ -32,6 +32,8 @@ const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
 const ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("orders");
 /// (next_check_at millis, out_refund_no) of every non-final refund: the poller's index.
 const PENDING: TableDefinition<(u64, &str), ()> = TableDefinition::new("pending");
+/// `out_refund_no` of every refund that needs a person (CHANGE, or flagged): the operator's list.
+const FLAGGED: TableDefinition<&str, ()> = TableDefinition::new("needs_person");
 /// (`OrderRef::key()`, out_refund_no) of every FAILED refund: released numbers, kept out of the
 /// order's book so its value stays bounded.
 const ORDER_FAILED: TableDefinition<(&str, &str), ()> = TableDefinition::new("order_failed");
@@ -69,6 +71,7 @@ fn encode<T: serde::Serialize>(key: &str, v: &T) -> Result<Vec<u8>, LedgerError>
 type Refunds<'t> = Table<'t, &'static str, &'static [u8]>;
 type Orders<'t> = Table<'t, &'static str, &'static [u8]>;
 type Pending<'t> = Table<'t, (u64, &'static str), ()>;
+type Flagged<'t> = Table<'t, &'static str, ()>;
 
 fn read_refund<T: ReadableTable<&'static str, &'static [u8]>>(
     t: &T,
@@ -135,10 +138,16 @@ fn pending_key(r: &RefundRecord) -> Option<u64> {
 fn put_refund(
     refunds: &mut Refunds<'_>,
     pending: &mut Pending<'_>,
+    flagged: &mut Flagged<'_>,
     old: Option<&RefundRecord>,
     new: &RefundRecord,
 ) -> Result<(), LedgerError> {
     let no = new.out_refund_no.as_str();
+    if new.needs_person() {
+        flagged.insert(no, ()).map_err(store)?;
+    } else if old.is_some_and(RefundRecord::needs_person) {
+        flagged.remove(no).map_err(store)?;
+    }
     if let Some(at) = old.and_then(pending_key) {
         pending.remove((at, no)).map_err(store)?;
     }
@@ -177,6 +186,7 @@ impl EmbeddedLedger {
             tx.open_table(ORDERS).map_err(store)?;
             tx.open_table(PENDING).map_err(store)?;
             tx.open_table(ORDER_FAILED).map_err(store)?;
+            tx.open_table(FLAGGED).map_err(store)?;
         }
         tx.commit().map_err(store)?;
         Ok(Self { db: Arc::new(db) })
@@ -232,6 +242,7 @@ impl Ledger for EmbeddedLedger {
             let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
             let mut orders = tx.open_table(ORDERS).map_err(store)?;
             let mut pending = tx.open_table(PENDING).map_err(store)?;
+            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
             if let Some(rec) = read_refund(&refunds, n.out_refund_no.as_str())? {
                 return Ok((existing_outcome(rec, &n.request_hash), false));
             }
@@ -253,7 +264,7 @@ impl Ledger for EmbeddedLedger {
             book.count += 1;
             book.refunds.push(n.out_refund_no.clone());
             let rec = new_record(&n);
-            put_refund(&mut refunds, &mut pending, None, &rec)?;
+            put_refund(&mut refunds, &mut pending, &mut flagged, None, &rec)?;
             put_order(&mut orders, &book)?;
             Ok((RecordOutcome::Created(rec), true))
         })
@@ -281,12 +292,13 @@ impl Ledger for EmbeddedLedger {
         self.write(move |tx| {
             let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
             let mut pending = tx.open_table(PENDING).map_err(store)?;
+            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
             let Some(rec) = read_refund(&refunds, no.as_str())? else {
                 return Ok((LeaseOutcome::NotFound, false));
             };
             match lease_decision(&rec, &owner, ttl, now) {
                 LeaseDecision::Take(next) => {
-                    put_refund(&mut refunds, &mut pending, Some(&rec), &next)?;
+                    put_refund(&mut refunds, &mut pending, &mut flagged, Some(&rec), &next)?;
                     Ok((LeaseOutcome::Acquired(next), true))
                 }
                 LeaseDecision::Refuse(refused) => Ok((refused, false)),
@@ -303,6 +315,7 @@ impl Ledger for EmbeddedLedger {
             let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
             let mut orders = tx.open_table(ORDERS).map_err(store)?;
             let mut pending = tx.open_table(PENDING).map_err(store)?;
+            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
             let Some(rec) = read_refund(&refunds, t.out_refund_no.as_str())? else {
                 return Ok((TransitionOutcome::NotFound, false));
             };
@@ -333,7 +346,7 @@ impl Ledger for EmbeddedLedger {
                         .map_err(store)?;
                 }
             }
-            put_refund(&mut refunds, &mut pending, Some(&rec), &next)?;
+            put_refund(&mut refunds, &mut pending, &mut flagged, Some(&rec), &next)?;
             Ok((TransitionOutcome::Applied(next), true))
         })
         .await
@@ -434,6 +447,7 @@ impl Ledger for EmbeddedLedger {
             let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
             let mut orders = tx.open_table(ORDERS).map_err(store)?;
             let mut pending = tx.open_table(PENDING).map_err(store)?;
+            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
             if let Some(existing) = read_refund(&refunds, rec.out_refund_no.as_str())? {
                 return Ok((ExternalOutcome::Existing(existing), false));
             }
@@ -458,9 +472,47 @@ impl Ledger for EmbeddedLedger {
             }
             book.count += 1;
             book.refunds.push(rec.out_refund_no.clone());
-            put_refund(&mut refunds, &mut pending, None, &rec)?;
+            put_refund(&mut refunds, &mut pending, &mut flagged, None, &rec)?;
             put_order(&mut orders, &book)?;
             Ok((ExternalOutcome::Created(rec), true))
+        })
+        .await
+    }
+
+    async fn needing_person(
+        &self,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError> {
+        let after = cursor.map(|c| c.as_str().to_owned());
+        let limit = limit.clamp(1, 100);
+        self.read(move |tx| {
+            let refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let flagged = tx.open_table(FLAGGED).map_err(store)?;
+            let lower = match &after {
+                Some(no) => Bound::Excluded(no.as_str()),
+                None => Bound::Unbounded,
+            };
+            let mut items = Vec::new();
+            let mut more = false;
+            for entry in flagged
+                .range::<&str>((lower, Bound::Unbounded))
+                .map_err(store)?
+            {
+                let (k, _) = entry.map_err(store)?;
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                if let Some(rec) = read_refund(&refunds, k.value())? {
+                    items.push(rec);
+                }
+            }
+            let next = match (more, items.last()) {
+                (true, Some(last)) => Some(Cursor::new(last.out_refund_no.as_str())),
+                _ => None,
+            };
+            Ok(Page { items, next })
         })
         .await
     }
@@ -470,6 +522,7 @@ impl Ledger for EmbeddedLedger {
             let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
             let mut orders = tx.open_table(ORDERS).map_err(store)?;
             let mut pending = tx.open_table(PENDING).map_err(store)?;
+            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
             let Some(rec) = read_refund(&refunds, c.out_refund_no.as_str())? else {
                 return Ok((TransitionOutcome::NotFound, false));
             };
@@ -491,7 +544,7 @@ impl Ledger for EmbeddedLedger {
                 problem: format!("order of refund {} is missing", rec.out_refund_no),
             })?;
             put_order(&mut orders, &corrected_book(&book, &rec, c.to))?;
-            put_refund(&mut refunds, &mut pending, Some(&rec), &next)?;
+            put_refund(&mut refunds, &mut pending, &mut flagged, Some(&rec), &next)?;
             Ok((TransitionOutcome::Applied(next), true))
         })
         .await

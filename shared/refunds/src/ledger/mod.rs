@@ -91,6 +91,8 @@ pub struct Changes {
     /// Next poll for a non-final target; ignored (cleared) when the target is final. Left `None`
     /// for a non-final target, the previous next check stays.
     pub next_check_at: Option<UnixMillis>,
+    /// Flag the refund for a person (escalation) or clear a flag the machine may clear.
+    pub attention: Patch<Attention>,
 }
 
 /// A fenced status change: applied only if the refund is still at `expected_status` and
@@ -251,6 +253,15 @@ pub trait Ledger: Send + Sync {
     /// book changed as the fact requires, in one transaction. `Illegal` when the record is not
     /// final or already says WeChat's status.
     async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError>;
+
+    /// Refunds that need a person (CHANGE, or flagged: a contradiction or an escalation), by
+    /// `out_refund_no`, one page of at most `limit` (≤ 100) at a time; `next` is `None` after the
+    /// last page.
+    async fn needing_person(
+        &self,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError>;
 }
 
 /// A correction of a final refund to WeChat's status.
@@ -525,6 +536,11 @@ pub(crate) fn transitioned(rec: &RefundRecord, t: &Transition) -> RefundRecord {
     }
     if let Some(v) = &c.success_time {
         next.success_time = Some(v.clone());
+    }
+    match &c.attention {
+        Patch::Keep => {}
+        Patch::Set(a) => next.attention = Some(a.clone()),
+        Patch::Clear => next.attention = None,
     }
     if t.expected_status == RefundStatus::Submitting {
         next.lease = None;
@@ -999,6 +1015,10 @@ mod tests {
             refund_recv_account: Some("支付用户零钱".into()),
             success_time: Some("2026-01-02 03:04:05".into()),
             next_check_at: Some(UnixMillis(77_000)),
+            attention: Patch::Set(Attention {
+                reason: AttentionReason::Stuck,
+                since: UnixMillis(6_000),
+            }),
         }
     }
 
@@ -1026,6 +1046,10 @@ mod tests {
                     lease: None,
                     next_check_at: (!matches!(to, Success | RefundClose | Change | Failed))
                         .then_some(UnixMillis(77_000)),
+                    attention: Some(Attention {
+                        reason: AttentionReason::Stuck,
+                        since: UnixMillis(6_000),
+                    }),
                     ..stored(from)
                 };
                 assert_eq!(next, want, "{from} -> {to}");

@@ -22,7 +22,7 @@ use wxpay::refund::RefundRequest;
 use wxpay::{Fen, OutRefundNo, RetryClass};
 
 use crate::correction::{CorrectionKind, FactSource};
-use crate::decide::{CallFailure, Lookup, Schedule, Step, Why};
+use crate::decide::{self, CallFailure, Lookup, Schedule, Step, Why};
 use crate::gateway::Gateway;
 use crate::ledger::{
     Changes, CorrectionWrite, LeaseOutcome, Ledger, LedgerError, Transition, TransitionOutcome,
@@ -198,8 +198,18 @@ impl RefundService {
         now: UnixMillis,
     ) -> Result<RefundRecord, ServiceError> {
         match step {
-            Step::Move { to, changes, why } => {
+            Step::Move {
+                to,
+                mut changes,
+                why,
+            } => {
                 log_move(rec, to, &changes, &why);
+                if changes.attention == crate::ledger::Patch::Keep {
+                    changes.attention = decide::escalation(rec, to, self.schedule(), now);
+                }
+                if let crate::ledger::Patch::Set(a) = &changes.attention {
+                    error!(out_refund_no = %rec.out_refund_no, out_trade_no = rec.order.field().1, status = %to, age_secs = rec.created_at.age_at(now).as_secs(), reason = ?a.reason, "refund needs a person: still not final past its escalation age");
+                }
                 self.move_to(rec, lease, to, changes, now).await
             }
             Step::Keep => Ok(rec.clone()),

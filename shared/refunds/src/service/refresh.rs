@@ -17,6 +17,16 @@ impl RefundService {
             .ok_or_else(|| ServiceError::NotFound(no.clone()))
     }
 
+    /// Refunds that need a person (CHANGE, contradicted, or stuck past their escalation age),
+    /// one page at a time.
+    pub async fn needing_person(
+        &self,
+        cursor: Option<crate::ledger::Cursor>,
+        limit: usize,
+    ) -> Result<crate::ledger::Page, ServiceError> {
+        Ok(self.ledger.needing_person(cursor, limit).await?)
+    }
+
     /// The refund after asking WeChat about it (a final or in-flight refund is answered as stored).
     pub async fn refresh(&self, no: &OutRefundNo) -> Result<RefundRecord, ServiceError> {
         let rec = self.get(no).await?;

@@ -237,3 +237,57 @@ async fn a_stored_request_that_cannot_be_sent_fails_and_releases() {
     let book = svc.ledger().order(&cmd().order).await.unwrap().unwrap();
     assert_eq!((book.reserved, book.count), (Fen::ZERO, 0));
 }
+
+#[tokio::test]
+async fn a_refund_stuck_in_unknown_is_escalated_listed_and_cleared_when_it_finishes() {
+    use wxpay::UnknownReason;
+    // GIVEN escalation at any age, an apply whose outcome is unknown, and a WeChat whose queries
+    // fail once, then answer SUCCESS
+    let script = Scripted::default();
+    script
+        .refunds
+        .lock()
+        .unwrap()
+        .push_back(CallOutcome::Unknown(UnknownReason::HttpStatus(502)));
+    script.queries.lock().unwrap().extend([
+        CallOutcome::Unknown(UnknownReason::HttpStatus(504)),
+        CallOutcome::Ok(found(wxpay::WxRefundStatus::Success)),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(EmbeddedLedger::open(dir.path().join("l.redb")).unwrap());
+    let wechat = Arc::new(script);
+    let cfg = ServiceConfig {
+        schedule: Schedule {
+            min_backoff: Duration::ZERO,
+            first_check: Duration::ZERO,
+            escalate: crate::decide::Escalation::all(Duration::ZERO),
+            ..Schedule::default()
+        },
+        ..ServiceConfig::default()
+    };
+    let svc = RefundService::new(ledger, Arc::clone(&wechat) as Arc<dyn Gateway>, cfg);
+    svc.submit(cmd()).await.unwrap();
+    // WHEN the poller finds it still UNKNOWN
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    svc.poll(Duration::from_secs(5)).await.unwrap();
+    // THEN it is flagged as stuck and listed for a person
+    let rec = svc.get(&"R-1".parse().unwrap()).await.unwrap();
+    assert_eq!(rec.status, RefundStatus::Unknown);
+    assert_eq!(
+        rec.attention.as_ref().map(|a| a.reason),
+        Some(crate::correction::AttentionReason::Stuck)
+    );
+    let page = svc.needing_person(None, 10).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    // WHEN WeChat answers at last
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(report.settled, 1, "{report:?}");
+    // THEN it finishes by itself, and the flag the machine set is cleared
+    let rec = svc.get(&"R-1".parse().unwrap()).await.unwrap();
+    assert_eq!(rec.status, RefundStatus::Success);
+    assert_eq!(rec.attention, None);
+    assert!(!rec.needs_person());
+    assert!(svc.needing_person(None, 10).await.unwrap().items.is_empty());
+    assert!(wechat.queries.lock().unwrap().is_empty());
+}

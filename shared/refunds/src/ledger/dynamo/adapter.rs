@@ -23,7 +23,7 @@ use super::keys::{
     ShardPos, cursor, due_upper_bound, failed_page_of, failed_page_pk, failed_pages,
     no_from_pending_sk, order_pk, parse_cursor, refund_pk, refund_pk_str, shard_pk, sk_of,
 };
-use super::table::{PENDING_INDEX, PENDING_SHARDS};
+use super::table::{NEEDS_PERSON_INDEX, NEEDS_PERSON_PK, PENDING_INDEX, PENDING_SHARDS};
 use super::txn_retry::{Cancellation, TXN_ATTEMPTS, TxnRetry, cancellation, code};
 use super::updates::{
     create_if_absent, external_reservation, failed_page_update, lease_update, record_reservation,
@@ -522,6 +522,46 @@ impl Ledger for DynamoLedger {
                 })
             }
         }
+    }
+
+    async fn needing_person(
+        &self,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError> {
+        let limit = limit.clamp(1, 100);
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(NEEDS_PERSON_INDEX)
+            .key_condition_expression("#g = :g")
+            .expression_attribute_names("#g", "gsi2pk")
+            .expression_attribute_values(":g", AttributeValue::S(NEEDS_PERSON_PK.into()))
+            .limit(i32::try_from(limit).unwrap_or(100));
+        if let Some(c) = &cursor {
+            let no: OutRefundNo = c
+                .as_str()
+                .parse()
+                .map_err(|_| LedgerError::BadCursor(c.as_str().chars().take(100).collect()))?;
+            q = q
+                .exclusive_start_key("gsi2pk", AttributeValue::S(NEEDS_PERSON_PK.into()))
+                .exclusive_start_key("gsi2sk", AttributeValue::S(no.as_str().into()))
+                .exclusive_start_key("pk", AttributeValue::S(refund_pk(&no)));
+        }
+        let out = q.send().await.map_err(unavailable)?;
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| k.get("gsi2sk"))
+            .and_then(|v| v.as_s().ok())
+            .map(|s| Cursor::new(s.as_str()));
+        let items = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(RefundRecord::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page { items, next })
     }
 
     async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError> {

@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
 use super::keys::{pending_pk, pending_sk, refund_pk};
+use super::table::NEEDS_PERSON_PK;
 use crate::correction::{Attention, AttentionReason, Correction};
 use crate::ledger::LedgerError;
 use crate::state::{LastError, Lease, OrderBook, RefundRecord, RefundStatus, UnixMillis};
@@ -97,6 +98,14 @@ impl From<&RefundRecord> for Item {
             );
         }
         i.insert("external".into(), AttributeValue::Bool(r.external));
+        // Sparse index of what needs a person.
+        if r.needs_person() {
+            i.insert("gsi2pk".into(), AttributeValue::S(NEEDS_PERSON_PK.into()));
+            i.insert(
+                "gsi2sk".into(),
+                AttributeValue::S(r.out_refund_no.as_str().into()),
+            );
+        }
         if let Some(a) = &r.attention {
             i.insert(
                 "attention_reason".into(),
@@ -210,15 +219,17 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn attention_code(reason: AttentionReason) -> &'static str {
+pub(super) fn attention_code(reason: AttentionReason) -> &'static str {
     match reason {
         AttentionReason::Contradiction => "contradiction",
+        AttentionReason::Stuck => "stuck",
     }
 }
 
 fn attention_reason(code: &str) -> Option<AttentionReason> {
     match code {
         "contradiction" => Some(AttentionReason::Contradiction),
+        "stuck" => Some(AttentionReason::Stuck),
         _ => None,
     }
 }

@@ -14,6 +14,10 @@ use crate::ledger::LedgerError;
 pub const PENDING_INDEX: &str = "pending";
 /// Shards of the pending index: spreads index writes over partitions; the poller queries each.
 pub const PENDING_SHARDS: u32 = 8;
+/// The index of refunds that need a person (CHANGE, or flagged). Sparse and small by nature (one
+/// partition, `gsi2pk` = [`NEEDS_PERSON_PK`], sorted by `out_refund_no`).
+pub const NEEDS_PERSON_INDEX: &str = "needs_person";
+pub const NEEDS_PERSON_PK: &str = "NEEDS_PERSON";
 
 /// A global secondary index of the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,14 +45,28 @@ pub struct TableSpec {
 pub const fn table_spec() -> TableSpec {
     TableSpec {
         billing_mode: "PAY_PER_REQUEST",
-        attributes: &[("pk", "S"), ("gsi1pk", "S"), ("gsi1sk", "S")],
+        attributes: &[
+            ("pk", "S"),
+            ("gsi1pk", "S"),
+            ("gsi1sk", "S"),
+            ("gsi2pk", "S"),
+            ("gsi2sk", "S"),
+        ],
         hash_key: "pk",
-        indexes: &[IndexSpec {
-            name: PENDING_INDEX,
-            hash_key: "gsi1pk",
-            range_key: "gsi1sk",
-            projection: "ALL",
-        }],
+        indexes: &[
+            IndexSpec {
+                name: PENDING_INDEX,
+                hash_key: "gsi1pk",
+                range_key: "gsi1sk",
+                projection: "ALL",
+            },
+            IndexSpec {
+                name: NEEDS_PERSON_INDEX,
+                hash_key: "gsi2pk",
+                range_key: "gsi2sk",
+                projection: "ALL",
+            },
+        ],
         ttl_attribute: "expires_at",
     }
 }
@@ -121,11 +139,17 @@ mod tests {
         let spec = table_spec();
         assert_eq!(spec.billing_mode, "PAY_PER_REQUEST");
         assert_eq!(spec.hash_key, "pk");
-        assert_eq!(spec.indexes.len(), 1);
+        assert_eq!(spec.indexes.len(), 2);
         assert_eq!(spec.indexes[0].name, "pending");
         assert_eq!(
             (spec.indexes[0].hash_key, spec.indexes[0].range_key),
             ("gsi1pk", "gsi1sk")
+        );
+        // AND the sparse index of refunds that need a person
+        assert_eq!(spec.indexes[1].name, "needs_person");
+        assert_eq!(
+            (spec.indexes[1].hash_key, spec.indexes[1].range_key),
+            ("gsi2pk", "gsi2sk")
         );
         assert_eq!(spec.ttl_attribute, "expires_at");
     }

@@ -6,9 +6,10 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
-use super::codec::{num, status_av};
+use super::codec::{attention_code, num, status_av};
 use super::expr::Expr;
 use super::keys::{pending_pk, pending_sk};
+use super::table::NEEDS_PERSON_PK;
 use crate::ledger::{NewRefund, Patch, Transition};
 use crate::state::{MAX_REFUNDS_PER_ORDER, RefundRecord, RefundStatus, UnixMillis};
 
@@ -294,6 +295,30 @@ pub(super) fn transition_update(t: &Transition) -> Expr {
             let (a, b) = (u.n("last_error_code"), u.n("last_error_message"));
             u.remove.extend([a, b]);
         }
+    }
+    match &c.attention {
+        Patch::Keep => {}
+        Patch::Set(a) => {
+            set_s(&mut u, "attention_reason", Some(attention_code(a.reason)));
+            let (since, v) = (u.n("attention_since"), u.v("since", num(a.since.get())));
+            u.set.push(format!("{since} = {v}"));
+        }
+        Patch::Clear => {
+            let (a, b) = (u.n("attention_reason"), u.n("attention_since"));
+            u.remove.extend([a, b]);
+        }
+    }
+    // The needs-person index: entering CHANGE or a flag puts the refund in; clearing the flag
+    // takes it out (a transition never leaves CHANGE: that is a correction, written whole).
+    if t.to == RefundStatus::Change || matches!(c.attention, Patch::Set(_)) {
+        let (g1, g2) = (u.n("gsi2pk"), u.n("gsi2sk"));
+        let v_g1 = u.v("np", AttributeValue::S(NEEDS_PERSON_PK.into()));
+        let v_g2 = u.v("npno", AttributeValue::S(t.out_refund_no.as_str().into()));
+        u.set.push(format!("{g1} = {v_g1}"));
+        u.set.push(format!("{g2} = {v_g2}"));
+    } else if matches!(c.attention, Patch::Clear) {
+        let (g1, g2) = (u.n("gsi2pk"), u.n("gsi2sk"));
+        u.remove.extend([g1, g2]);
     }
     let mut condition =
         format!("attribute_exists({pk}) AND {st} = {v_exp_st} AND {ver} = {v_exp_v}");
