@@ -813,6 +813,20 @@ fn adoption_writes_wechats_fields_and_flags_stale_processing() {
         }
         other => panic!("{other:?}"),
     }
+    // WHEN it is exactly at the limit THEN not stale yet (older than, not as old as)
+    let at_limit = UnixMillis(T0 + 7 * 24 * 3600 * SEC);
+    assert!(matches!(
+        adopt(
+            &rec(Processing, 1),
+            &queried(WxRefundStatus::Processing, 10),
+            &s,
+            at_limit
+        ),
+        Step::Move {
+            why: Why::Adopted,
+            ..
+        }
+    ));
     // WHEN it is 6 days old THEN not stale
     let now = UnixMillis(T0 + 6 * 24 * 3600 * SEC);
     assert!(matches!(
