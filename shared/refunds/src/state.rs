@@ -159,8 +159,9 @@ impl RefundStatus {
     ///   reschedule the next check (the query found nothing new, or itself failed).
     /// - PROCESSING never goes back to SUBMITTING or to FAILED: WeChat owns the refund now and
     ///   ends it as SUCCESS, REFUNDCLOSE or CHANGE.
-    /// - Final states go nowhere, CHANGE included: resolving a CHANGE is an operator's action
-    ///   outside the machine, recorded by a dedicated tool, never by the poller.
+    /// - Final states go nowhere, CHANGE included: when WeChat's signed books later report another
+    ///   status for a final refund (a CHANGE a person resolved, or a contradiction), the ledger
+    ///   takes it through the correction transition (`crate::correction`), not through this table.
     pub const fn can_move_to(self, next: RefundStatus) -> bool {
         use RefundStatus::*;
         match self {
