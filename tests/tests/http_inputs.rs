@@ -71,9 +71,9 @@ async fn bad_inputs_get_json_errors_and_touch_nothing() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_error_body("unknown route", &body, "not_found");
 
-    // the wrong method → 405
+    // the wrong method → 405 (GET /refunds is the needs-person list, so PATCH stands in)
     for (method, uri) in [
-        (Method::GET, "/refunds"),
+        (Method::PATCH, "/refunds"),
         (Method::DELETE, "/refunds/R-HTTP-1"),
         (Method::PUT, "/orders/ORDER-HTTP-1/refunds"),
     ] {
