@@ -306,7 +306,13 @@ pub(crate) fn corrected(rec: &RefundRecord, c: &CorrectionWrite) -> Option<Refun
         source: c.source,
         at: c.now,
     });
-    if kind == CorrectionKind::Contradiction && next.attention.is_none() {
+    // A contradiction's flag outranks a stuck one (which the machine may clear); the first
+    // contradiction's time is kept.
+    let contradicted = next
+        .attention
+        .as_ref()
+        .is_some_and(|a| a.reason == AttentionReason::Contradiction);
+    if kind == CorrectionKind::Contradiction && !contradicted {
         next.attention = Some(Attention {
             reason: AttentionReason::Contradiction,
             since: c.now,
@@ -1289,5 +1295,134 @@ mod tests {
             serde_json::to_string(&c).unwrap(),
             "\"3|00000000000000001234|R1\""
         );
+    }
+
+    fn correction(to: RefundStatus, next_check_at: Option<UnixMillis>) -> CorrectionWrite {
+        CorrectionWrite {
+            out_refund_no: no("R1"),
+            expected_status: Failed,
+            expected_version: 7,
+            to,
+            changes: Changes {
+                refund_id: Some(RefundId::new("50000000011").unwrap()),
+                next_check_at,
+                ..Changes::default()
+            },
+            source: FactSource::OrderListing,
+            now: UnixMillis(9_000),
+        }
+    }
+
+    #[test]
+    fn a_contradiction_is_corrected_with_its_history_and_flagged() {
+        // GIVEN a FAILED record WHEN WeChat's listing says SUCCESS THEN WeChat's status and fields,
+        // one version up, the history entry, and a contradiction flag since then
+        let fixed = corrected(&stored(Failed), &correction(Success, None)).unwrap();
+        assert_eq!(fixed.status, Success);
+        assert_eq!(fixed.version, 8);
+        assert_eq!(fixed.updated_at, UnixMillis(9_000));
+        assert_eq!(fixed.refund_id, Some(RefundId::new("50000000011").unwrap()));
+        assert_eq!(fixed.next_check_at, None);
+        assert_eq!(
+            fixed.corrections,
+            vec![Correction {
+                from: Failed,
+                to: Success,
+                kind: CorrectionKind::Contradiction,
+                source: FactSource::OrderListing,
+                at: UnixMillis(9_000),
+            }]
+        );
+        assert_eq!(
+            fixed.attention,
+            Some(Attention {
+                reason: AttentionReason::Contradiction,
+                since: UnixMillis(9_000)
+            })
+        );
+        // AND a second correction appends, keeping the first flag's time
+        let mut c = correction(RefundClose, None);
+        c.expected_status = Success;
+        c.now = UnixMillis(10_000);
+        let again = corrected(&fixed, &c).unwrap();
+        assert_eq!(again.corrections.len(), 2);
+        assert_eq!(again.corrections[1].from, Success);
+        assert_eq!(again.attention.unwrap().since, UnixMillis(9_000));
+    }
+
+    #[test]
+    fn a_contradiction_outranks_a_stuck_flag_and_a_resolution_sets_none() {
+        // GIVEN a stuck flag WHEN a contradiction is corrected THEN the flag becomes a contradiction
+        let mut rec = stored(Failed);
+        rec.attention = Some(Attention {
+            reason: AttentionReason::Stuck,
+            since: UnixMillis(5),
+        });
+        let fixed = corrected(&rec, &correction(Success, None)).unwrap();
+        assert_eq!(
+            fixed.attention.map(|a| (a.reason, a.since)),
+            Some((AttentionReason::Contradiction, UnixMillis(9_000)))
+        );
+        // GIVEN a CHANGE WHEN resolved to SUCCESS THEN no flag is set
+        let mut c = correction(Success, None);
+        c.expected_status = Change;
+        let resolved = corrected(&stored(Change), &c).unwrap();
+        assert_eq!(resolved.attention, None);
+        assert_eq!(resolved.corrections[0].kind, CorrectionKind::Resolution);
+    }
+
+    #[test]
+    fn only_a_final_status_that_differs_is_corrected() {
+        for status in RefundStatus::ALL {
+            let want = status.is_final() && status != Success;
+            let mut c = correction(Success, None);
+            c.expected_status = status;
+            assert_eq!(corrected(&stored(status), &c).is_some(), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn a_correction_to_an_open_status_is_scheduled() {
+        // WeChat says PROCESSING: back into the pending index, at the given time or now
+        let at = UnixMillis(12_345);
+        let r = corrected(&stored(Failed), &correction(Processing, Some(at))).unwrap();
+        assert_eq!(r.next_check_at, Some(at));
+        let r = corrected(&stored(Failed), &correction(Processing, None)).unwrap();
+        assert_eq!(r.next_check_at, Some(UnixMillis(9_000)));
+    }
+
+    #[test]
+    fn a_correction_moves_the_book_as_the_fact_requires() {
+        let book = OrderBook {
+            order: OrderRef::OutTradeNo(trade("ORDER-1")),
+            total_fee: fen(100),
+            reserved: fen(95),
+            count: 3,
+            refunds: vec![],
+        };
+        // the refund holds 10 fen; the book takes (reserved, count) to
+        for (from, to, reserved, count) in [
+            (Failed, Success, 105, 4),
+            (Failed, RefundClose, 95, 4),
+            (RefundClose, Success, 105, 3),
+            (Success, RefundClose, 85, 3),
+            (Change, RefundClose, 85, 3),
+            (Change, Success, 95, 3),
+        ] {
+            let b = corrected_book(&book, &stored(from), to);
+            assert_eq!(
+                (b.reserved, b.count),
+                (fen(reserved), count),
+                "{from} -> {to}"
+            );
+        }
+        // and a slot given back by a fact (never below zero)
+        let mut empty = book.clone();
+        empty.count = 0;
+        empty.reserved = fen(0);
+        let b = corrected_book(&empty, &stored(Success), Failed);
+        assert_eq!((b.reserved, b.count), (fen(0), 0));
+        let b = corrected_book(&book, &stored(Success), Failed);
+        assert_eq!((b.reserved, b.count), (fen(85), 2));
     }
 }
