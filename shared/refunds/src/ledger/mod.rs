@@ -1425,4 +1425,25 @@ mod tests {
         let b = corrected_book(&book, &stored(Success), Failed);
         assert_eq!((b.reserved, b.count), (fen(85), 2));
     }
+
+    #[test]
+    fn a_failed_refund_leaves_the_orders_own_list_and_others_stay() {
+        // GIVEN an order listing R1 and R2 WHEN R1 fails THEN only R1 leaves the order's own list
+        // (its number is kept apart, see `with_released`); REFUNDCLOSE keeps its number
+        let book = OrderBook {
+            order: OrderRef::OutTradeNo(trade("ORDER-1")),
+            total_fee: fen(100),
+            reserved: fen(20),
+            count: 2,
+            refunds: vec![no("R1"), no("R2")],
+        };
+        assert_eq!(
+            released(&book, &stored(Processing), Failed).refunds,
+            vec![no("R2")]
+        );
+        assert_eq!(
+            released(&book, &stored(Processing), RefundClose).refunds,
+            vec![no("R1"), no("R2")]
+        );
+    }
 }
