@@ -547,4 +547,22 @@ pub(crate) mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_record_needs_a_person_for_change_or_a_flag() {
+        use crate::correction::{Attention, AttentionReason};
+        for status in RefundStatus::ALL {
+            let mut r = record(status, None);
+            // GIVEN no flag THEN only CHANGE needs a person
+            assert_eq!(r.needs_person(), status == Change, "{status}");
+            // GIVEN a flag THEN every status does
+            for reason in [AttentionReason::Contradiction, AttentionReason::Stuck] {
+                r.attention = Some(Attention {
+                    reason,
+                    since: UnixMillis(1),
+                });
+                assert!(r.needs_person(), "{status} {reason:?}");
+            }
+        }
+    }
 }
