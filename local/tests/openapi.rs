@@ -7,73 +7,26 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::Value;
 use tower::ServiceExt;
-use wxpay::CallOutcome;
-use wxpay::notify::{NotifyError, RefundNotification};
-use wxpay::query::{RefundQueryRequest, RefundQueryResponse};
-use wxpay::refund::{RefundRequest, RefundResponse};
 use wxrefund::correction::{CorrectionKind, FactSource};
-use wxrefund::gateway::Gateway;
 use wxrefund::http::{CorrectionView, CreateRefund, OrderRefunds, RefundView};
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::service::{RefundService, ServiceConfig};
 use wxrefund::state::{LastError, RefundStatus};
 
+mod common;
+
+use common::{Offline, router, send};
+
 const DOC: &str = include_str!("../openapi.json");
 
 fn doc() -> Value {
     serde_json::from_str(DOC).expect("openapi.json is JSON")
-}
-
-/// WeChat that cannot be reached: the routes answer without it (errors are fine here).
-struct Offline;
-
-#[async_trait]
-impl Gateway for Offline {
-    async fn refund(&self, _: &RefundRequest) -> CallOutcome<RefundResponse> {
-        CallOutcome::NotSent("offline".into())
-    }
-    async fn query(&self, _: &RefundQueryRequest) -> CallOutcome<RefundQueryResponse> {
-        CallOutcome::NotSent("offline".into())
-    }
-    async fn decrypt_notification(&self, _: &[u8]) -> Result<RefundNotification, NotifyError> {
-        Err(NotifyError::MissingReqInfo)
-    }
-}
-
-fn router(dir: &tempfile::TempDir) -> axum::Router {
-    let ledger = EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("ledger");
-    let svc = RefundService::new(
-        Arc::new(ledger),
-        Arc::new(Offline),
-        ServiceConfig::default(),
-    );
-    wxrefund::http::router(Arc::new(svc))
-}
-
-/// Status and body of one request through the router.
-async fn send(
-    router: &axum::Router,
-    method: Method,
-    uri: &str,
-    body: &str,
-) -> (StatusCode, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_owned()))
-        .expect("request");
-    let resp = router.clone().oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The router's own "no route" answers, as opposed to a handler's 404 for a missing refund.
@@ -433,63 +386,6 @@ async fn each_function_serves_only_its_own_routes() {
 }
 
 /// Log output captured in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test]
-async fn a_refused_request_is_logged_with_route_code_and_ids_but_not_its_body() {
-    // GIVEN logs captured at INFO
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let router = router(&dir);
-    // WHEN a refund with a description CDATA cannot carry is posted, and an unknown route asked
-    let body = r#"{"out_refund_no":"R-LOG-1","out_trade_no":"ORDER-LOG-1","total_fee":100,"refund_fee":1,"refund_desc":"secret]]>text"}"#;
-    let (status, _) = send(&router, Method::POST, "/refunds", body).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, _) = send(&router, Method::GET, "/nowhere", "").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    // THEN one INFO line each, with the route, the code and the ids, and nothing of the body
-    let text = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
-    let refused: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("request refused"))
-        .collect();
-    assert_eq!(refused.len(), 2, "{text}");
-    let first = refused[0];
-    for needle in [
-        "INFO",
-        "route=\"/refunds\"",
-        "status=400",
-        "error=\"validation_error\"",
-        "out_refund_no=\"R-LOG-1\"",
-        "out_trade_no=\"ORDER-LOG-1\"",
-    ] {
-        assert!(first.contains(needle), "{needle} missing in {first}");
-    }
-    assert!(
-        !text.contains("secret"),
-        "the body leaked into the logs: {text}"
-    );
-    assert!(refused[1].contains("error=\"not_found\""), "{}", refused[1]);
-}
-
 #[tokio::test]
 async fn malformed_paths_queries_and_media_types_get_the_json_envelope() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,19 +1,21 @@
-//! `wxpay-sandbox`: a local stand-in for api.mch.weixin.qq.com (refund apply and query), built from
-//! docs/PROTOCOL.md: mutual TLS on `/secapi/`, signatures, refund rules, query paging, settling
-//! with encrypted notifications, rate limits, fault injection and an admin API. Its books are saved
+//! `wxpay-sandbox`: a local stand-in for api.mch.weixin.qq.com (refund apply and query, the daily
+//! bill), built from docs/PROTOCOL.md: mutual TLS on `/secapi/`, signatures, refund rules, query
+//! paging, settling with encrypted notifications, rate limits, fault injection and an admin API. Its books are saved
 //! in the state dir (`books.json`) after every change and reloaded on start. See README.md.
 
 //!
 //! Module dependency order (each uses only modules listed before it; no cycles):
-//! `beijing`, `body`, `duration`, `p12`, `persist`, `x509` → `books` → `certs`, `notify` → `tls`,
-//! `app` → `settle` → `protocol`, `admin` → `server` → this root.
+//! `beijing`, `body`, `duration`, `p12`, `persist`, `x509` → `books` → `bill`, `certs`, `notify` →
+//! `tls`, `app` → `settle` → `protocol`, `admin` → `download` → `server` → this root.
 
 pub mod admin;
 pub mod app;
 pub mod beijing;
+pub mod bill;
 pub mod body;
 pub mod books;
 pub mod certs;
+pub mod download;
 pub mod duration;
 pub mod notify;
 pub mod p12;
@@ -36,6 +38,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wxpay::ApiKey;
 
+pub use bill::BillType;
 pub use books::{
     AdminError, BookedStatus, Books, Coupon, CouponRefund, CouponType, Fault, FaultKind,
     FaultTarget, NewCoupon, NewOrder, NewRefund, OrderView, Outcome, RefundSource, RefundView,
@@ -312,6 +315,18 @@ impl RunningSandbox {
     /// Resolves a CHANGE refund to SUCCESS and notifies it (`POST /sandbox/refunds/{n}/resolve`).
     pub fn resolve(&self, out_refund_no: &str) -> Result<RefundView, AdminError> {
         settle::resolve(&self.app, out_refund_no)
+    }
+
+    /// The bill `/pay/downloadbill` would answer now for Beijing `date` (None: `No Bill Exist`),
+    /// as text; faults aside.
+    pub fn bill(&self, date: time::Date, kind: BillType) -> Option<String> {
+        bill::write(
+            &self.books.read(),
+            &self.merchant.appid,
+            &self.merchant.mch_id,
+            date,
+            kind,
+        )
     }
 
     /// Stops accepting, closes connections and ends background tasks.

@@ -22,6 +22,11 @@ pub enum Reply {
     Xml(String),
     /// Another status with an HTML body (front-end errors).
     Html { status: StatusCode, body: String },
+    /// HTTP 200 with a downloaded bill (plain text or gzip) of this content type.
+    Bill {
+        body: Vec<u8>,
+        content_type: &'static str,
+    },
     /// Close the connection without answering.
     Drop,
     /// Never answer.
@@ -29,7 +34,7 @@ pub enum Reply {
 }
 
 const CERT_MISSING_HTML: &str = "<html>\r\n<head><title>400 No required SSL certificate was sent</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>No required SSL certificate was sent</center>\r\n<hr><center>stgw</center>\r\n</body>\r\n</html>\r\n";
-const BAD_GATEWAY_HTML: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>stgw</center>\r\n</body>\r\n</html>\r\n";
+pub(crate) const BAD_GATEWAY_HTML: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>stgw</center>\r\n</body>\r\n</html>\r\n";
 
 pub const MSG_BAD_SIGN: &str = "签名错误,请检查后再试";
 pub const MSG_POST_ONLY: &str = "请使用post方法";
@@ -74,7 +79,7 @@ fn return_fail(msg: &str) -> Reply {
     xml_reply(&[("return_code", "FAIL"), ("return_msg", msg)])
 }
 
-fn xml_reply(fields: &[(&str, &str)]) -> Reply {
+pub(crate) fn xml_reply(fields: &[(&str, &str)]) -> Reply {
     match wxpay::xml::encode(fields.iter().copied()) {
         Ok(x) => Reply::Xml(x),
         // Only reachable if a value contained "]]>"; never let it become a panic or an empty reply.
@@ -86,8 +91,60 @@ fn xml_reply(fields: &[(&str, &str)]) -> Reply {
 }
 
 /// A verified request: what every signed reply needs.
-struct Signed {
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Signed {
     sign_type: SignType,
+}
+
+/// Why the checks every endpoint shares ([`prelude`]) refused a request; each endpoint words
+/// the answer its own way.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    NotPost,
+    Empty,
+    /// Bad XML, or a body over the size limit.
+    BadXml,
+    UnknownName(String),
+    Missing(String),
+    BadSignType,
+    UnknownMch,
+    BadSign,
+    /// From here on the signature was good, so a refund reply is signed.
+    AppidMismatch(Signed),
+    /// A value with a 4-byte UTF-8 character.
+    NotUtf8 {
+        name: String,
+        signed: Signed,
+    },
+}
+
+/// The refund endpoints' answer to a refused request (README checks 2–8).
+fn refund_refusal(app: &App, r: Refusal) -> Reply {
+    match r {
+        Refusal::NotPost => return_fail(MSG_POST_ONLY),
+        Refusal::Empty => return_fail(MSG_EMPTY),
+        Refusal::BadXml => return_fail(MSG_XML),
+        Refusal::UnknownName(n) => return_fail(&format!("不识别的参数{n}")),
+        Refusal::Missing(n) => return_fail(&format!("缺少参数{n}")),
+        Refusal::BadSignType => return_fail("sign_type参数错误"),
+        Refusal::UnknownMch => {
+            unsigned_biz_fail(&BizError::new("MCHID_NOT_EXIST", "mch_id参数错误"))
+        }
+        Refusal::BadSign => return_fail(MSG_BAD_SIGN),
+        Refusal::AppidMismatch(s) => biz_fail(
+            app,
+            &s,
+            &BizError::new("APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配"),
+        ),
+        Refusal::NotUtf8 { name, signed } => biz_fail(
+            app,
+            &signed,
+            &BizError::new(
+                "NOT_UTF8",
+                format!("参数{name}包含4字节UTF-8字符，仅支持1-3字节的UTF-8字符"),
+            ),
+        ),
+    }
 }
 
 /// The envelope of a signed reply followed by `fields`; `bad_sign` corrupts the signature.
@@ -142,68 +199,55 @@ fn unsigned_biz_fail(e: &BizError) -> Reply {
     ])
 }
 
-/// The prelude shared by both endpoints (README checks 2–8): POST, body, XML, names, required
-/// fields, sign type, merchant, signature, appid, UTF-8. `Err` is the reply to send.
-fn prelude(
+/// The prelude shared by every endpoint (README checks 2–8): POST, body, XML, names, required
+/// fields, sign type, merchant, signature, appid, UTF-8.
+pub(crate) fn prelude(
     app: &App,
     is_post: bool,
     body: Result<&[u8], TooLarge>,
     allowed: &[&str],
     required: &[&str],
-) -> Result<(XmlMap, Signed), Reply> {
+) -> Result<(XmlMap, Signed), Refusal> {
     if !is_post {
-        return Err(return_fail(MSG_POST_ONLY));
+        return Err(Refusal::NotPost);
     }
     // The decoder's own size check would say the same; it never sees an oversize body.
-    let body = body.map_err(|TooLarge| return_fail(MSG_XML))?;
+    let body = body.map_err(|TooLarge| Refusal::BadXml)?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(return_fail(MSG_EMPTY));
+        return Err(Refusal::Empty);
     }
-    let map = wxpay::xml::decode(body).map_err(|_| return_fail(MSG_XML))?;
+    let map = wxpay::xml::decode(body).map_err(|_| Refusal::BadXml)?;
     // Names are case-sensitive; the first unknown one is reported (docs/PROTOCOL.md "Apply refund").
     if let Some(unknown) = map.keys().find(|k| !allowed.contains(k)) {
-        return Err(return_fail(&format!("不识别的参数{unknown}")));
+        return Err(Refusal::UnknownName(unknown.to_string()));
     }
     if let Some(missing) = required.iter().find(|k| map.non_empty(k).is_none()) {
-        return Err(return_fail(&format!("缺少参数{missing}")));
+        return Err(Refusal::Missing(missing.to_string()));
     }
     let sign_type = match map.non_empty("sign_type") {
         None => SignType::Md5,
-        Some(s) => s
-            .parse::<SignType>()
-            .map_err(|_| return_fail("sign_type参数错误"))?,
+        Some(s) => s.parse::<SignType>().map_err(|_| Refusal::BadSignType)?,
     };
     let given = map.get("sign").unwrap_or("");
     // Without the merchant's key no signature can be checked (and none can be made).
     if map.get("mch_id") != Some(app.merchant.mch_id.as_str()) {
-        return Err(unsigned_biz_fail(&BizError::new(
-            "MCHID_NOT_EXIST",
-            "mch_id参数错误",
-        )));
+        return Err(Refusal::UnknownMch);
     }
     if !wxpay::sign::verify(map.iter(), &app.key, sign_type, given) {
-        return Err(return_fail(MSG_BAD_SIGN));
+        return Err(Refusal::BadSign);
     }
     let signed = Signed { sign_type };
     if map.get("appid") != Some(app.merchant.appid.as_str()) {
-        return Err(biz_fail(
-            app,
-            &signed,
-            &BizError::new("APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配"),
-        ));
+        return Err(Refusal::AppidMismatch(signed));
     }
     if let Some((name, _)) = map
         .iter()
         .find(|(_, v)| v.chars().any(|c| c.len_utf8() > 3))
     {
-        return Err(biz_fail(
-            app,
-            &signed,
-            &BizError::new(
-                "NOT_UTF8",
-                format!("参数{name}包含4字节UTF-8字符，仅支持1-3字节的UTF-8字符"),
-            ),
-        ));
+        return Err(Refusal::NotUtf8 {
+            name: name.to_string(),
+            signed,
+        });
     }
     Ok((map, signed))
 }
@@ -319,7 +363,7 @@ fn before_fault(app: &App, s: &Signed, kind: &FaultKind, endpoint: Endpoint) -> 
 
 /// WeChat's `err_code_des` for a code a `refuse` fault names without one; the code itself for a
 /// code whose text is not known here.
-fn refusal_text(err_code: &str) -> &str {
+pub(crate) fn refusal_text(err_code: &str) -> &str {
     match err_code {
         "SYSTEMERROR" => "系统超时，请使用相同参数重试",
         "BIZERR_NEED_RETRY" => "并发情况下，业务被拒绝，商户重试即可解决",
@@ -335,11 +379,11 @@ fn refusal_text(err_code: &str) -> &str {
     }
 }
 
-fn is_failure(reply: &Reply) -> bool {
+pub(crate) fn is_failure(reply: &Reply) -> bool {
     match reply {
         Reply::Xml(x) => x.contains("<![CDATA[FAIL]]>"),
         Reply::Html { .. } => true,
-        Reply::Drop | Reply::Hang => false,
+        Reply::Bill { .. } | Reply::Drop | Reply::Hang => false,
     }
 }
 
@@ -390,7 +434,7 @@ async fn apply_inner(
         ],
     ) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return refund_refusal(app, r),
     };
     let s = signed_out.insert(signed);
     // The certificate must belong to the merchant named in the request.
@@ -533,7 +577,7 @@ async fn query_inner(
         &["appid", "mch_id", "nonce_str", "sign"],
     ) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return refund_refusal(app, r),
     };
     let s = signed_out.insert(signed);
     // Priority when several are sent: refund_id > out_refund_no > transaction_id > out_trade_no.
@@ -656,8 +700,9 @@ async fn query_inner(
     signed_reply(app, s, f, false)
 }
 
-/// Names the apply endpoint answers on (all require a client certificate except the legacy
-/// sandbox `/sandboxnew/pay/refund`, which never did).
+/// The endpoint a path names and whether it needs a client certificate: the apply endpoint
+/// always does except on the legacy sandbox `/sandboxnew/pay/refund`, which never did; query and
+/// bill never do.
 pub fn route(path: &str) -> Option<(Endpoint, bool)> {
     let path = path.strip_suffix('/').unwrap_or(path);
     let stripped = path
@@ -668,6 +713,7 @@ pub fn route(path: &str) -> Option<(Endpoint, bool)> {
         "/secapi/pay/refund" => Some((Endpoint::Apply, true)),
         "/pay/refund" if stripped.len() != path.len() => Some((Endpoint::Apply, false)),
         "/pay/refundquery" => Some((Endpoint::Query, false)),
+        "/pay/downloadbill" => Some((Endpoint::Bill, false)),
         _ => None,
     }
 }
@@ -705,5 +751,11 @@ mod tests {
             Some((Endpoint::Query, false))
         );
         assert_eq!(route("/secapi/pay/refundx"), None);
+        assert_eq!(route("/pay/downloadbill"), Some((Endpoint::Bill, false)));
+        assert_eq!(
+            route("/sandboxnew/pay/downloadbill/"),
+            Some((Endpoint::Bill, false))
+        );
+        assert_eq!(route("/secapi/pay/downloadbill"), None);
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTPS server: TLS accept loop (tokio-rustls + hyper HTTP/1.1) and routing of each request
-//! to the WeChat endpoints or the admin API.
+//! to the WeChat endpoints (refund, refund query, bill download) or the admin API.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use crate::admin;
 use crate::app::App;
 use crate::body;
 use crate::books::Endpoint;
+use crate::download;
 use crate::protocol::{self, Reply};
 
 /// Returned by the service to make hyper close the connection without a response.
@@ -71,6 +72,10 @@ async fn connection(tcp: tokio::net::TcpStream, acceptor: TlsAcceptor, app: Arc<
 }
 
 fn text_response(status: StatusCode, body: String, content_type: &str) -> Response<Full<Bytes>> {
+    bytes_response(status, body.into_bytes(), content_type)
+}
+
+fn bytes_response(status: StatusCode, body: Vec<u8>, content_type: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
@@ -107,6 +112,7 @@ async fn handle(
     let reply = match endpoint {
         Endpoint::Apply => protocol::apply(&app, is_post, body, client_cn.as_deref()).await,
         Endpoint::Query => protocol::query(&app, is_post, body).await,
+        Endpoint::Bill => download::download(&app, is_post, body).await,
     };
     render(reply, &app).await
 }
@@ -115,6 +121,9 @@ async fn render(reply: Reply, app: &App) -> Result<Response<Full<Bytes>>, Droppe
     match reply {
         Reply::Xml(x) => Ok(text_response(StatusCode::OK, x, "text/plain")),
         Reply::Html { status, body } => Ok(text_response(status, body, "text/html")),
+        Reply::Bill { body, content_type } => {
+            Ok(bytes_response(StatusCode::OK, body, content_type))
+        }
         Reply::Drop => Err(Dropped),
         Reply::Hang => {
             let mut shutdown = app.shutdown.clone();

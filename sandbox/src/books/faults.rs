@@ -12,6 +12,8 @@ pub enum FaultTarget {
     #[default]
     Apply,
     Query,
+    /// `/pay/downloadbill` (global faults only: a bill is the merchant's, not an order's).
+    Bill,
     Any,
 }
 
@@ -53,6 +55,8 @@ pub enum FaultKind {
     Hang,
     /// After: the normal reply, with a wrong `sign`.
     BadSign,
+    /// Bills only, before: `return_msg=Bill Creating` (WeChat has not made the day's bill yet).
+    BillCreating,
 }
 
 impl FaultKind {
@@ -64,7 +68,8 @@ impl FaultKind {
             | FaultKind::BizErrNeedRetry
             | FaultKind::NotEnough
             | FaultKind::Refuse { .. }
-            | FaultKind::RefundNotExist => Phase::Before,
+            | FaultKind::RefundNotExist
+            | FaultKind::BillCreating => Phase::Before,
             FaultKind::SystemErrorAfter
             | FaultKind::DropResponse
             | FaultKind::Hang
@@ -86,25 +91,30 @@ impl FaultKind {
             FaultKind::DropResponse => "drop_response",
             FaultKind::Hang => "hang",
             FaultKind::BadSign => "bad_sign",
+            FaultKind::BillCreating => "bill_creating",
         }
     }
 
-    /// Whether it can hit requests to `endpoint` at all: a query takes no refund, so "after"
-    /// faults have nothing to follow there, and only a query can miss a refund.
+    /// Whether it can hit requests to `endpoint` at all: a query or a bill takes no refund, so
+    /// "after" faults have nothing to follow there (except that a bill that was made can still be
+    /// lost on the way: `drop_response`, `hang`), only a query can miss a refund and only a bill
+    /// can be still in the making.
     pub fn hits(&self, endpoint: Endpoint) -> bool {
-        match (self.phase(), endpoint) {
-            (Phase::After, Endpoint::Query) => false,
-            _ => !matches!(
-                (self, endpoint),
-                (FaultKind::RefundNotExist, Endpoint::Apply)
-            ),
+        match self {
+            FaultKind::RefundNotExist => endpoint == Endpoint::Query,
+            FaultKind::BillCreating => endpoint == Endpoint::Bill,
+            FaultKind::DropResponse | FaultKind::Hang => endpoint != Endpoint::Query,
+            FaultKind::SystemErrorAfter | FaultKind::BadSign => endpoint == Endpoint::Apply,
+            _ => true,
         }
     }
 
-    /// `on` when a fault does not say: queries for the one kind that only hits queries.
+    /// `on` when a fault does not say: the one endpoint of a kind that hits only one besides
+    /// apply.
     pub fn default_target(&self) -> FaultTarget {
         match self {
             FaultKind::RefundNotExist => FaultTarget::Query,
+            FaultKind::BillCreating => FaultTarget::Bill,
             _ => FaultTarget::Apply,
         }
     }
@@ -130,6 +140,21 @@ pub enum Phase {
 pub enum Endpoint {
     Apply,
     Query,
+    /// `/pay/downloadbill`.
+    Bill,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [Endpoint::Apply, Endpoint::Query, Endpoint::Bill];
+
+    /// The `on` value naming it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Apply => "apply",
+            Endpoint::Query => "query",
+            Endpoint::Bill => "bill",
+        }
+    }
 }
 
 /// `{"kind": K, ...its fields, "times"?: n, "on"?: "apply"|"query"|"any"}`. Unknown keys are
@@ -193,16 +218,20 @@ impl Fault {
         let endpoints: &[Endpoint] = match self.on {
             FaultTarget::Apply => &[Endpoint::Apply],
             FaultTarget::Query => &[Endpoint::Query],
-            FaultTarget::Any => &[Endpoint::Apply, Endpoint::Query],
+            FaultTarget::Bill => &[Endpoint::Bill],
+            FaultTarget::Any => &Endpoint::ALL,
         };
         if !endpoints.iter().any(|&e| self.kind.hits(e)) {
-            let only = if self.kind.hits(Endpoint::Apply) {
-                "apply"
-            } else {
-                "query"
-            };
+            let only: Vec<&str> = Endpoint::ALL
+                .into_iter()
+                .filter(|&e| self.kind.hits(e))
+                .map(Endpoint::name)
+                .collect();
+            let choices: Vec<String> = only.iter().map(|e| format!("\"{e}\"")).collect();
             return Err(format!(
-                "{name} only hits {only} requests; \"on\" must be \"{only}\" or \"any\""
+                "{name} only hits {} requests; \"on\" must be {} or \"any\"",
+                only.join(" and "),
+                choices.join(", ")
             ));
         }
         if let FaultKind::Refuse {
@@ -238,12 +267,33 @@ impl Fault {
         Ok(())
     }
 
+    /// [`Fault::check`] for a fault of one order: it must be able to hit that order's apply or
+    /// query requests (a bill is the merchant's; bill faults are global).
+    pub fn check_for_order(&self) -> Result<(), String> {
+        self.check()?;
+        let order_endpoints: &[Endpoint] = match self.on {
+            FaultTarget::Apply => &[Endpoint::Apply],
+            FaultTarget::Query => &[Endpoint::Query],
+            FaultTarget::Bill => &[],
+            FaultTarget::Any => &[Endpoint::Apply, Endpoint::Query],
+        };
+        if order_endpoints.iter().any(|&e| self.kind.hits(e)) {
+            return Ok(());
+        }
+        Err(format!(
+            "{}: a bill is the merchant's, not an order's: bill faults are global \
+             (POST /sandbox/faults)",
+            self.kind.name()
+        ))
+    }
+
     fn targets(&self, endpoint: Endpoint) -> bool {
         let target_ok = matches!(
             (self.on, endpoint),
             (FaultTarget::Any, _)
                 | (FaultTarget::Apply, Endpoint::Apply)
                 | (FaultTarget::Query, Endpoint::Query)
+                | (FaultTarget::Bill, Endpoint::Bill)
         );
         target_ok && self.kind.hits(endpoint) && self.times != Some(0)
     }
@@ -341,6 +391,64 @@ mod tests {
         ] {
             assert!(fault(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn bill_faults_hit_bills_only_where_they_mean_something() {
+        // GIVEN bill_creating WHEN parsed THEN aimed at bills by default, and only bills
+        let f = parse(r#"{"kind":"bill_creating","times":1}"#).unwrap();
+        assert_eq!((f.on, f.check()), (FaultTarget::Bill, Ok(())));
+        assert_eq!(
+            parse(r#"{"kind":"bill_creating","on":"apply"}"#)
+                .unwrap()
+                .check(),
+            Err("bill_creating only hits bill requests; \"on\" must be \"bill\" or \"any\"".into())
+        );
+        // AND generic before faults and a lost response hit bills; refund-only kinds do not
+        for ok in [
+            r#"{"kind":"system_error_before","on":"bill"}"#,
+            r#"{"kind":"http502","on":"bill"}"#,
+            r#"{"kind":"latency","ms":1,"on":"bill"}"#,
+            r#"{"kind":"drop_response","on":"bill"}"#,
+            r#"{"kind":"hang","on":"bill"}"#,
+            r#"{"kind":"refuse","err_code":"20007","on":"bill"}"#,
+        ] {
+            assert_eq!(parse(ok).unwrap().check(), Ok(()), "{ok}");
+        }
+        for bad in [
+            r#"{"kind":"bad_sign","on":"bill"}"#,
+            r#"{"kind":"system_error_after","on":"bill"}"#,
+            r#"{"kind":"refund_not_exist","on":"bill"}"#,
+        ] {
+            assert!(parse(bad).unwrap().check().is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse(r#"{"kind":"hang","on":"query"}"#).unwrap().check(),
+            Err("hang only hits apply and bill requests; \"on\" must be \"apply\", \"bill\" or \"any\"".into())
+        );
+        // AND an order's fault must be able to hit that order's requests: bills are global
+        assert!(
+            parse(r#"{"kind":"bill_creating"}"#)
+                .unwrap()
+                .check_for_order()
+                .is_err()
+        );
+        assert!(
+            parse(r#"{"kind":"http502","on":"bill"}"#)
+                .unwrap()
+                .check_for_order()
+                .is_err()
+        );
+        assert_eq!(
+            parse(r#"{"kind":"http502","on":"any"}"#)
+                .unwrap()
+                .check_for_order(),
+            Ok(())
+        );
+        // AND an "any" fault is found for each endpoint it hits
+        let list = vec![parse(r#"{"kind":"hang","on":"any"}"#).unwrap()];
+        assert_eq!(decisive(&list, Endpoint::Bill), Some(0));
+        assert_eq!(decisive(&list, Endpoint::Query), None);
     }
 
     #[test]

@@ -229,7 +229,7 @@ impl State {
         for o in orders {
             check_coupons(&o.coupons, o.total_fee)
                 .map_err(|e| format!("order {}: {e}", o.out_trade_no))?;
-            if let Some(e) = o.faults.iter().find_map(|f| f.check().err()) {
+            if let Some(e) = o.faults.iter().find_map(|f| f.check_for_order().err()) {
                 return Err(format!("order {}: fault: {e}", o.out_trade_no));
             }
             st.insert_order(o).map_err(|e| e.to_string())?;

@@ -128,7 +128,7 @@ impl Books {
                 "total_fee must be a positive number of fen".into(),
             ));
         }
-        if let Some(e) = new.faults.iter().find_map(|f| f.check().err()) {
+        if let Some(e) = new.faults.iter().find_map(|f| f.check_for_order().err()) {
             return Err(AdminError::BadRequest(format!("fault: {e}")));
         }
         let transaction_id = match new.transaction_id {
@@ -206,9 +206,13 @@ impl Books {
     }
 
     /// Adds faults, in this order, after the ones already there: all of them or, when one is
-    /// refused by [`Fault::check`], none.
+    /// refused by [`Fault::check`] (for an order: [`Fault::check_for_order`]), none.
     pub fn add_faults(&self, order: Option<&str>, faults: Vec<Fault>) -> Result<(), AdminError> {
-        if let Some(e) = faults.iter().find_map(|f| f.check().err()) {
+        let check = |f: &Fault| match order {
+            Some(_) => f.check_for_order(),
+            None => f.check(),
+        };
+        if let Some(e) = faults.iter().find_map(|f| check(f).err()) {
             return Err(AdminError::BadRequest(e));
         }
         self.update(|st| {

@@ -6,6 +6,7 @@
 
 mod admin;
 mod apply;
+mod bill;
 mod common;
 mod config;
 mod coupons;

@@ -49,6 +49,17 @@ pub enum AttentionReason {
     /// Still not final past its status's escalation age (`decide::Schedule`): nothing the machine
     /// does moves it on. Cleared when the refund reaches a final status by itself.
     Stuck,
+    /// WeChat's books disagree with the ledger in a way no status says: the amount differs, or
+    /// WeChat does not know a refund the ledger says it accepted (found by reconciliation against
+    /// the refund bill). Never cleared by the machine.
+    Mismatch,
+}
+
+impl AttentionReason {
+    /// Only a `stuck` flag is the machine's to clear or to replace by a graver one.
+    pub const fn is_grave(self) -> bool {
+        !matches!(self, AttentionReason::Stuck)
+    }
 }
 
 /// The refund needs a person, since when and why.

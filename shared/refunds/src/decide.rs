@@ -613,6 +613,8 @@ pub enum Trigger {
     Refresh,
     /// WeChat's notification named it.
     Notification,
+    /// WeChat's refund bill lists it and the ledger disagrees (reconciliation).
+    Bill,
 }
 
 /// The first action for a refund, by what prompted it and where it is.
@@ -636,6 +638,8 @@ pub fn action(rec: &RefundRecord, trigger: Trigger) -> Action {
         (Trigger::Poll, Submitting) => Action::TakeOverThenQuery,
         (Trigger::Poll, _) => Action::Keep,
         (_, Submitting) => Action::Keep,
+        // The bill proves WeChat holds it: find out what it says before anything else.
+        (Trigger::Bill, _) => Action::Query,
         (_, Recorded) => Action::Submit,
         // Final ones too: a notification or a refresh may bring a fact that contradicts them.
         (_, _) => Action::Query,

@@ -1,9 +1,10 @@
 //! The `Gateway` port: the payment gateway the workflows call (apply refund, query refunds,
-//! decrypt a notification), and its adapter [`WxPayGateway`] on `wxpay::client`. Every
+//! decrypt a notification, download the refund bill), and its adapter [`WxPayGateway`] on `wxpay::client`. Every
 //! implementation returns `CallOutcome`s.
 
 use async_trait::async_trait;
 use wxpay::CallOutcome;
+use wxpay::bill::{BillDate, BillText, BillUnavailable};
 use wxpay::notify::{NotifyError, RefundNotification};
 use wxpay::query::{RefundQueryRequest, RefundQueryResponse};
 use wxpay::refund::{RefundRequest, RefundResponse};
@@ -18,6 +19,20 @@ pub trait Gateway: Send + Sync {
 
     /// Decrypts and checks a refund notification with the current key.
     async fn decrypt_notification(&self, body: &[u8]) -> Result<RefundNotification, NotifyError>;
+
+    /// `/pay/downloadbill` (no client certificate): the REFUND bill of a Beijing day, as text.
+    async fn refund_bill(&self, day: BillDate) -> Result<BillText, BillFailure>;
+}
+
+/// Why a day's bill could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BillFailure {
+    /// WeChat answered without a bill: none that day, not made yet, or a refusal.
+    #[error(transparent)]
+    Unavailable(#[from] BillUnavailable),
+    /// No usable reply arrived.
+    #[error("{0}")]
+    Transport(String),
 }
 
 // ---- the production adapter ---------------------------------------------------------------------
@@ -25,6 +40,7 @@ pub trait Gateway: Send + Sync {
 use std::sync::{Arc, RwLock};
 
 use tracing::{info, warn};
+use wxpay::bill::{BillRequest, BillType};
 use wxpay::client::{ClientBuildError, ClientConfig, TransportError, WxPayClient};
 use wxpay::outcome::{self, UnknownReason};
 use wxpay::query::PATH as QUERY_PATH;
@@ -243,6 +259,46 @@ impl Gateway for WxPayGateway {
             parse_query,
         )
         .await
+    }
+
+    async fn refund_bill(&self, day: BillDate) -> Result<BillText, BillFailure> {
+        let request = BillRequest {
+            bill_date: day,
+            bill_type: BillType::Refund,
+            gzip: true,
+        };
+        let mut cur = self.current();
+        let mut reloaded = false;
+        loop {
+            let xml = request
+                .to_xml(&cur.keys, &NonceStr::random())
+                .map_err(|e| BillFailure::Transport(format!("request could not be built: {e}")))?;
+            let reply = cur
+                .client
+                .post_for_bytes(wxpay::bill::PATH, xml)
+                .await
+                .map_err(|e| BillFailure::Transport(e.to_string()))?;
+            match wxpay::bill::read_reply(&reply.body) {
+                Ok(text) => return Ok(text),
+                // A signature refusal after a key rotation: reload once and ask again.
+                Err(BillUnavailable::Config(r))
+                    if r.error_code.as_deref() == Some("20001")
+                        && !reloaded
+                        && self.reload(&cur).await =>
+                {
+                    reloaded = true;
+                    cur = self.current();
+                }
+                Err(e @ (BillUnavailable::NoBill(_) | BillUnavailable::NotReady(_))) => {
+                    return Err(e.into());
+                }
+                // Refusals and broken replies spend WeChat's failing-request budget too.
+                Err(e) => {
+                    cur.client.record_failure();
+                    return Err(e.into());
+                }
+            }
+        }
     }
 
     async fn decrypt_notification(&self, body: &[u8]) -> Result<RefundNotification, NotifyError> {

@@ -16,6 +16,9 @@ use crate::correction::{Attention, Correction};
 /// WeChat refuses the 51st partial refund of an order (protocol doc §5.2); we refuse it first.
 pub const MAX_REFUNDS_PER_ORDER: u32 = 50;
 
+/// Beijing time is UTC+8 all year.
+pub const BEIJING_OFFSET_SECS: i64 = 8 * 3600;
+
 /// A point in time as milliseconds since the Unix epoch (UTC). One representation everywhere in the
 /// ledger: integers sort, compare and serialise without a parser, and DynamoDB stores them as `N`.
 #[derive(
@@ -42,6 +45,32 @@ impl UnixMillis {
     pub fn plus(self, d: std::time::Duration) -> Self {
         let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         UnixMillis(self.0.saturating_add(ms))
+    }
+
+    /// The calendar date in Beijing time (UTC+8 all year, no daylight saving), `YYYY-MM-DD`:
+    /// WeChat's clock, by which its bills are cut into days.
+    pub fn beijing_date(self) -> String {
+        let secs = i64::try_from(self.0 / 1000).unwrap_or(i64::MAX);
+        let date =
+            time::OffsetDateTime::from_unix_timestamp(secs.saturating_add(BEIJING_OFFSET_SECS))
+                .map(|t| t.date())
+                .unwrap_or(time::Date::MAX);
+        format!(
+            "{:04}-{:02}-{:02}",
+            date.year(),
+            u8::from(date.month()),
+            date.day()
+        )
+    }
+
+    /// A Beijing wall-clock time as WeChat writes it (`yyyy-MM-dd HH:mm:ss`, e.g. a bill's
+    /// 退款申请时间); `None` for anything else.
+    pub fn from_beijing_time(s: &str) -> Option<Self> {
+        let format =
+            time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+        let local = time::PrimitiveDateTime::parse(s, &format).ok()?;
+        let secs = local.assume_utc().unix_timestamp() - BEIJING_OFFSET_SECS;
+        u64::try_from(secs).ok().map(|s| UnixMillis(s * 1000))
     }
 
     /// How long ago `self` was, seen from `now` (zero if `self` is in the future).
@@ -119,6 +148,18 @@ impl RefundStatus {
                 | RefundStatus::RefundClose
                 | RefundStatus::Change
                 | RefundStatus::Failed
+        )
+    }
+
+    /// A status WeChat itself reports for a refund it holds (query, notification, bill): the
+    /// refund exists at WeChat. Entering one of these is when the ledger learns WeChat accepted it.
+    pub const fn reported_by_wechat(self) -> bool {
+        matches!(
+            self,
+            RefundStatus::Processing
+                | RefundStatus::Success
+                | RefundStatus::RefundClose
+                | RefundStatus::Change
         )
     }
 
@@ -261,6 +302,11 @@ pub struct RefundRecord {
     /// Every correction of a final status to WeChat's, oldest first (see `crate::correction`).
     #[serde(default)]
     pub corrections: Vec<Correction>,
+    /// When the ledger learnt that WeChat holds the refund: its first move into a status WeChat
+    /// reports, or for an external refund found in a bill the bill's apply time. Its Beijing date
+    /// says which day's refund bill must list it (`crate::reconcile`). `None` until then.
+    #[serde(default)]
+    pub accepted_at: Option<UnixMillis>,
 }
 
 impl RefundRecord {
@@ -455,6 +501,7 @@ pub(crate) mod tests {
             external: false,
             attention: None,
             corrections: vec![],
+            accepted_at: None,
         }
     }
 
@@ -507,6 +554,34 @@ pub(crate) mod tests {
         let a = UnixMillis::now();
         assert!(a.get() > 1_700_000_000_000);
         assert!(UnixMillis::now() >= a);
+    }
+
+    #[test]
+    fn the_beijing_date_turns_at_16_00_utc() {
+        // GIVEN instants around midnight in Beijing (16:00 UTC the day before)
+        let midnight_bj = 1_764_604_800_000; // 2025-12-01T16:00:00Z = 2025-12-02 00:00 Beijing
+        assert_eq!(UnixMillis(midnight_bj - 1).beijing_date(), "2025-12-01");
+        assert_eq!(UnixMillis(midnight_bj).beijing_date(), "2025-12-02");
+        assert_eq!(UnixMillis(0).beijing_date(), "1970-01-01");
+        // AND a leap day
+        assert_eq!(UnixMillis(1_709_164_800_000).beijing_date(), "2024-02-29");
+        // AND WeChat's wall-clock times read back as the same instants
+        assert_eq!(
+            UnixMillis::from_beijing_time("2025-12-02 00:00:00"),
+            Some(UnixMillis(midnight_bj))
+        );
+        assert_eq!(
+            UnixMillis::from_beijing_time("2025-12-01 23:59:59"),
+            Some(UnixMillis(midnight_bj - 1000))
+        );
+        for bad in [
+            "2025-12-01",
+            "2025-13-01 00:00:00",
+            "2025-12-01T00:00:00",
+            "",
+        ] {
+            assert_eq!(UnixMillis::from_beijing_time(bad), None, "{bad}");
+        }
     }
 
     fn book(total: u64, reserved: u64, count: u32) -> OrderBook {

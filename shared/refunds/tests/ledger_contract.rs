@@ -15,8 +15,11 @@ use wxrefund::correction::{Attention, AttentionReason, Correction, CorrectionKin
 use wxrefund::ledger::dynamo::DynamoLedger;
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::ledger::{
-    Changes, CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseOutcome, Ledger,
-    NewRefund, Patch, RecordOutcome, Transition, TransitionOutcome, admin,
+    Changes, CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, FlagWrite, LeaseOutcome,
+    Ledger, NewRefund, Patch, RecordOutcome, Transition, TransitionOutcome, admin,
+};
+use wxrefund::reconcile::{
+    Discrepancy, DiscrepancyKind, Reconciliation, ReportStatus, Resolution, Side, Totals,
 };
 use wxrefund::state::{LastError, MAX_REFUNDS_PER_ORDER, RefundRecord, RefundStatus, UnixMillis};
 
@@ -111,6 +114,9 @@ contract!(
     an_external_refund_brings_the_orders_true_total,
     refunds_that_need_a_person_are_listed_until_their_flag_clears,
     an_order_with_thousands_of_failed_attempts_still_takes_refunds,
+    refunds_are_listed_by_the_beijing_day_wechat_accepted_them,
+    a_flag_for_a_person_is_fenced_kept_and_listed,
+    reconciliation_reports_are_stored_by_bill_date,
 );
 
 // ---- helpers -----------------------------------------------------------------------------------
@@ -626,6 +632,7 @@ async fn external_refund_is_recorded_once_and_reserved_unconditionally(f: &Fixtu
         success_time: Some("2027-01-15 08:00:00".into()),
         now: T0,
         next_check_at: None,
+        accepted_at: None,
     };
     // WHEN WeChat reports a 50-fen refund we never made THEN it is recorded, external, final
     let rec = match l.record_external(ext.clone()).await.unwrap() {
@@ -1100,6 +1107,7 @@ async fn an_external_refund_brings_the_orders_true_total(f: &Fixture) {
         success_time: None,
         now: T0,
         next_check_at: None,
+        accepted_at: None,
     };
     assert!(matches!(
         l.record_external(ext).await.unwrap(),
@@ -1166,4 +1174,202 @@ async fn refunds_that_need_a_person_are_listed_until_their_flag_clears(f: &Fixtu
         listed(l.needing_person(None, 10).await.unwrap()),
         vec!["R-A"]
     );
+}
+
+/// Every page of `accepted_on(day)`, as numbers.
+async fn accepted_numbers(l: &dyn Ledger, day: &str, limit: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = l.accepted_on(day, cursor, limit).await.unwrap();
+        out.extend(page.items.iter().map(|r| r.out_refund_no.to_string()));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+async fn refunds_are_listed_by_the_beijing_day_wechat_accepted_them(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // T0 = 2027-01-15 08:00 UTC = 16:00 Beijing; 8 h later it is the next day in Beijing.
+    let day0 = T0.beijing_date();
+    let next_day = T0.plus(Duration::from_secs(8 * 3600)).beijing_date();
+    assert_ne!(day0, next_day);
+    // GIVEN R-1..R-3 accepted by WeChat on day 0 (R-3 then finishing), R-4 the next Beijing
+    // day, R-5 refused for good (never accepted) and R-6 only recorded
+    for n in ["R-1", "R-2", "R-3", "R-4", "R-5", "R-6"] {
+        created(l, new_refund(n, &format!("ORDER-{n}"), 100, 10, "h")).await;
+    }
+    for (n, to, at) in [
+        ("R-1", RefundStatus::Processing, T0),
+        ("R-2", RefundStatus::Success, T0),
+        ("R-3", RefundStatus::Processing, T0),
+        (
+            "R-4",
+            RefundStatus::Processing,
+            T0.plus(Duration::from_secs(8 * 3600)),
+        ),
+        ("R-5", RefundStatus::Failed, T0),
+    ] {
+        let r = leased(l, n, "x", at).await;
+        let r = applied(l, move_to(&r, to, at)).await;
+        // THEN the first move into a status WeChat reports is when it was accepted
+        let want = to.reported_by_wechat().then_some(at);
+        assert_eq!(r.accepted_at, want, "{n}");
+    }
+    // WHEN R-3 finishes a day later THEN it keeps the time it was accepted
+    let r3 = l.get(&no("R-3")).await.unwrap().unwrap();
+    let later = T0.plus(Duration::from_secs(86_400));
+    let r3 = applied(l, move_to(&r3, RefundStatus::Success, later)).await;
+    assert_eq!(r3.accepted_at, Some(T0));
+    // THEN each day lists exactly its refunds, by number, also one at a time
+    assert_eq!(
+        accepted_numbers(l, &day0, 100).await,
+        vec!["R-1", "R-2", "R-3"]
+    );
+    assert_eq!(
+        accepted_numbers(l, &day0, 1).await,
+        vec!["R-1", "R-2", "R-3"]
+    );
+    assert_eq!(accepted_numbers(l, &next_day, 100).await, vec!["R-4"]);
+    assert!(accepted_numbers(l, "2000-01-01", 100).await.is_empty());
+    // AND an external refund found in a bill is listed on the day of its apply time
+    let ext = ExternalRefund {
+        out_refund_no: no("R-EXT"),
+        order: order("ORDER-EXT"),
+        out_trade_no: None,
+        transaction_id: None,
+        refund_id: Some(RefundId::new("50000001").unwrap()),
+        total_fee: fen(100),
+        refund_fee: fen(10),
+        status: RefundStatus::Success,
+        refund_account: None,
+        refund_recv_account: None,
+        success_time: None,
+        now: later,
+        next_check_at: None,
+        accepted_at: Some(T0),
+    };
+    assert!(matches!(
+        l.record_external(ext).await.unwrap(),
+        ExternalOutcome::Created(_)
+    ));
+    assert_eq!(
+        accepted_numbers(l, &day0, 2).await,
+        vec!["R-1", "R-2", "R-3", "R-EXT"]
+    );
+}
+
+async fn a_flag_for_a_person_is_fenced_kept_and_listed(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN a refund WeChat paid
+    created(l, new_refund("R-F", "ORDER-F", 100, 10, "h")).await;
+    let r = leased(l, "R-F", "x", T0).await;
+    let r = applied(l, move_to(&r, RefundStatus::Success, T0)).await;
+    let flag = |version, reason, now| FlagWrite {
+        out_refund_no: no("R-F"),
+        expected_version: version,
+        reason,
+        now,
+    };
+    // WHEN flagged at a stale version THEN refused with the record as it is
+    match l
+        .flag(flag(r.version - 1, AttentionReason::Mismatch, T0))
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Conflict(now) => assert_eq!(now, r),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    // WHEN flagged at its version THEN it needs a person, status untouched, version bumped
+    let later = T0.plus(Duration::from_secs(5));
+    let flagged = match l
+        .flag(flag(r.version, AttentionReason::Mismatch, later))
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Applied(x) => x,
+        other => panic!("expected Applied, got {other:?}"),
+    };
+    assert_eq!(flagged.status, RefundStatus::Success);
+    assert_eq!(flagged.version, r.version + 1);
+    assert_eq!(
+        flagged.attention,
+        Some(Attention {
+            reason: AttentionReason::Mismatch,
+            since: later
+        })
+    );
+    assert_eq!(l.get(&no("R-F")).await.unwrap(), Some(flagged.clone()));
+    let listed = l.needing_person(None, 10).await.unwrap();
+    assert_eq!(listed.items, vec![flagged.clone()]);
+    // WHEN flagged again (a re-run) THEN nothing is written and the first flag's time stays
+    match l
+        .flag(flag(
+            flagged.version,
+            AttentionReason::Mismatch,
+            later.plus(LEASE),
+        ))
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Applied(x) => assert_eq!(x, flagged),
+        other => panic!("expected Applied, got {other:?}"),
+    }
+    assert_eq!(l.get(&no("R-F")).await.unwrap(), Some(flagged));
+    // AND an unknown refund is NotFound
+    assert!(matches!(
+        l.flag(FlagWrite {
+            out_refund_no: no("R-NONE"),
+            expected_version: 1,
+            reason: AttentionReason::Mismatch,
+            now: T0,
+        })
+        .await
+        .unwrap(),
+        TransitionOutcome::NotFound
+    ));
+}
+
+async fn reconciliation_reports_are_stored_by_bill_date(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    let report = |day: &str, status| Reconciliation {
+        bill_date: day.into(),
+        status,
+        bill: Totals {
+            refunds: 2,
+            refund_fee: fen(30),
+        },
+        ledger: Totals {
+            refunds: 1,
+            refund_fee: fen(10),
+        },
+        discrepancies: vec![Discrepancy {
+            kind: DiscrepancyKind::MissingInLedger,
+            out_refund_no: no("R-PLATFORM"),
+            out_trade_no: Some(OutTradeNo::new("ORDER-P").unwrap()),
+            bill: Some(Side {
+                status: "SUCCESS".into(),
+                refund_fee: fen(20),
+            }),
+            ledger: None,
+            resolution: Resolution::RecordedExternal,
+            detail: "query confirmed it".into(),
+        }],
+        started_at: T0,
+        finished_at: T0.plus(LEASE),
+    };
+    // GIVEN nothing stored THEN no report
+    assert_eq!(l.reconciliation("2027-01-14").await.unwrap(), None);
+    // WHEN a report is saved THEN it reads back exactly, and other dates have none
+    let first = report("2027-01-14", ReportStatus::Mismatched);
+    l.save_reconciliation(&first).await.unwrap();
+    assert_eq!(l.reconciliation("2027-01-14").await.unwrap(), Some(first));
+    assert_eq!(l.reconciliation("2027-01-15").await.unwrap(), None);
+    // WHEN the date is reconciled again THEN the new report replaces the old one
+    let mut second = report("2027-01-14", ReportStatus::Matched);
+    second.discrepancies.clear();
+    l.save_reconciliation(&second).await.unwrap();
+    assert_eq!(l.reconciliation("2027-01-14").await.unwrap(), Some(second));
 }

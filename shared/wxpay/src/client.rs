@@ -18,8 +18,11 @@ use crate::cert::{CertError, MerchantIdentity};
 pub const DEFAULT_BASE_URL: &str = "https://api.mch.weixin.qq.com";
 /// The cross-city backup domain ("跨城冗灾"); every method is available there (docs/PROTOCOL.md, "Endpoints and transport").
 pub const DEFAULT_BACKUP_BASE_URL: &str = "https://api2.mch.weixin.qq.com";
-/// Replies larger than this are not WeChat replies; reading stops there.
+/// XML replies larger than this are not WeChat replies; reading stops there.
 const MAX_REPLY_BYTES: usize = 1 << 20;
+/// A download (`/pay/downloadbill`) may be as large as the largest bill text we parse
+/// ([`crate::bill::MAX_BILL_BYTES`], 512 MiB; a gzip bill is 5–10× smaller); reading stops there.
+pub const MAX_DOWNLOAD_BYTES: usize = crate::bill::MAX_BILL_BYTES;
 /// How much of an unexpected body is kept for diagnostics.
 const SNIPPET_CHARS: usize = 200;
 
@@ -56,6 +59,9 @@ pub struct ClientConfig {
     pub total_timeout: Duration,
     /// How long to stay on the backup after the primary could not be reached.
     pub failover_hold: Duration,
+    /// Whole-request timeout of a download ([`WxPayClient::post_for_bytes`]): a bill can be tens of
+    /// MiB, far more than a 10 s reply allows.
+    pub download_timeout: Duration,
     /// Extra trusted root (PEM), added to the system roots: for the sandbox's test CA.
     pub extra_root_ca_pem: Option<Vec<u8>>,
     pub pacing: PacingConfig,
@@ -69,6 +75,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(3),
             total_timeout: Duration::from_secs(10),
             failover_hold: Duration::from_secs(60),
+            download_timeout: Duration::from_secs(60),
             extra_root_ca_pem: None,
             pacing: PacingConfig::default(),
         }
@@ -98,7 +105,8 @@ pub enum ClientBuildError {
     Http(String),
 }
 
-/// A reply that arrived: HTTP 200 with an XML body (business errors also arrive as 200).
+/// A reply that arrived: HTTP 200 with an XML body (business errors also arrive as 200), or, for a
+/// download, with whatever body WeChat sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransportReply {
     pub status: u16,
@@ -219,6 +227,7 @@ struct Inner {
     primary: String,
     backup: Option<String>,
     failover_hold: Duration,
+    download_timeout: Duration,
     /// While set and in the future, requests go to the backup first.
     on_backup_until: Mutex<Option<Instant>>,
     pacer: Pacer,
@@ -292,6 +301,7 @@ impl WxPayClient {
                 primary,
                 backup,
                 failover_hold: config.failover_hold,
+                download_timeout: config.download_timeout,
                 on_backup_until: Mutex::new(None),
                 pacer: Pacer::new(&config.pacing),
             }),
@@ -328,7 +338,8 @@ impl WxPayClient {
     }
 
     /// POSTs an XML body to `path` (e.g. `/secapi/pay/refund`). `needs_cert` marks refund apply:
-    /// it is paced at the refund rate and refused when the client has no identity.
+    /// it is paced at the refund rate and refused when the client has no identity. The reply must
+    /// be XML and at most 1 MiB.
     ///
     /// Failover: when the chosen domain cannot be reached (DNS/connect — the request never left),
     /// the same request goes once to the other domain, and the backup stays preferred for
@@ -339,11 +350,34 @@ impl WxPayClient {
         body: String,
         needs_cert: bool,
     ) -> Result<TransportReply, TransportError> {
+        self.post(path, body, needs_cert, Expect::Xml).await
+    }
+
+    /// POSTs an XML body to a download endpoint (`/pay/downloadbill`, no client certificate) and
+    /// returns the body as sent: a bill is not XML (gzip or text), so there is no XML check; the
+    /// caller classifies it ([`crate::bill::read_reply`]). Same pacing and failover as
+    /// [`WxPayClient::post_xml`]; the reply may be up to [`MAX_DOWNLOAD_BYTES`], within
+    /// `download_timeout`.
+    pub async fn post_for_bytes(
+        &self,
+        path: &str,
+        body: String,
+    ) -> Result<TransportReply, TransportError> {
+        self.post(path, body, false, Expect::Bytes).await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: String,
+        needs_cert: bool,
+        expect: Expect,
+    ) -> Result<TransportReply, TransportError> {
         if needs_cert && !self.inner.has_identity {
             return Err(TransportError::NoIdentity);
         }
         self.inner.pacer.admit(needs_cert).await?;
-        let result = self.send_with_failover(path, body).await;
+        let result = self.send_with_failover(path, body, expect).await;
         if result.is_err() {
             self.inner.pacer.record_failure();
         }
@@ -354,6 +388,7 @@ impl WxPayClient {
         &self,
         path: &str,
         body: String,
+        expect: Expect,
     ) -> Result<TransportReply, TransportError> {
         let use_backup = self.backup_active(Instant::now());
         let (first, second) = match (&self.inner.backup, use_backup) {
@@ -361,7 +396,7 @@ impl WxPayClient {
             (Some(b), false) => (self.inner.primary.as_str(), Some(b.as_str())),
             (None, _) => (self.inner.primary.as_str(), None),
         };
-        match self.send_once(first, path, body.clone()).await {
+        match self.send_once(first, path, body.clone(), expect).await {
             Err(Attempt::NotSent(reason)) => {
                 let Some(second) = second else {
                     return Err(TransportError::NotSent(reason));
@@ -375,7 +410,7 @@ impl WxPayClient {
                 // Prefer the backup for a while when the primary is down; back to the primary
                 // at once when it was the backup that failed.
                 self.set_backup(second != self.inner.primary);
-                match self.send_once(second, path, body).await {
+                match self.send_once(second, path, body, expect).await {
                     Err(Attempt::NotSent(reason2)) => Err(TransportError::NotSent(format!(
                         "{first}: {reason}; {second}: {reason2}"
                     ))),
@@ -393,26 +428,28 @@ impl WxPayClient {
         base: &str,
         path: &str,
         body: String,
+        expect: Expect,
     ) -> Result<TransportReply, Attempt> {
         let url = format!("{base}{path}");
-        let response = self
+        let mut request = self
             .inner
             .http
             .post(&url)
             .header(reqwest::header::CONTENT_TYPE, "text/xml; charset=utf-8")
-            .body(body)
-            .send()
-            .await
-            .map_err(classify)?;
+            .body(body);
+        if expect == Expect::Bytes {
+            request = request.timeout(self.inner.download_timeout);
+        }
+        let response = request.send().await.map_err(classify)?;
         let status = response.status().as_u16();
-        let body = read_capped(response).await?;
+        let body = read_capped(response, expect.max_bytes()).await?;
         if status != 200 {
             return Err(Attempt::Other(TransportError::HttpStatus {
                 status,
                 snippet: snippet(&body),
             }));
         }
-        if !looks_like_xml(&body) {
+        if expect == Expect::Xml && !looks_like_xml(&body) {
             return Err(Attempt::Other(TransportError::NotXml {
                 status,
                 snippet: snippet(&body),
@@ -429,6 +466,24 @@ impl WxPayClient {
 enum Attempt {
     NotSent(String),
     Other(TransportError),
+}
+
+/// What a call's reply must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// A WeChat XML message, at most [`MAX_REPLY_BYTES`].
+    Xml,
+    /// Any body (a bill), at most [`MAX_DOWNLOAD_BYTES`].
+    Bytes,
+}
+
+impl Expect {
+    const fn max_bytes(self) -> usize {
+        match self {
+            Expect::Xml => MAX_REPLY_BYTES,
+            Expect::Bytes => MAX_DOWNLOAD_BYTES,
+        }
+    }
 }
 
 /// Only a connect-phase error (DNS, TCP connect, TLS handshake, connect timeout) proves the
@@ -457,14 +512,14 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, Attempt> {
+async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, Attempt> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_REPLY_BYTES {
+                if body.len() + chunk.len() > max {
                     return Err(Attempt::Other(TransportError::Unknown(format!(
-                        "reply larger than {MAX_REPLY_BYTES} bytes"
+                        "reply larger than {max} bytes"
                     ))));
                 }
                 body.extend_from_slice(&chunk);

@@ -1,6 +1,7 @@
 //! `wxpay`: the WeChat Pay v2 refund protocol (signing, XML, typed messages, notification
 //! decryption). Knows nothing of AWS or of our ledger.
 
+pub mod bill;
 pub mod cert;
 pub mod client;
 pub mod errors;

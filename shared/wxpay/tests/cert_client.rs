@@ -1,5 +1,6 @@
 //! The transport against tiny local servers: mutual TLS with the legacy p12, outcome classes
-//! (not sent / unknown / HTTP status / not XML), failover on connect failure only, and pacing.
+//! (not sent / unknown / HTTP status / not XML), failover on connect failure only, pacing, and
+//! downloads (any body, their own size cap).
 
 // Test support: a failed set-up step should stop the test with its message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,6 +24,8 @@ use wxpay::client::{ClientConfig, PacingConfig, TransportError, WxPayClient};
 
 const MCH_ID: &str = "1900000109";
 const OK_XML: &str = "<xml><return_code>SUCCESS</return_code></xml>";
+const BILL: &str =
+    "交易时间,商户退款单号\n`2026-11-26 10:00:00,`R1\n总交易单数,退款总金额\n`1,`0.01\n";
 
 fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -45,15 +48,17 @@ async fn handle(
     hits: Arc<AtomicUsize>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     hits.fetch_add(1, Ordering::SeqCst);
-    let (status, body): (u16, &str) = match req.uri().path() {
-        "/html" => (200, "<html><body>502 Bad Gateway</body></html>"),
-        "/502" => (502, "<html>bad gateway</html>"),
-        "/500" => (500, "oops"),
+    let (status, body): (u16, String) = match req.uri().path() {
+        "/bill" => (200, BILL.into()),
+        "/big" => (200, "`".repeat(2 << 20)),
+        "/html" => (200, "<html><body>502 Bad Gateway</body></html>".into()),
+        "/502" => (502, "<html>bad gateway</html>".into()),
+        "/500" => (500, "oops".into()),
         "/hang" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
-            (200, OK_XML)
+            (200, OK_XML.into())
         }
-        _ => (200, OK_XML),
+        _ => (200, OK_XML.into()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
@@ -285,6 +290,47 @@ async fn http_errors_and_html_are_unknown_outcomes() {
 }
 
 #[tokio::test]
+async fn downloads_return_any_body_up_to_the_download_cap() {
+    // GIVEN a server answering a plain-text bill, and a 2 MiB body
+    let (base, hits) = plain_server().await;
+    let client = WxPayClient::new(&config(&base), None).expect("client");
+    // WHEN an XML body comes back (WeChat's refusal) THEN it is returned raw, for the caller
+    let refusal = client
+        .post_for_bytes(wxpay::bill::PATH, "<xml/>".into())
+        .await
+        .map(|r| r.body);
+    assert_eq!(refusal.as_deref(), Ok(OK_XML.as_bytes()));
+    // WHEN the bill is downloaded THEN its bytes come back as sent, though they are not XML
+    let reply = client
+        .post_for_bytes("/bill", "<xml/>".into())
+        .await
+        .map(|r| r.body);
+    assert_eq!(reply.as_deref(), Ok(BILL.as_bytes()));
+    // AND post_xml still refuses the same body
+    assert!(matches!(
+        client.post_xml("/bill", "<xml/>".into(), false).await,
+        Err(TransportError::NotXml { status: 200, .. })
+    ));
+    // WHEN a reply is over the 1 MiB XML cap THEN an XML call stops reading, a download does not
+    let xml = client.post_xml("/big", "<xml/>".into(), false).await;
+    assert_eq!(
+        xml,
+        Err(TransportError::Unknown(
+            "reply larger than 1048576 bytes".into()
+        ))
+    );
+    let download = client.post_for_bytes("/big", "<xml/>".into()).await;
+    assert_eq!(download.map(|r| r.body.len()), Ok(2 << 20));
+    assert_eq!(wxpay::client::MAX_DOWNLOAD_BYTES, 512 << 20);
+    // AND HTTP errors are classified as for any call
+    assert!(matches!(
+        client.post_for_bytes("/502", "<xml/>".into()).await,
+        Err(TransportError::HttpStatus { status: 502, .. })
+    ));
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
 async fn refund_burst_is_paced_then_refused_past_the_wait_bound() {
     // GIVEN refund pacing at 5/s and no waiting allowed
     let (base, hits) = plain_server().await;
@@ -402,8 +448,12 @@ async fn invalid_config_is_reported_at_build_time() {
         Some("https://api2.mch.weixin.qq.com")
     );
     assert_eq!(
-        (d.connect_timeout, d.total_timeout),
-        (Duration::from_secs(3), Duration::from_secs(10))
+        (d.connect_timeout, d.total_timeout, d.download_timeout),
+        (
+            Duration::from_secs(3),
+            Duration::from_secs(10),
+            Duration::from_secs(60)
+        )
     );
     assert_eq!(d.pacing.refund_per_sec.get(), 150);
     assert_eq!(d.pacing.failing_per_sec.get(), 6);

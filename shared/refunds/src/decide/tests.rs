@@ -57,6 +57,7 @@ fn rec(status: RefundStatus, attempts: u32) -> RefundRecord {
         external: false,
         attention: None,
         corrections: vec![],
+        accepted_at: None,
     }
 }
 
@@ -939,24 +940,25 @@ fn the_first_action_per_trigger_and_status() {
     use Action::*;
     use Trigger::*;
     let table = [
-        // status      poll               refresh  notification
-        (Recorded, [Submit, Submit, Submit]),
-        (Submitting, [TakeOverThenQuery, Keep, Keep]),
-        (Processing, [Query, Query, Query]),
-        (Unknown, [Query, Query, Query]),
-        (RetryWait, [Submit, Query, Query]),
-        // final: the poller leaves them, but a refresh or a notification asks WeChat again (a
-        // signed fact may contradict them)
-        (Success, [Keep, Query, Query]),
-        (RefundClose, [Keep, Query, Query]),
-        (Change, [Keep, Query, Query]),
-        (Failed, [Keep, Query, Query]),
+        // status      poll               refresh  notification  bill
+        (Recorded, [Submit, Submit, Submit, Query]),
+        (Submitting, [TakeOverThenQuery, Keep, Keep, Keep]),
+        (Processing, [Query, Query, Query, Query]),
+        (Unknown, [Query, Query, Query, Query]),
+        (RetryWait, [Submit, Query, Query, Query]),
+        // final: the poller leaves them, but a refresh, a notification or the bill asks WeChat
+        // again (a signed fact may contradict them)
+        (Success, [Keep, Query, Query, Query]),
+        (RefundClose, [Keep, Query, Query, Query]),
+        (Change, [Keep, Query, Query, Query]),
+        (Failed, [Keep, Query, Query, Query]),
     ];
     assert_eq!(table.len(), RefundStatus::ALL.len());
-    for (status, [poll, refresh, notification]) in table {
+    for (status, [poll, refresh, notification, bill]) in table {
         let r = rec(status, 1);
         assert_eq!(action(&r, Poll), poll, "{status} poll");
         assert_eq!(action(&r, Refresh), refresh, "{status} refresh");
+        assert_eq!(action(&r, Bill), bill, "{status} bill");
         assert_eq!(
             action(&r, Notification),
             notification,

@@ -1,10 +1,11 @@
 //! The HTTP API as axum routers (the same routes on Lambda and on a local port): JSON in and out,
 //! errors as `{"error", "message"}`, bodies capped, unknown JSON fields rejected. Each Lambda
-//! function serves only its own routes (`refund_router`, `query_router`, `notify_router`); the
-//! local stack serves them all (`router`).
+//! function serves only its own routes (`refund_router`, `query_router`, `notify_router`,
+//! `reconcile_router`); the local stack serves them all (`router`).
 
 mod notify;
 mod poll;
+mod reconciliations;
 mod refunds;
 
 use std::sync::Arc;
@@ -25,6 +26,9 @@ use tracing::{Instrument, error, info};
 use crate::service::{RefundService, ServiceError};
 
 pub use poll::EVENTS_PATH;
+pub use reconciliations::{
+    CreateReconciliation, DiscrepancyView, ReconciliationView, SideView, TotalsView,
+};
 pub use refunds::{CorrectionView, CreateRefund, OrderRefunds, RefundPage, RefundView};
 
 /// Largest JSON body accepted (a refund request is a few hundred bytes).
@@ -183,6 +187,30 @@ pub(crate) fn path_error(r: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", r.body_text())
 }
 
+/// A JSON request body: `Content-Type: application/json` (else 415), within the route's cap,
+/// parsed into `T` (unknown fields refused by `T`). `what` names the body in the messages.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &axum::http::HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+    what: &str,
+) -> Result<T, ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("send {what} as JSON (Content-Type: application/json)"),
+        ));
+    }
+    let body = body.map_err(body_error)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
+}
+
 pub(crate) fn body_error(r: BytesRejection) -> ApiError {
     if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
@@ -235,6 +263,17 @@ fn read_routes(r: Router<AppState>) -> Router<AppState> {
         )
 }
 
+fn reconcile_routes(r: Router<AppState>) -> Router<AppState> {
+    r.route(
+        "/reconciliations",
+        post(reconciliations::create_reconciliation).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
+    )
+    .route(
+        "/reconciliations/{bill_date}",
+        get(reconciliations::get_reconciliation),
+    )
+}
+
 fn notify_route(r: Router<AppState>) -> Router<AppState> {
     r.route(
         "/wxpay/refund-notify",
@@ -259,10 +298,20 @@ pub fn notify_router(svc: Arc<RefundService>) -> Router {
     with_fallbacks(notify_route(Router::new()), svc)
 }
 
+/// The `refund-reconcile` function: `POST /reconciliations`, `GET /reconciliations/{bill_date}`,
+/// and the daily schedule's event.
+pub fn reconcile_router(svc: Arc<RefundService>) -> Router {
+    with_fallbacks(reconcile_routes(Router::new()), Arc::clone(&svc))
+        .merge(reconciliations::events_router(svc))
+}
+
 /// Every merchant route and WeChat's notification route on one listener (the local stack and
 /// the end-to-end tests).
 pub fn router(svc: Arc<RefundService>) -> Router {
-    with_fallbacks(notify_route(read_routes(create_route(Router::new()))), svc)
+    with_fallbacks(
+        reconcile_routes(notify_route(read_routes(create_route(Router::new())))),
+        svc,
+    )
 }
 
 /// `router` plus the scheduled-poll event.

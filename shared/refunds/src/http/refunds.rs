@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -13,7 +13,7 @@ use time::format_description::well_known::Rfc3339;
 use wxpay::refund::{RefundAccount, RefundDesc};
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, TransactionId};
 
-use super::{ApiError, AppState, RequestIds, body_error, path_error};
+use super::{ApiError, AppState, RequestIds, path_error};
 use crate::correction::{CorrectionKind, FactSource};
 use crate::request::RefundCommand;
 use crate::service::Submitted;
@@ -133,7 +133,7 @@ pub struct CorrectionView {
     pub at: String,
 }
 
-fn rfc3339(t: UnixMillis) -> String {
+pub(super) fn rfc3339(t: UnixMillis) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.get()) * 1_000_000)
         .ok()
         .and_then(|d| d.format(&Rfc3339).ok())
@@ -200,21 +200,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
     ids: &mut RequestIds,
 ) -> Result<Response, ApiError> {
-    let json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the refund request as JSON (Content-Type: application/json)",
-        ));
-    }
-    let body = body.map_err(body_error)?;
-    let req: CreateRefund = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))?;
+    let req: CreateRefund = super::json_body(headers, body, "the refund request")?;
     ids.out_refund_no = Some(super::clip(&req.out_refund_no));
     ids.out_trade_no = req.out_trade_no.as_deref().map(super::clip);
     let cmd = req.validate()?;
@@ -480,7 +466,7 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(
             resp.headers()
-                .get(header::RETRY_AFTER)
+                .get(axum::http::header::RETRY_AFTER)
                 .map(|v| v.as_bytes()),
             Some(&b"1"[..])
         );

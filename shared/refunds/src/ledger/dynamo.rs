@@ -7,6 +7,10 @@
 //! - `ORDER#<OrderRef::key()>`: the order book: `total_fee`, `reserved`, `refund_count`, the
 //!   string set `refund_nos` of the numbers that have not FAILED, and `failed_count`.
 //! - `ORDER#<OrderRef::key()>#FAILED#<page>`: up to 1,000 released (FAILED) numbers of the order.
+//! - `RECONCILIATION#<YYYY-MM-DD>`: the reconciliation report of a bill date (JSON `report`).
+//!
+//! Sparse indexes: `pending` (non-final refunds, by next check), `needs_person` (`gsi2pk =
+//! NEEDS_PERSON`), `accepted` (`gsi3pk = ACCEPTED#<Beijing day of accepted_at>`, by number).
 //!
 //! Bounded items: a FAILED refund gives back its amount and slot, so the transaction that fails it
 //! also moves its number out of the order item into page `failed_count / 1000` (and counts it,
@@ -36,12 +40,13 @@ mod correction;
 mod error;
 mod expr;
 mod keys;
+mod reconciliation;
 mod table;
 mod txn_retry;
 mod updates;
 
 pub use adapter::{DynamoLedger, WriteStats};
 pub use table::{
-    IndexSpec, NEEDS_PERSON_INDEX, NEEDS_PERSON_PK, PENDING_INDEX, PENDING_SHARDS, TableSpec,
-    create_table, table_spec,
+    ACCEPTED_INDEX, IndexSpec, NEEDS_PERSON_INDEX, NEEDS_PERSON_PK, PENDING_INDEX, PENDING_SHARDS,
+    TableSpec, create_table, table_spec,
 };

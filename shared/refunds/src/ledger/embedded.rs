@@ -19,11 +19,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, Wr
 use wxpay::{OrderRef, OutRefundNo};
 
 use super::{
-    CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger,
-    LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, corrected,
-    corrected_book, existing_outcome, external_record, fence_holds, fresh_book, illegal,
-    lease_decision, new_record, refusal, released, transitioned, with_released,
+    CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, FlagWrite, LeaseDecision,
+    LeaseOutcome, Ledger, LedgerError, NewRefund, Page, RecordOutcome, Transition,
+    TransitionOutcome, corrected, corrected_book, existing_outcome, external_record, fence_holds,
+    flagged, fresh_book, illegal, lease_decision, new_record, refusal, released, transitioned,
+    with_released,
 };
+use crate::reconcile::Reconciliation;
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
 
 /// `out_refund_no` → JSON `RefundRecord`.
@@ -37,6 +39,11 @@ const FLAGGED: TableDefinition<&str, ()> = TableDefinition::new("needs_person");
 /// (`OrderRef::key()`, out_refund_no) of every FAILED refund: released numbers, kept out of the
 /// order's book so its value stays bounded.
 const ORDER_FAILED: TableDefinition<(&str, &str), ()> = TableDefinition::new("order_failed");
+/// (Beijing day `YYYY-MM-DD`, out_refund_no) of every refund WeChat accepted (`accepted_at`):
+/// what that day's refund bill must list.
+const ACCEPTED: TableDefinition<(&str, &str), ()> = TableDefinition::new("accepted");
+/// Bill date `YYYY-MM-DD` → JSON reconciliation report.
+const RECONCILIATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reconciliations");
 
 /// The redb-backed ledger. Cheap to clone (the database is shared).
 #[derive(Clone)]
@@ -72,6 +79,7 @@ type Refunds<'t> = Table<'t, &'static str, &'static [u8]>;
 type Orders<'t> = Table<'t, &'static str, &'static [u8]>;
 type Pending<'t> = Table<'t, (u64, &'static str), ()>;
 type Flagged<'t> = Table<'t, &'static str, ()>;
+type Accepted<'t> = Table<'t, (&'static str, &'static str), ()>;
 
 fn read_refund<T: ReadableTable<&'static str, &'static [u8]>>(
     t: &T,
@@ -134,30 +142,60 @@ fn pending_key(r: &RefundRecord) -> Option<u64> {
     }
 }
 
-/// Writes a refund and keeps the pending index in step with it.
-fn put_refund(
-    refunds: &mut Refunds<'_>,
-    pending: &mut Pending<'_>,
-    flagged: &mut Flagged<'_>,
-    old: Option<&RefundRecord>,
-    new: &RefundRecord,
-) -> Result<(), LedgerError> {
-    let no = new.out_refund_no.as_str();
-    if new.needs_person() {
-        flagged.insert(no, ()).map_err(store)?;
-    } else if old.is_some_and(RefundRecord::needs_person) {
-        flagged.remove(no).map_err(store)?;
+/// The refund records and their indexes, opened together in a write transaction so that every
+/// write of a refund keeps the indexes in step with it.
+struct RefundTables<'t> {
+    refunds: Refunds<'t>,
+    pending: Pending<'t>,
+    flagged: Flagged<'t>,
+    accepted: Accepted<'t>,
+}
+
+impl<'t> RefundTables<'t> {
+    fn open(tx: &'t WriteTransaction) -> Result<Self, LedgerError> {
+        Ok(RefundTables {
+            refunds: tx.open_table(REFUNDS).map_err(store)?,
+            pending: tx.open_table(PENDING).map_err(store)?,
+            flagged: tx.open_table(FLAGGED).map_err(store)?,
+            accepted: tx.open_table(ACCEPTED).map_err(store)?,
+        })
     }
-    if let Some(at) = old.and_then(pending_key) {
-        pending.remove((at, no)).map_err(store)?;
+
+    fn get(&self, no: &str) -> Result<Option<RefundRecord>, LedgerError> {
+        read_refund(&self.refunds, no)
     }
-    if let Some(at) = pending_key(new) {
-        pending.insert((at, no), ()).map_err(store)?;
+
+    /// Writes a refund (`old` is what was stored) and moves its index entries with it.
+    fn put(&mut self, old: Option<&RefundRecord>, new: &RefundRecord) -> Result<(), LedgerError> {
+        let no = new.out_refund_no.as_str();
+        if new.needs_person() {
+            self.flagged.insert(no, ()).map_err(store)?;
+        } else if old.is_some_and(RefundRecord::needs_person) {
+            self.flagged.remove(no).map_err(store)?;
+        }
+        if let Some(at) = old.and_then(pending_key) {
+            self.pending.remove((at, no)).map_err(store)?;
+        }
+        if let Some(at) = pending_key(new) {
+            self.pending.insert((at, no), ()).map_err(store)?;
+        }
+        if let Some(at) = old.and_then(|r| r.accepted_at)
+            && Some(at) != new.accepted_at
+        {
+            self.accepted
+                .remove((at.beijing_date().as_str(), no))
+                .map_err(store)?;
+        }
+        if let Some(at) = new.accepted_at {
+            self.accepted
+                .insert((at.beijing_date().as_str(), no), ())
+                .map_err(store)?;
+        }
+        self.refunds
+            .insert(no, encode(no, new)?.as_slice())
+            .map_err(store)?;
+        Ok(())
     }
-    refunds
-        .insert(no, encode(no, new)?.as_slice())
-        .map_err(store)?;
-    Ok(())
 }
 
 fn put_order(orders: &mut Orders<'_>, book: &OrderBook) -> Result<(), LedgerError> {
@@ -187,6 +225,8 @@ impl EmbeddedLedger {
             tx.open_table(PENDING).map_err(store)?;
             tx.open_table(ORDER_FAILED).map_err(store)?;
             tx.open_table(FLAGGED).map_err(store)?;
+            tx.open_table(ACCEPTED).map_err(store)?;
+            tx.open_table(RECONCILIATIONS).map_err(store)?;
         }
         tx.commit().map_err(store)?;
         Ok(Self { db: Arc::new(db) })
@@ -239,11 +279,9 @@ async fn blocking<T: Send + 'static>(
 impl Ledger for EmbeddedLedger {
     async fn record(&self, n: NewRefund) -> Result<RecordOutcome, LedgerError> {
         self.write(move |tx| {
-            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut refunds = RefundTables::open(tx)?;
             let mut orders = tx.open_table(ORDERS).map_err(store)?;
-            let mut pending = tx.open_table(PENDING).map_err(store)?;
-            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
-            if let Some(rec) = read_refund(&refunds, n.out_refund_no.as_str())? {
+            if let Some(rec) = refunds.get(n.out_refund_no.as_str())? {
                 return Ok((existing_outcome(rec, &n.request_hash), false));
             }
             let key = n.order.key();
@@ -264,7 +302,7 @@ impl Ledger for EmbeddedLedger {
             book.count += 1;
             book.refunds.push(n.out_refund_no.clone());
             let rec = new_record(&n);
-            put_refund(&mut refunds, &mut pending, &mut flagged, None, &rec)?;
+            refunds.put(None, &rec)?;
             put_order(&mut orders, &book)?;
             Ok((RecordOutcome::Created(rec), true))
         })
@@ -290,15 +328,13 @@ impl Ledger for EmbeddedLedger {
         let no = no.clone();
         let owner = owner.to_owned();
         self.write(move |tx| {
-            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
-            let mut pending = tx.open_table(PENDING).map_err(store)?;
-            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
-            let Some(rec) = read_refund(&refunds, no.as_str())? else {
+            let mut refunds = RefundTables::open(tx)?;
+            let Some(rec) = refunds.get(no.as_str())? else {
                 return Ok((LeaseOutcome::NotFound, false));
             };
             match lease_decision(&rec, &owner, ttl, now) {
                 LeaseDecision::Take(next) => {
-                    put_refund(&mut refunds, &mut pending, &mut flagged, Some(&rec), &next)?;
+                    refunds.put(Some(&rec), &next)?;
                     Ok((LeaseOutcome::Acquired(next), true))
                 }
                 LeaseDecision::Refuse(refused) => Ok((refused, false)),
@@ -312,11 +348,9 @@ impl Ledger for EmbeddedLedger {
             return Ok(bad);
         }
         self.write(move |tx| {
-            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut refunds = RefundTables::open(tx)?;
             let mut orders = tx.open_table(ORDERS).map_err(store)?;
-            let mut pending = tx.open_table(PENDING).map_err(store)?;
-            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
-            let Some(rec) = read_refund(&refunds, t.out_refund_no.as_str())? else {
+            let Some(rec) = refunds.get(t.out_refund_no.as_str())? else {
                 return Ok((TransitionOutcome::NotFound, false));
             };
             if !fence_holds(&rec, &t) {
@@ -346,7 +380,7 @@ impl Ledger for EmbeddedLedger {
                         .map_err(store)?;
                 }
             }
-            put_refund(&mut refunds, &mut pending, &mut flagged, Some(&rec), &next)?;
+            refunds.put(Some(&rec), &next)?;
             Ok((TransitionOutcome::Applied(next), true))
         })
         .await
@@ -444,11 +478,9 @@ impl Ledger for EmbeddedLedger {
             return Ok(ExternalOutcome::InvalidStatus(e.status));
         };
         self.write(move |tx| {
-            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut refunds = RefundTables::open(tx)?;
             let mut orders = tx.open_table(ORDERS).map_err(store)?;
-            let mut pending = tx.open_table(PENDING).map_err(store)?;
-            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
-            if let Some(existing) = read_refund(&refunds, rec.out_refund_no.as_str())? {
+            if let Some(existing) = refunds.get(rec.out_refund_no.as_str())? {
                 return Ok((ExternalOutcome::Existing(existing), false));
             }
             let key = rec.order.key();
@@ -472,7 +504,7 @@ impl Ledger for EmbeddedLedger {
             }
             book.count += 1;
             book.refunds.push(rec.out_refund_no.clone());
-            put_refund(&mut refunds, &mut pending, &mut flagged, None, &rec)?;
+            refunds.put(None, &rec)?;
             put_order(&mut orders, &book)?;
             Ok((ExternalOutcome::Created(rec), true))
         })
@@ -517,13 +549,97 @@ impl Ledger for EmbeddedLedger {
         .await
     }
 
+    async fn flag(&self, f: FlagWrite) -> Result<TransitionOutcome, LedgerError> {
+        self.write(move |tx| {
+            let mut refunds = RefundTables::open(tx)?;
+            let Some(rec) = refunds.get(f.out_refund_no.as_str())? else {
+                return Ok((TransitionOutcome::NotFound, false));
+            };
+            if rec.version != f.expected_version {
+                return Ok((TransitionOutcome::Conflict(rec), false));
+            }
+            let Some(next) = flagged(&rec, &f) else {
+                return Ok((TransitionOutcome::Applied(rec), false));
+            };
+            refunds.put(Some(&rec), &next)?;
+            Ok((TransitionOutcome::Applied(next), true))
+        })
+        .await
+    }
+
+    async fn accepted_on(
+        &self,
+        day: &str,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError> {
+        let day = day.to_owned();
+        let after = cursor.map(|c| c.as_str().to_owned());
+        let limit = limit.clamp(1, 1000);
+        self.read(move |tx| {
+            let refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let accepted = tx.open_table(ACCEPTED).map_err(store)?;
+            let lower = match &after {
+                Some(no) => Bound::Excluded((day.as_str(), no.as_str())),
+                None => Bound::Included((day.as_str(), "")),
+            };
+            let mut items = Vec::new();
+            let mut more = false;
+            for entry in accepted
+                .range::<(&str, &str)>((lower, Bound::Unbounded))
+                .map_err(store)?
+            {
+                let (k, _) = entry.map_err(store)?;
+                let (d, no) = k.value();
+                if d != day {
+                    break;
+                }
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                if let Some(rec) = read_refund(&refunds, no)? {
+                    items.push(rec);
+                }
+            }
+            let next = match (more, items.last()) {
+                (true, Some(last)) => Some(Cursor::new(last.out_refund_no.as_str())),
+                _ => None,
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn save_reconciliation(&self, report: &Reconciliation) -> Result<(), LedgerError> {
+        let report = report.clone();
+        self.write(move |tx| {
+            let mut t = tx.open_table(RECONCILIATIONS).map_err(store)?;
+            let key = report.bill_date.as_str();
+            t.insert(key, encode(key, &report)?.as_slice())
+                .map_err(store)?;
+            Ok(((), true))
+        })
+        .await
+    }
+
+    async fn reconciliation(&self, day: &str) -> Result<Option<Reconciliation>, LedgerError> {
+        let day = day.to_owned();
+        self.read(move |tx| {
+            let t = tx.open_table(RECONCILIATIONS).map_err(store)?;
+            match t.get(day.as_str()).map_err(store)? {
+                Some(v) => decode(&day, v.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError> {
         self.write(move |tx| {
-            let mut refunds = tx.open_table(REFUNDS).map_err(store)?;
+            let mut refunds = RefundTables::open(tx)?;
             let mut orders = tx.open_table(ORDERS).map_err(store)?;
-            let mut pending = tx.open_table(PENDING).map_err(store)?;
-            let mut flagged = tx.open_table(FLAGGED).map_err(store)?;
-            let Some(rec) = read_refund(&refunds, c.out_refund_no.as_str())? else {
+            let Some(rec) = refunds.get(c.out_refund_no.as_str())? else {
                 return Ok((TransitionOutcome::NotFound, false));
             };
             if rec.status != c.expected_status || rec.version != c.expected_version {
@@ -544,7 +660,7 @@ impl Ledger for EmbeddedLedger {
                 problem: format!("order of refund {} is missing", rec.out_refund_no),
             })?;
             put_order(&mut orders, &corrected_book(&book, &rec, c.to))?;
-            put_refund(&mut refunds, &mut pending, &mut flagged, Some(&rec), &next)?;
+            refunds.put(Some(&rec), &next)?;
             Ok((TransitionOutcome::Applied(next), true))
         })
         .await

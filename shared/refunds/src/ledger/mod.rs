@@ -20,6 +20,7 @@ use thiserror::Error;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
 use crate::correction::{Attention, AttentionReason, Correction, CorrectionKind, FactSource};
+use crate::reconcile::Reconciliation;
 use crate::state::{
     LastError, Lease, MAX_REFUNDS_PER_ORDER, OrderBook, RefundRecord, RefundStatus, UnixMillis,
 };
@@ -142,6 +143,8 @@ pub struct ExternalRefund {
     pub now: UnixMillis,
     /// Next poll if `status` is PROCESSING (defaults to `now`).
     pub next_check_at: Option<UnixMillis>,
+    /// When WeChat accepted it, when the source says (a bill's apply time); `None` otherwise.
+    pub accepted_at: Option<UnixMillis>,
 }
 
 /// What `record_external` did.
@@ -254,6 +257,27 @@ pub trait Ledger: Send + Sync {
     /// final or already says WeChat's status.
     async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError>;
 
+    /// Flags a refund for a person without moving it (see [`FlagWrite`]): `Applied` with the
+    /// flagged record, or with the record as stored when it already carries a grave flag (nothing
+    /// written); `Conflict` when its version moved on.
+    async fn flag(&self, f: FlagWrite) -> Result<TransitionOutcome, LedgerError>;
+
+    /// Refunds WeChat accepted on the Beijing day `day` (`YYYY-MM-DD`, by `accepted_at`), by
+    /// `out_refund_no`, one page of at most `limit` (≤ 1000) at a time; `next` is `None` after
+    /// the last page.
+    async fn accepted_on(
+        &self,
+        day: &str,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError>;
+
+    /// Stores the reconciliation report of its bill date, replacing an earlier one.
+    async fn save_reconciliation(&self, report: &Reconciliation) -> Result<(), LedgerError>;
+
+    /// The stored reconciliation report of a bill date (`YYYY-MM-DD`).
+    async fn reconciliation(&self, day: &str) -> Result<Option<Reconciliation>, LedgerError>;
+
     /// Refunds that need a person (CHANGE, or flagged: a contradiction or an escalation), by
     /// `out_refund_no`, one page of at most `limit` (≤ 100) at a time; `next` is `None` after the
     /// last page.
@@ -262,6 +286,32 @@ pub trait Ledger: Send + Sync {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<Page, LedgerError>;
+}
+
+/// A flag for a person on a refund whatever its status, fenced on its version: a disagreement
+/// with WeChat's books that no status says (see [`AttentionReason::Mismatch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagWrite {
+    pub out_refund_no: OutRefundNo,
+    pub expected_version: u64,
+    pub reason: AttentionReason,
+    pub now: UnixMillis,
+}
+
+/// The record after a flag, or `None` when it already carries a flag as grave (the first one and
+/// its time are kept, so re-running what raised it writes nothing). Only a `stuck` flag gives way.
+pub(crate) fn flagged(rec: &RefundRecord, f: &FlagWrite) -> Option<RefundRecord> {
+    if rec.attention.as_ref().is_some_and(|a| a.reason.is_grave()) {
+        return None;
+    }
+    let mut next = rec.clone();
+    next.attention = Some(Attention {
+        reason: f.reason,
+        since: f.now,
+    });
+    next.version = rec.version + 1;
+    next.updated_at = f.now;
+    Some(next)
 }
 
 /// A correction of a final refund to WeChat's status.
@@ -368,13 +418,13 @@ pub(crate) fn new_record(n: &NewRefund) -> RefundRecord {
         external: false,
         attention: None,
         corrections: Vec::new(),
+        accepted_at: None,
     }
 }
 
 /// The record `record_external` writes (`None` for a status WeChat never reports).
 pub(crate) fn external_record(e: &ExternalRefund) -> Option<RefundRecord> {
-    use RefundStatus::*;
-    if !matches!(e.status, Processing | Success | RefundClose | Change) {
+    if !e.status.reported_by_wechat() {
         return None;
     }
     let (ot, tx) = order_ids(&e.order);
@@ -403,6 +453,7 @@ pub(crate) fn external_record(e: &ExternalRefund) -> Option<RefundRecord> {
         external: true,
         attention: None,
         corrections: Vec::new(),
+        accepted_at: e.accepted_at,
     })
 }
 
@@ -551,6 +602,10 @@ pub(crate) fn transitioned(rec: &RefundRecord, t: &Transition) -> RefundRecord {
     if t.expected_status == RefundStatus::Submitting {
         next.lease = None;
     }
+    // The first time the ledger sees WeChat holding the refund; later moves keep it.
+    if t.to.reported_by_wechat() && next.accepted_at.is_none() {
+        next.accepted_at = Some(t.now);
+    }
     if t.to.is_final() {
         next.next_check_at = None;
     } else if let Some(at) = c.next_check_at {
@@ -668,6 +723,7 @@ mod tests {
             external: false,
             attention: None,
             corrections: vec![],
+            accepted_at: None,
         }
     }
 
@@ -715,6 +771,7 @@ mod tests {
                 external: false,
                 attention: None,
                 corrections: vec![],
+                accepted_at: None,
             }
         );
         // GIVEN the order named by transaction_id THEN that is the id the record carries
@@ -1056,9 +1113,18 @@ mod tests {
                         reason: AttentionReason::Stuck,
                         since: UnixMillis(6_000),
                     }),
+                    // the first move into a status WeChat reports is when it was accepted
+                    accepted_at: to.reported_by_wechat().then_some(UnixMillis(5_000)),
                     ..stored(from)
                 };
                 assert_eq!(next, want, "{from} -> {to}");
+                // AND a refund accepted earlier keeps that time
+                let earlier = RefundRecord {
+                    accepted_at: Some(UnixMillis(2_000)),
+                    ..stored(from)
+                };
+                let again = transitioned(&earlier, &transition(from, to, every_change()));
+                assert_eq!(again.accepted_at, Some(UnixMillis(2_000)), "{from} -> {to}");
             }
         }
     }
@@ -1074,13 +1140,14 @@ mod tests {
             ..stored(Unknown)
         };
         let next = transitioned(&full, &transition(Unknown, Processing, Changes::default()));
-        // THEN only status, version and updated_at move
+        // THEN only status, version and updated_at move, and WeChat is known to hold it from now
         assert_eq!(
             next,
             RefundRecord {
                 status: Processing,
                 version: 8,
                 updated_at: UnixMillis(5_000),
+                accepted_at: Some(UnixMillis(5_000)),
                 ..full
             }
         );
@@ -1203,6 +1270,7 @@ mod tests {
             success_time: Some("2026-01-02 03:04:05".into()),
             now: UnixMillis(5),
             next_check_at: None,
+            accepted_at: Some(UnixMillis(4)),
         }
     }
 
@@ -1264,6 +1332,7 @@ mod tests {
                 external: true,
                 attention: None,
                 corrections: vec![],
+                accepted_at: Some(UnixMillis(4)),
             })
         );
         // GIVEN the ids WeChat reported WHEN recorded THEN they win over the order's

@@ -9,6 +9,7 @@
 mod notify;
 mod orders;
 mod poll;
+mod reconciliation;
 mod refresh;
 mod submit;
 

@@ -123,6 +123,7 @@ impl RefundService {
             success_time: found.refund_success_time.clone(),
             now,
             next_check_at: Some(now.plus(self.schedule().min_backoff)),
+            accepted_at: None,
         })
     }
 

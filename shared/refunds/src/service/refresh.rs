@@ -44,6 +44,7 @@ impl RefundService {
         let source = match trigger {
             Trigger::Notification => FactSource::Notification,
             Trigger::Poll | Trigger::Refresh => FactSource::Query,
+            Trigger::Bill => FactSource::Bill,
         };
         match decide::action(&rec, trigger) {
             Action::Submit => self.attempt(&rec).await,

@@ -28,6 +28,7 @@ use crate::ledger::embedded::EmbeddedLedger;
 struct Scripted {
     refunds: Mutex<VecDeque<CallOutcome<RefundResponse>>>,
     queries: Mutex<VecDeque<CallOutcome<RefundQueryResponse>>>,
+    bills: Mutex<VecDeque<Result<wxpay::bill::BillText, crate::gateway::BillFailure>>>,
 }
 
 #[async_trait]
@@ -48,6 +49,16 @@ impl Gateway for Scripted {
     }
     async fn decrypt_notification(&self, _: &[u8]) -> Result<RefundNotification, NotifyError> {
         Err(NotifyError::MissingReqInfo)
+    }
+    async fn refund_bill(
+        &self,
+        _: wxpay::bill::BillDate,
+    ) -> Result<wxpay::bill::BillText, crate::gateway::BillFailure> {
+        self.bills
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a scripted bill reply")
     }
 }
 

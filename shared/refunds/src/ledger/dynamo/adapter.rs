@@ -30,11 +30,12 @@ use super::updates::{
     release_on_order, transition_update,
 };
 use crate::ledger::{
-    CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, LeaseDecision, LeaseOutcome, Ledger,
-    LedgerError, NewRefund, Page, RecordOutcome, Transition, TransitionOutcome, existing_outcome,
-    external_record, fence_holds, fresh_book, illegal, lease_decision, new_record, refusal,
-    transitioned, with_released,
+    CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, FlagWrite, LeaseDecision,
+    LeaseOutcome, Ledger, LedgerError, NewRefund, Page, RecordOutcome, Transition,
+    TransitionOutcome, existing_outcome, external_record, fence_holds, fresh_book, illegal,
+    lease_decision, new_record, refusal, transitioned, with_released,
 };
+use crate::reconcile::Reconciliation;
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
 
 /// Write requests and item writes sent so far (to measure the cost of a lifecycle).
@@ -84,6 +85,10 @@ impl DynamoLedger {
         &self.table
     }
 
+    pub(super) fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn write_stats(&self) -> WriteStats {
         WriteStats {
             requests: self.writes.requests.load(Ordering::Relaxed),
@@ -91,12 +96,12 @@ impl DynamoLedger {
         }
     }
 
-    fn count_write(&self, items: u64) {
+    pub(super) fn count_write(&self, items: u64) {
         self.writes.requests.fetch_add(1, Ordering::Relaxed);
         self.writes.items.fetch_add(items, Ordering::Relaxed);
     }
 
-    async fn get_item(&self, pk: String) -> Result<Option<Item>, LedgerError> {
+    pub(super) async fn get_item(&self, pk: String) -> Result<Option<Item>, LedgerError> {
         let out = self
             .client
             .get_item()
@@ -566,6 +571,27 @@ impl Ledger for DynamoLedger {
 
     async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError> {
         self.correct_refund(&c).await
+    }
+
+    async fn flag(&self, f: FlagWrite) -> Result<TransitionOutcome, LedgerError> {
+        self.flag_refund(&f).await
+    }
+
+    async fn accepted_on(
+        &self,
+        day: &str,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError> {
+        self.accepted_page(day, cursor, limit).await
+    }
+
+    async fn save_reconciliation(&self, report: &Reconciliation) -> Result<(), LedgerError> {
+        self.put_report(report).await
+    }
+
+    async fn reconciliation(&self, day: &str) -> Result<Option<Reconciliation>, LedgerError> {
+        self.get_report(day).await
     }
 
     async fn transition(&self, t: Transition) -> Result<TransitionOutcome, LedgerError> {

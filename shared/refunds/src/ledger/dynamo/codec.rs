@@ -15,7 +15,7 @@ use std::fmt::Display;
 use aws_sdk_dynamodb::types::AttributeValue;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
-use super::keys::{pending_pk, pending_sk, refund_pk};
+use super::keys::{accepted_pk, pending_pk, pending_sk, refund_pk};
 use super::table::NEEDS_PERSON_PK;
 use crate::correction::{Attention, AttentionReason, Correction};
 use crate::ledger::LedgerError;
@@ -27,6 +27,10 @@ pub(super) type Item = HashMap<String, AttributeValue>;
 /// A DynamoDB number.
 pub(super) fn num(v: impl Display) -> AttributeValue {
     AttributeValue::N(v.to_string())
+}
+
+fn n_insert(i: &mut Item, k: &str, v: u64) {
+    i.insert(k.to_owned(), num(v));
 }
 
 pub(super) fn status_av(s: RefundStatus) -> AttributeValue {
@@ -112,6 +116,15 @@ impl From<&RefundRecord> for Item {
                 AttributeValue::S(attention_code(a.reason).into()),
             );
             i.insert("attention_since".into(), num(a.since.get()));
+        }
+        // Sparse index of the refunds WeChat accepted, by Beijing day: what a day's bill must list.
+        if let Some(at) = r.accepted_at {
+            n_insert(&mut i, "accepted_at", at.get());
+            i.insert("gsi3pk".into(), AttributeValue::S(accepted_pk(at)));
+            i.insert(
+                "gsi3sk".into(),
+                AttributeValue::S(r.out_refund_no.as_str().into()),
+            );
         }
         // The history is read whole and never queried: one JSON attribute, absent while empty.
         if !r.corrections.is_empty()
@@ -223,6 +236,7 @@ pub(super) fn attention_code(reason: AttentionReason) -> &'static str {
     match reason {
         AttentionReason::Contradiction => "contradiction",
         AttentionReason::Stuck => "stuck",
+        AttentionReason::Mismatch => "mismatch",
     }
 }
 
@@ -230,6 +244,7 @@ fn attention_reason(code: &str) -> Option<AttentionReason> {
     match code {
         "contradiction" => Some(AttentionReason::Contradiction),
         "stuck" => Some(AttentionReason::Stuck),
+        "mismatch" => Some(AttentionReason::Mismatch),
         _ => None,
     }
 }
@@ -298,6 +313,7 @@ impl TryFrom<&Item> for RefundRecord {
             version: r.u64("version")?,
             lease,
             next_check_at: r.opt_u64("next_check_at")?.map(UnixMillis),
+            accepted_at: r.opt_u64("accepted_at")?.map(UnixMillis),
             external,
         })
     }
@@ -410,9 +426,19 @@ mod tests {
                 source: crate::correction::FactSource::Notification,
                 at: UnixMillis(9),
             }],
+            accepted_at: Some(UnixMillis(7)),
         };
         let item = Item::from(&rec);
         assert_eq!(RefundRecord::try_from(&item).unwrap(), rec);
+        // AND it is listed in the `accepted` index on the Beijing day of accepted_at
+        assert_eq!(
+            item.get("gsi3pk").and_then(|v| v.as_s().ok()).unwrap(),
+            "ACCEPTED#1970-01-01"
+        );
+        assert_eq!(
+            item.get("gsi3sk").and_then(|v| v.as_s().ok()).unwrap(),
+            "R-1|x@y"
+        );
         assert_eq!(
             item.get("gsi1sk").and_then(|v| v.as_s().ok()).unwrap(),
             "00000000000000000099#R-1|x@y"

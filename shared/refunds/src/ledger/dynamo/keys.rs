@@ -50,6 +50,21 @@ pub(super) fn fnv1a(s: &str) -> u64 {
     })
 }
 
+/// The `accepted` index partition of a Beijing day (`YYYY-MM-DD`): the refunds WeChat accepted
+/// that day, which its refund bill of that day must list.
+pub(super) fn accepted_day_pk(day: &str) -> String {
+    format!("ACCEPTED#{day}")
+}
+
+pub(super) fn accepted_pk(at: UnixMillis) -> String {
+    accepted_day_pk(&at.beijing_date())
+}
+
+/// The item holding the reconciliation report of a bill date (`YYYY-MM-DD`).
+pub(super) fn reconciliation_pk(day: &str) -> String {
+    format!("RECONCILIATION#{day}")
+}
+
 /// The pending-index partition of a shard.
 pub(super) fn shard_pk(shard: u32) -> String {
     format!("PENDING#{shard}")

@@ -18,6 +18,9 @@ pub const PENDING_SHARDS: u32 = 8;
 /// partition, `gsi2pk` = [`NEEDS_PERSON_PK`], sorted by `out_refund_no`).
 pub const NEEDS_PERSON_INDEX: &str = "needs_person";
 pub const NEEDS_PERSON_PK: &str = "NEEDS_PERSON";
+/// The index of the refunds WeChat accepted, by Beijing day (`gsi3pk` = `ACCEPTED#YYYY-MM-DD`,
+/// sorted by `out_refund_no`): what reconciliation compares with that day's refund bill.
+pub const ACCEPTED_INDEX: &str = "accepted";
 
 /// A global secondary index of the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +54,8 @@ pub const fn table_spec() -> TableSpec {
             ("gsi1sk", "S"),
             ("gsi2pk", "S"),
             ("gsi2sk", "S"),
+            ("gsi3pk", "S"),
+            ("gsi3sk", "S"),
         ],
         hash_key: "pk",
         indexes: &[
@@ -64,6 +69,12 @@ pub const fn table_spec() -> TableSpec {
                 name: NEEDS_PERSON_INDEX,
                 hash_key: "gsi2pk",
                 range_key: "gsi2sk",
+                projection: "ALL",
+            },
+            IndexSpec {
+                name: ACCEPTED_INDEX,
+                hash_key: "gsi3pk",
+                range_key: "gsi3sk",
                 projection: "ALL",
             },
         ],
@@ -139,11 +150,17 @@ mod tests {
         let spec = table_spec();
         assert_eq!(spec.billing_mode, "PAY_PER_REQUEST");
         assert_eq!(spec.hash_key, "pk");
-        assert_eq!(spec.indexes.len(), 2);
+        assert_eq!(spec.indexes.len(), 3);
         assert_eq!(spec.indexes[0].name, "pending");
         assert_eq!(
             (spec.indexes[0].hash_key, spec.indexes[0].range_key),
             ("gsi1pk", "gsi1sk")
+        );
+        // AND the sparse index of refunds WeChat accepted, by Beijing day
+        assert_eq!(spec.indexes[2].name, "accepted");
+        assert_eq!(
+            (spec.indexes[2].hash_key, spec.indexes[2].range_key),
+            ("gsi3pk", "gsi3sk")
         );
         // AND the sparse index of refunds that need a person
         assert_eq!(spec.indexes[1].name, "needs_person");

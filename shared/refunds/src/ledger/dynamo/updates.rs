@@ -8,7 +8,7 @@ use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
 use super::codec::{attention_code, num, status_av};
 use super::expr::Expr;
-use super::keys::{pending_pk, pending_sk};
+use super::keys::{accepted_pk, pending_pk, pending_sk};
 use super::table::NEEDS_PERSON_PK;
 use crate::ledger::{NewRefund, Patch, Transition};
 use crate::state::{MAX_REFUNDS_PER_ORDER, RefundRecord, RefundStatus, UnixMillis};
@@ -319,6 +319,17 @@ pub(super) fn transition_update(t: &Transition) -> Expr {
     } else if matches!(c.attention, Patch::Clear) {
         let (g1, g2) = (u.n("gsi2pk"), u.n("gsi2sk"));
         u.remove.extend([g1, g2]);
+    }
+    // The first move into a status WeChat reports is when WeChat is known to hold the refund
+    // (`ledger::transitioned`); later moves keep the first time and its day.
+    if t.to.reported_by_wechat() {
+        let (acc, g1, g2) = (u.n("accepted_at"), u.n("gsi3pk"), u.n("gsi3sk"));
+        let v_acc = u.v("acc", num(t.now.get()));
+        let v_g1 = u.v("acc_day", AttributeValue::S(accepted_pk(t.now)));
+        let v_g2 = u.v("acc_no", AttributeValue::S(t.out_refund_no.as_str().into()));
+        u.set.push(format!("{acc} = if_not_exists({acc}, {v_acc})"));
+        u.set.push(format!("{g1} = if_not_exists({g1}, {v_g1})"));
+        u.set.push(format!("{g2} = if_not_exists({g2}, {v_g2})"));
     }
     let mut condition =
         format!("attribute_exists({pk}) AND {st} = {v_exp_st} AND {ver} = {v_exp_v}");

@@ -1,0 +1,223 @@
+//! The reconciliation routes: `POST /reconciliations` (reconcile a bill date now and answer the
+//! report), `GET /reconciliations/{bill_date}` (the stored report), and the daily schedule's
+//! event, which reconciles the previous Beijing day.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use wxpay::bill::BillDate;
+
+use super::refunds::rfc3339;
+use super::{ApiError, AppState, body_error, path_error};
+use crate::reconcile::{Discrepancy, DiscrepancyKind, Reconciliation, ReportStatus, Resolution};
+use crate::service::RefundService;
+use crate::state::UnixMillis;
+
+/// `POST /reconciliations` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReconciliation {
+    /// `YYYY-MM-DD`, a Beijing date, not in the future.
+    pub bill_date: String,
+}
+
+/// Refund count and amount (fen) of one side.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TotalsView {
+    pub refunds: u64,
+    pub refund_fee: u64,
+}
+
+/// What one side says of a refund.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SideView {
+    pub status: String,
+    pub refund_fee: u64,
+}
+
+/// One refund on which WeChat's bill and the ledger disagreed, and what was done.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiscrepancyView {
+    pub kind: DiscrepancyKind,
+    pub out_refund_no: String,
+    pub out_trade_no: Option<String>,
+    pub bill: Option<SideView>,
+    pub ledger: Option<SideView>,
+    pub resolution: Resolution,
+    pub detail: String,
+}
+
+/// A reconciliation report as the API shows it (amounts in fen, times RFC 3339).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReconciliationView {
+    pub bill_date: String,
+    pub status: ReportStatus,
+    pub bill: TotalsView,
+    pub ledger: TotalsView,
+    pub discrepancies: Vec<DiscrepancyView>,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+impl From<&Discrepancy> for DiscrepancyView {
+    fn from(d: &Discrepancy) -> Self {
+        let side = |s: &crate::reconcile::Side| SideView {
+            status: s.status.clone(),
+            refund_fee: s.refund_fee.get(),
+        };
+        DiscrepancyView {
+            kind: d.kind,
+            out_refund_no: d.out_refund_no.to_string(),
+            out_trade_no: d.out_trade_no.as_ref().map(ToString::to_string),
+            bill: d.bill.as_ref().map(side),
+            ledger: d.ledger.as_ref().map(side),
+            resolution: d.resolution,
+            detail: d.detail.clone(),
+        }
+    }
+}
+
+impl From<&Reconciliation> for ReconciliationView {
+    fn from(r: &Reconciliation) -> Self {
+        let totals = |t: &crate::reconcile::Totals| TotalsView {
+            refunds: t.refunds,
+            refund_fee: t.refund_fee.get(),
+        };
+        ReconciliationView {
+            bill_date: r.bill_date.clone(),
+            status: r.status,
+            bill: totals(&r.bill),
+            ledger: totals(&r.ledger),
+            discrepancies: r.discrepancies.iter().map(DiscrepancyView::from).collect(),
+            started_at: rfc3339(r.started_at),
+            finished_at: rfc3339(r.finished_at),
+        }
+    }
+}
+
+/// The Beijing date of `now`.
+fn beijing_today(now: UnixMillis) -> Result<BillDate, ApiError> {
+    now.beijing_date().parse::<BillDate>().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            e.to_string(),
+        )
+    })
+}
+
+/// A bill date from the merchant: a real `YYYY-MM-DD` date, not after today in Beijing.
+fn bill_date(s: &str, now: UnixMillis) -> Result<BillDate, ApiError> {
+    let invalid = |m: String| ApiError::bad_request("validation_error", m);
+    let day: BillDate = s.parse().map_err(|e| invalid(format!("bill_date: {e}")))?;
+    if day > beijing_today(now)? {
+        return Err(invalid(format!(
+            "bill_date: {} is in the future (Beijing time)",
+            day.iso()
+        )));
+    }
+    Ok(day)
+}
+
+pub(super) async fn create_reconciliation(
+    State(svc): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ReconciliationView>, ApiError> {
+    let req: CreateReconciliation = super::json_body(&headers, body, "the reconciliation request")?;
+    let day = bill_date(&req.bill_date, UnixMillis::now())?;
+    let report = svc.reconcile_bill_date(&day).await?;
+    Ok(Json(ReconciliationView::from(&report)))
+}
+
+pub(super) async fn get_reconciliation(
+    State(svc): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<ReconciliationView>, ApiError> {
+    let Path(day) = path.map_err(path_error)?;
+    let day = bill_date(&day, UnixMillis::now())?;
+    match svc.reconciliation(&day).await? {
+        Some(r) => Ok(Json(ReconciliationView::from(&r))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no reconciliation of {} yet", day.iso()),
+        )),
+    }
+}
+
+/// What the schedule asks for.
+#[derive(Debug, Deserialize)]
+struct ScheduledRun {
+    #[serde(default)]
+    action: String,
+}
+
+/// The schedule's event (`POST /events`, see [`super::EVENTS_PATH`]): `{"action":"reconcile"}`
+/// reconciles the previous Beijing day; `{"action":"reconcile_retry"}` does so only while that
+/// day has no report, or one that is NOT_READY (WeChat was still generating the bill).
+async fn scheduled(
+    State(svc): State<Arc<RefundService>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = body.map_err(body_error)?;
+    let run: ScheduledRun = serde_json::from_slice(&body).unwrap_or(ScheduledRun {
+        action: String::new(),
+    });
+    let now = UnixMillis::now();
+    // Beijing has no daylight saving: a day ago is always the previous Beijing day.
+    let yesterday = beijing_today(UnixMillis(now.get().saturating_sub(86_400_000)))?;
+    tracing::info!(action = %run.action, bill_date = %yesterday.iso(), "scheduled reconciliation");
+    if run.action == "reconcile_retry"
+        && let Some(done) = svc.reconciliation(&yesterday).await?
+        && done.status != ReportStatus::NotReady
+    {
+        return Ok(Json(serde_json::json!({
+            "bill_date": yesterday.iso(),
+            "status": done.status,
+            "skipped": true,
+        })));
+    }
+    let report = svc.reconcile_bill_date(&yesterday).await?;
+    Ok(Json(serde_json::json!({
+        "bill_date": report.bill_date,
+        "status": report.status,
+        "discrepancies": report.discrepancies.len(),
+    })))
+}
+
+/// The schedule's event route.
+pub(super) fn events_router(svc: Arc<RefundService>) -> axum::Router {
+    axum::Router::new()
+        .route(super::EVENTS_PATH, axum::routing::post(scheduled))
+        .with_state(svc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bill_dates_must_be_real_and_not_in_the_future() {
+        // 2027-01-15 08:00 UTC = 16:00 in Beijing
+        let now = UnixMillis(1_800_000_000_000);
+        assert_eq!(bill_date("2027-01-15", now).unwrap().iso(), "2027-01-15");
+        assert_eq!(bill_date("2027-01-14", now).unwrap().iso(), "2027-01-14");
+        for bad in ["2027-01-16", "2027-02-30", "20270115x", "", "yesterday"] {
+            let e = bill_date(bad, now).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.message.starts_with("bill_date"), "{bad}: {}", e.message);
+        }
+        // 16:00 UTC is midnight in Beijing: the next day is today there
+        let midnight = UnixMillis(1_800_000_000_000 + 8 * 3_600_000);
+        assert_eq!(
+            bill_date("2027-01-16", midnight).unwrap().iso(),
+            "2027-01-16"
+        );
+    }
+}
