@@ -10,9 +10,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde_norway::Value;
-use wxrefund::ledger::dynamo::{NEEDS_PERSON_INDEX, PENDING_INDEX, table_spec};
+use wxrefund::ledger::dynamo::{ACCEPTED_INDEX, NEEDS_PERSON_INDEX, PENDING_INDEX, table_spec};
 
-const BINARIES: [&str; 3] = ["refund", "refund-query", "refund-notify"];
+const BINARIES: [&str; 4] = [
+    "refund",
+    "refund-query",
+    "refund-notify",
+    "refund-reconcile",
+];
 const NOTIFY_ROUTE: (&str, &str) = ("POST", "/wxpay/refund-notify");
 const TABLE: &str = "LedgerTable";
 
@@ -227,13 +232,13 @@ fn given_the_ledger_is_kept_400_days_the_table_is_retained_recoverable_and_encry
 // ---- the functions -------------------------------------------------------------------------------
 
 #[test]
-fn given_every_function_when_sam_builds_it_cargo_lambda_builds_one_of_the_three_binaries() {
+fn given_every_function_when_sam_builds_it_cargo_lambda_builds_one_of_the_binaries() {
     // GIVEN every AWS::Serverless::Function
     let t = template();
     let fs = functions(&t);
     assert!(fs.len() >= 3, "at least the three functions");
 
-    // THEN each is built by cargo-lambda from the workspace root as one of the three binaries,
+    // THEN each is built by cargo-lambda from the workspace root as one of the binaries,
     // on provided.al2023 / arm64 with the bootstrap handler, and every binary is deployed
     let mut used = BTreeSet::new();
     for (id, f) in &fs {
@@ -258,9 +263,15 @@ fn given_every_function_when_sam_builds_it_cargo_lambda_builds_one_of_the_three_
             .collect();
         assert_eq!(arch, ["arm64"], "{id}");
         let timeout = prop(&t, f, "Timeout").as_u64().expect("a Timeout");
+        // (the reconciler works through a whole day's bill: up to Lambda's 15 minutes)
+        let max = if *id == "RefundReconcileFunction" {
+            900
+        } else {
+            60
+        };
         assert!(
-            (15..=60).contains(&timeout),
-            "{id}: Timeout {timeout} s must be well above the client's 10 s"
+            (15..=max).contains(&timeout),
+            "{id}: Timeout {timeout} s must be well above the client's 10 s and at most {max} s"
         );
     }
     assert_eq!(
@@ -348,6 +359,11 @@ fn given_the_http_api_merchant_routes_need_iam_and_only_the_notify_route_is_publ
             ("refund-query", None),
         ),
         (NOTIFY_ROUTE, ("refund-notify", Some("NONE"))),
+        (("POST", "/reconciliations"), ("refund-reconcile", None)),
+        (
+            ("GET", "/reconciliations/{bill_date}"),
+            ("refund-reconcile", None),
+        ),
     ]);
     assert_eq!(routes, want);
 }
@@ -356,16 +372,17 @@ fn given_the_http_api_merchant_routes_need_iam_and_only_the_notify_route_is_publ
 
 #[test]
 fn given_the_schedule_the_poller_runs_every_minute_alone_with_the_poll_payload() {
-    // GIVEN the ScheduleV2 events
+    // GIVEN the ScheduleV2 events of the refund-query binary
     let t = template();
     let schedules: Vec<_> = events(&t)
         .into_iter()
         .filter(|(.., ev)| at(ev, &["Type"]).as_str() == Some("ScheduleV2"))
+        .filter(|(_, bin, ..)| *bin == "refund-query")
         .collect();
 
     // THEN there is one, on a refund-query function with reserved concurrency 1, that sends
     // {"action":"poll"} every minute by default
-    assert_eq!(schedules.len(), 1, "one ScheduleV2 event");
+    assert_eq!(schedules.len(), 1, "one poll schedule");
     let (id, bin, _, ev) = schedules[0];
     assert_eq!(bin, "refund-query");
     let f = at(&t, &["Resources", id]);
@@ -377,14 +394,44 @@ fn given_the_schedule_the_poller_runs_every_minute_alone_with_the_poll_payload()
     let p = at(ev, &["Properties"]);
     let input: serde_json::Value = serde_json::from_str(s(p, &["Input"])).expect("JSON Input");
     assert_eq!(input, serde_json::json!({"action": "poll"}));
+    assert_eq!(schedule_default(&t, p), "rate(1 minute)");
+}
+
+/// A schedule's expression, or its parameter's default.
+fn schedule_default<'a>(t: &'a Value, p: &'a Value) -> &'a str {
     let expr = at(p, &["ScheduleExpression"]);
-    let expr = match intrinsic(expr) {
+    match intrinsic(expr) {
         Some((tag, param)) if tag == "Ref" => {
-            s(&t, &["Parameters", param.as_str().unwrap(), "Default"])
+            s(t, &["Parameters", param.as_str().unwrap(), "Default"])
         }
         _ => expr.as_str().expect("a schedule expression"),
-    };
-    assert_eq!(expr, "rate(1 minute)");
+    }
+}
+
+#[test]
+fn given_the_schedules_the_previous_beijing_day_is_reconciled_after_10_30_and_retried() {
+    // GIVEN the ScheduleV2 events of the refund-reconcile binary
+    let t = template();
+    let mut schedules: BTreeMap<String, (&str, String)> = BTreeMap::new();
+    for (_, bin, _, ev) in events(&t) {
+        if at(ev, &["Type"]).as_str() != Some("ScheduleV2") || bin != "refund-reconcile" {
+            continue;
+        }
+        let p = at(ev, &["Properties"]);
+        let input: serde_json::Value = serde_json::from_str(s(p, &["Input"])).expect("JSON Input");
+        let action = input["action"].as_str().expect("an action").to_owned();
+        // THEN each runs on Beijing time
+        assert_eq!(s(p, &["ScheduleExpressionTimezone"]), "Asia/Shanghai");
+        schedules.insert(
+            action,
+            (schedule_default(&t, p), s(p, &["Description"]).to_owned()),
+        );
+    }
+    // AND the daily run is at 10:30 (WeChat advises fetching a bill after 10:00), the retries
+    // hourly after it the same day
+    assert_eq!(schedules["reconcile"].0, "cron(30 10 * * ? *)");
+    assert_eq!(schedules["reconcile_retry"].0, "cron(30 11-23 * * ? *)");
+    assert_eq!(schedules.len(), 2);
 }
 
 // ---- least privilege -----------------------------------------------------------------------------
@@ -430,9 +477,11 @@ fn given_the_function_policies_each_reaches_only_the_ledger_with_item_level_acti
                     assert_eq!(tag, "Sub", "{id}: Query resource");
                     let pending = format!("${{{TABLE}.Arn}}/index/{PENDING_INDEX}");
                     let flagged = format!("${{{TABLE}.Arn}}/index/{NEEDS_PERSON_INDEX}");
+                    let accepted = format!("${{{TABLE}.Arn}}/index/{ACCEPTED_INDEX}");
                     match payload.as_str() {
                         Some(p) if p == pending => queried.insert((id, PENDING_INDEX)),
                         Some(p) if p == flagged => queried.insert((id, NEEDS_PERSON_INDEX)),
+                        Some(p) if p == accepted => queried.insert((id, ACCEPTED_INDEX)),
                         other => panic!("{id}: Query only on the ledger's indexes, not {other:?}"),
                     };
                 } else {
@@ -457,8 +506,18 @@ fn given_the_function_policies_each_reaches_only_the_ledger_with_item_level_acti
         assert!(granted.contains("dynamodb:UpdateItem"), "{id}: UpdateItem");
         assert_eq!(
             queried.contains(&(id, PENDING_INDEX)),
-            scheduled.contains(id),
-            "{id}: the pending index is queried iff scheduled poller"
+            id == "RefundPollerFunction",
+            "{id}: the pending index is queried by the scheduled poller only"
+        );
+        assert_eq!(
+            queried.contains(&(id, ACCEPTED_INDEX)),
+            id == "RefundReconcileFunction",
+            "{id}: the accepted index is queried by the reconciler only"
+        );
+        assert!(
+            !scheduled.contains(id)
+                || ["RefundPollerFunction", "RefundReconcileFunction"].contains(&id),
+            "{id}: only the poller and the reconciler are scheduled"
         );
         assert_eq!(
             queried.contains(&(id, NEEDS_PERSON_INDEX)),

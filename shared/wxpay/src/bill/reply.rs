@@ -184,10 +184,14 @@ fn refusal(body: &[u8]) -> BillUnavailable {
 fn classify(r: BillRefusal) -> BillUnavailable {
     let msg = r.return_msg.to_ascii_lowercase();
     let code = r.error_code.as_deref().unwrap_or_default();
-    if msg.contains("no bill exist") || code == "20002" {
+    // The text first: WeChat answers "Bill Creating" with 20002 too (WxJava tells them apart by
+    // the message), so a bare 20002 is "no bill" only when the text says nothing else.
+    if msg.contains("no bill exist") {
         BillUnavailable::NoBill(r)
     } else if msg.contains("bill creating") {
         BillUnavailable::NotReady(r)
+    } else if code == "20002" {
+        BillUnavailable::NoBill(r)
     } else if msg.contains("systemerror") || msg.contains("system error") || code == "100" {
         BillUnavailable::Retry(r)
     } else if r.return_msg.contains("签名错误")
@@ -266,6 +270,7 @@ mod tests {
             ("no bill exist", None, "no_bill"),
             ("账单不存在", Some("20002"), "no_bill"),
             ("Bill Creating", None, "not_ready"),
+            ("Bill Creating", Some("20002"), "not_ready"),
             ("bill creating", Some("20004"), "not_ready"),
             ("SYSTEMERROR", None, "retry"),
             ("system error", Some("100"), "retry"),

@@ -101,7 +101,7 @@ pub struct RefundBillRow {
     /// 商户退款单号.
     pub out_refund_no: OutRefundNo,
     /// The refund asked for, v2 `refund_fee`: 申请退款金额 when the header has it (2018+), else
-    /// 退款金额.
+    /// 退款金额 plus the coupon refund column.
     pub refund_fee: Fen,
     /// 退款金额: the settlement refund (v2 `settlement_refund_fee`); what 退款总金额 adds up.
     pub settlement_refund_fee: Fen,
@@ -229,6 +229,21 @@ impl RefundBillRow {
         };
         let settlement_total_fee = f.required_amount(Col::SettlementTotalFee)?;
         let settlement_refund_fee = f.required_amount(Col::SettlementRefundFee)?;
+        let coupon_refund_fee = f.amount(Col::CouponRefundFee)?.unwrap_or(Fen::ZERO);
+        // Without 申请退款金额 (bills before 2018) the refund asked for is the settlement refund
+        // plus its coupon part, as v2 defines it (settlement_refund_fee = refund_fee minus the
+        // coupon refund).
+        let refund_fee = match f.amount(Col::AppliedRefundFee)? {
+            Some(applied) => applied,
+            None => settlement_refund_fee
+                .checked_add(coupon_refund_fee)
+                .ok_or_else(|| {
+                    f.invalid(
+                        Col::SettlementRefundFee,
+                        "退款金额 plus its coupon part overflows",
+                    )
+                })?,
+        };
         let Ok(refund_status) = f.required(Col::RefundStatus)?.parse::<BilledRefundStatus>();
         let extra = layout
             .slots
@@ -258,11 +273,9 @@ impl RefundBillRow {
             success_time: f.time(Col::SuccessTime)?,
             refund_id: f.id(Col::RefundId)?,
             out_refund_no: f.id(Col::OutRefundNo)?,
-            refund_fee: f
-                .amount(Col::AppliedRefundFee)?
-                .unwrap_or(settlement_refund_fee),
+            refund_fee,
             settlement_refund_fee,
-            coupon_refund_fee: f.amount(Col::CouponRefundFee)?.unwrap_or(Fen::ZERO),
+            coupon_refund_fee,
             refund_type: f.required(Col::RefundType)?.to_string(),
             refund_status,
             body: f.text(Col::Body),

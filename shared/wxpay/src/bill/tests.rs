@@ -142,7 +142,7 @@ fn the_documented_26_column_bill_is_read_by_name() {
     assert_eq!(r.trade_state.as_deref(), Some("REFUND"));
     assert_eq!(r.bank_type.as_deref(), Some("OTHERS"));
     assert_eq!(r.fee_type.as_deref(), Some("CNY"));
-    // no 订单金额 / 申请退款金额: total_fee is 总金额, refund_fee is 退款金额
+    // no 订单金额 / 申请退款金额: total_fee is 总金额, refund_fee is 退款金额 plus its coupon part
     assert_eq!((r.total_fee, r.settlement_total_fee), (fen(1), fen(1)));
     assert_eq!((r.refund_fee, r.settlement_refund_fee), (fen(1), fen(1)));
     assert_eq!(r.coupon_fee, Some(Fen::ZERO));
@@ -162,7 +162,11 @@ fn the_documented_26_column_bill_is_read_by_name() {
     assert_eq!(r.success_time, None);
     assert_eq!(r.refund_status, BilledRefundStatus::Processing);
     assert_eq!((r.total_fee, r.coupon_fee), (fen(12_000), Some(fen(1000))));
-    assert_eq!((r.refund_fee, r.coupon_refund_fee), (fen(5000), fen(100)));
+    // 退款金额 is the settlement refund; the refund asked for adds its coupon part
+    assert_eq!(
+        (r.refund_fee, r.settlement_refund_fee, r.coupon_refund_fee),
+        (fen(5100), fen(5000), fen(100))
+    );
     assert_eq!(r.attach, None);
     let r = &bill.rows[2];
     assert_eq!(r.refund_status, BilledRefundStatus::RefundClose);
