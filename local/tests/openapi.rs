@@ -49,6 +49,8 @@ async fn every_documented_operation_is_a_route() {
                 "/refunds/{out_refund_no}",
                 "/orders/{out_trade_no}/refunds",
                 "/wxpay/refund-notify",
+                "/reconciliations",
+                "/reconciliations/{bill_date}",
             ]
             .map(String::from)
         )
@@ -57,7 +59,8 @@ async fn every_documented_operation_is_a_route() {
     for (path, ops) in paths {
         let uri = path
             .replace("{out_refund_no}", "R-openapi-1")
-            .replace("{out_trade_no}", "order-openapi-1");
+            .replace("{out_trade_no}", "order-openapi-1")
+            .replace("{bill_date}", "2026-01-02");
         for (method, op) in ops.as_object().expect("operations") {
             let m: Method = method.to_uppercase().parse().expect("method");
             let (status, body) = send(&router, m.clone(), &uri, "{}").await;
@@ -78,7 +81,7 @@ async fn every_documented_operation_is_a_route() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 5);
+    assert_eq!(checked, 7);
     // The check above can tell a missing route from a real one.
     let (s, b) = send(&router, Method::GET, "/no-such-path", "").await;
     assert!(is_fallback(s, &b));
@@ -463,4 +466,107 @@ async fn malformed_paths_queries_and_media_types_get_the_json_envelope() {
         .expect("request");
     let resp = router.clone().oneshot(req).await.expect("infallible");
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn reconciliation_schemas_match_their_serde_fields() {
+    use wxrefund::http::{
+        CreateReconciliation, DiscrepancyView, ReconciliationView, SideView, TotalsView,
+    };
+    use wxrefund::reconcile::{DiscrepancyKind, ReportStatus, Resolution};
+    // GIVEN a report with one discrepancy, serialised as the API answers it
+    let side = SideView {
+        status: "SUCCESS".into(),
+        refund_fee: 1,
+    };
+    let view = ReconciliationView {
+        bill_date: "2026-01-02".into(),
+        status: ReportStatus::Mismatched,
+        bill: TotalsView {
+            refunds: 1,
+            refund_fee: 1,
+        },
+        ledger: TotalsView {
+            refunds: 0,
+            refund_fee: 0,
+        },
+        discrepancies: vec![DiscrepancyView {
+            kind: DiscrepancyKind::MissingInLedger,
+            out_refund_no: "R-1".into(),
+            out_trade_no: Some("O-1".into()),
+            bill: Some(side),
+            ledger: None,
+            resolution: Resolution::RecordedExternal,
+            detail: "d".into(),
+        }],
+        started_at: "2026-01-02T04:00:00Z".into(),
+        finished_at: "2026-01-02T04:00:01Z".into(),
+    };
+    let v = serde_json::to_value(&view).expect("serialize");
+    // THEN every schema names exactly the serde fields
+    assert_eq!(keys(&v), properties("ReconciliationView"));
+    assert_eq!(
+        serde_fields::<ReconciliationView>(),
+        properties("ReconciliationView")
+    );
+    assert_eq!(keys(&v["bill"]), properties("TotalsView"));
+    assert_eq!(keys(&v["discrepancies"][0]), properties("DiscrepancyView"));
+    assert_eq!(keys(&v["discrepancies"][0]["bill"]), properties("SideView"));
+    assert_eq!(
+        serde_fields::<CreateReconciliation>(),
+        properties("CreateReconciliation")
+    );
+    // AND the enums list exactly the wire values
+    let wire = |vals: Vec<Value>| -> BTreeSet<String> {
+        vals.iter()
+            .map(|v| v.as_str().expect("string").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&schema("ReconciliationView")["properties"]["status"]["enum"]),
+        wire(
+            [
+                ReportStatus::Matched,
+                ReportStatus::Mismatched,
+                ReportStatus::NoBill,
+                ReportStatus::NotReady
+            ]
+            .iter()
+            .map(|s| serde_json::to_value(s).expect("status"))
+            .collect()
+        )
+    );
+    let kinds = [
+        DiscrepancyKind::MissingInLedger,
+        DiscrepancyKind::MissingInBill,
+        DiscrepancyKind::AmountMismatch,
+        DiscrepancyKind::StatusMismatch,
+    ];
+    assert_eq!(
+        names(&schema("DiscrepancyView")["properties"]["kind"]["enum"]),
+        wire(
+            kinds
+                .iter()
+                .map(|k| serde_json::to_value(k).expect("kind"))
+                .collect()
+        )
+    );
+    let resolutions = [
+        Resolution::RecordedExternal,
+        Resolution::UpdatedByQuery,
+        Resolution::CorrectedByQuery,
+        Resolution::ConfirmedByQuery,
+        Resolution::FlaggedForPerson,
+        Resolution::NotConfirmed,
+        Resolution::Unresolved,
+    ];
+    assert_eq!(
+        names(&schema("DiscrepancyView")["properties"]["resolution"]["enum"]),
+        wire(
+            resolutions
+                .iter()
+                .map(|r| serde_json::to_value(r).expect("resolution"))
+                .collect()
+        )
+    );
 }

@@ -302,3 +302,154 @@ async fn a_refund_stuck_in_unknown_is_escalated_listed_and_cleared_when_it_finis
     assert!(svc.needing_person(None, 10).await.unwrap().items.is_empty());
     assert!(wechat.queries.lock().unwrap().is_empty());
 }
+
+// ---- reconciliation against a scripted bill ----------------------------------------------------
+//
+// The sandbox bills what its books hold, so it never disagrees on an amount nor forgets a refund
+// it took: those two come from a scripted bill.
+
+/// A refund of `fee` fen accepted by WeChat now (PROCESSING, `accepted_at` = now).
+async fn accepted(svc: &RefundService, no: &str, order: &str, fee: u64) -> RefundRecord {
+    let now = UnixMillis::now();
+    let new = crate::ledger::NewRefund {
+        out_refund_no: no.parse().unwrap(),
+        order: wxpay::OrderRef::OutTradeNo(order.parse().unwrap()),
+        total_fee: Fen::new(1000).unwrap(),
+        refund_fee: Fen::new(fee).unwrap(),
+        refund_desc: None,
+        refund_account: None,
+        request_hash: "h".into(),
+        now,
+        next_check_at: now,
+    };
+    svc.ledger().record(new).await.unwrap();
+    let leased = match svc
+        .ledger()
+        .acquire_lease(&no.parse().unwrap(), "x", Duration::from_secs(30), now)
+        .await
+        .unwrap()
+    {
+        LeaseOutcome::Acquired(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let t = Transition {
+        out_refund_no: leased.out_refund_no.clone(),
+        expected_status: leased.status,
+        expected_version: leased.version,
+        lease_owner: Some("x".into()),
+        to: RefundStatus::Processing,
+        changes: Changes::default(),
+        now,
+    };
+    match svc.ledger().transition(t).await.unwrap() {
+        TransitionOutcome::Applied(r) => r,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A 2018-format REFUND bill of `rows` (out_refund_no, out_trade_no, fen, status), as WeChat
+/// sends it (text, backticks, summary).
+fn bill_text(rows: &[(&str, &str, u64, &str)]) -> wxpay::bill::BillText {
+    let yuan = |f: u64| format!("{}.{:02}", f / 100, f % 100);
+    let mut text = String::from(
+        "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,退款申请时间,退款成功时间,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\n",
+    );
+    let today = UnixMillis::now().beijing_date();
+    let mut total = 0;
+    for (no, order, fee, status) in rows {
+        total += fee;
+        text.push_str(&format!(
+            "`{today} 10:00:00,`wx2421b1c4370ec43b,`1900000109,`0,`,`4200000001,`{order},`oUpF8uMuAJO_M2pxb1Q9zNjWeS6o,`JSAPI,`REFUND,`OTHERS,`CNY,`10.00,`0.00,`{today} 10:00:00,`,`50000001,`{no},`{y},`0.00,`ORIGINAL,`{status},`goods,`,`0.00000,`0.60%,`10.00,`{y},`\n",
+            y = yuan(*fee)
+        ));
+    }
+    text.push_str("总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额\n");
+    text.push_str(&format!(
+        "`{},`0.00,`{t},`0.00,`0.00000,`0.00,`{t}\n",
+        rows.len(),
+        t = yuan(total)
+    ));
+    wxpay::bill::read_reply(text.as_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn an_amount_wechat_bills_otherwise_and_a_refund_wechat_denies_are_flagged_for_a_person() {
+    let script = Scripted::default();
+    let (svc, wechat, _dir) = service(script).await;
+    // GIVEN R-A (100 fen) and R-B (50 fen), both accepted by WeChat today per the ledger
+    accepted(&svc, "R-A", "ORDER-A", 100).await;
+    accepted(&svc, "R-B", "ORDER-B", 50).await;
+    // AND WeChat's bill lists R-A for 90 fen and lacks R-B, whose query answers REFUNDNOTEXIST
+    wechat
+        .bills
+        .lock()
+        .unwrap()
+        .push_back(Ok(bill_text(&[("R-A", "ORDER-A", 90, "SUCCESS")])));
+    let mut r_a = found(wxpay::WxRefundStatus::Success);
+    r_a.refunds[0].out_refund_no = "R-A".parse().unwrap();
+    r_a.refunds[0].refund_fee = Fen::new(100).unwrap();
+    wechat.queries.lock().unwrap().extend([
+        CallOutcome::Ok(r_a),
+        CallOutcome::Rejected(refused("REFUNDNOTEXIST")),
+    ]);
+    // WHEN today is reconciled
+    let day: wxpay::bill::BillDate = UnixMillis::now().beijing_date().parse().unwrap();
+    let report = svc.reconcile_bill_date(&day).await.unwrap();
+    // THEN both are discrepancies flagged for a person, with the three amounts in words
+    assert_eq!(report.status, crate::reconcile::ReportStatus::Mismatched);
+    let kinds: Vec<_> = report
+        .discrepancies
+        .iter()
+        .map(|d| (d.out_refund_no.to_string(), d.kind, d.resolution))
+        .collect();
+    use crate::reconcile::{DiscrepancyKind as K, Resolution as R};
+    assert_eq!(
+        kinds,
+        vec![
+            ("R-A".to_owned(), K::AmountMismatch, R::FlaggedForPerson),
+            ("R-B".to_owned(), K::MissingInBill, R::FlaggedForPerson),
+        ]
+    );
+    assert!(
+        report.discrepancies[0]
+            .detail
+            .contains("bill 90 fen, ledger 100 fen; WeChat's query says 100 fen"),
+        "{}",
+        report.discrepancies[0].detail
+    );
+    assert_eq!(report.bill.refund_fee, Fen::new(90).unwrap());
+    assert_eq!(report.ledger.refund_fee, Fen::new(150).unwrap());
+    // AND the ledger marks them as needing a person, their statuses and amounts untouched
+    for (no, fee) in [("R-A", 100), ("R-B", 50)] {
+        let rec = svc.get(&no.parse().unwrap()).await.unwrap();
+        assert_eq!(rec.status, RefundStatus::Processing, "{no}");
+        assert_eq!(rec.refund_fee, Fen::new(fee).unwrap(), "{no}");
+        assert_eq!(
+            rec.attention.map(|a| a.reason),
+            Some(crate::correction::AttentionReason::Mismatch),
+            "{no}"
+        );
+    }
+    assert!(wechat.queries.lock().unwrap().is_empty(), "one query each");
+    // AND the report is stored
+    assert_eq!(svc.reconciliation(&day).await.unwrap(), Some(report));
+}
+
+#[tokio::test]
+async fn a_bill_that_does_not_add_up_is_refused_and_nothing_is_stored() {
+    let script = Scripted::default();
+    let (svc, wechat, _dir) = service(script).await;
+    let text = bill_text(&[("R-A", "ORDER-A", 90, "SUCCESS")]).into_string();
+    let broken = text.replace("`1,`0.00,`0.90", "`2,`0.00,`0.90");
+    wechat
+        .bills
+        .lock()
+        .unwrap()
+        .push_back(Ok(wxpay::bill::read_reply(broken.as_bytes()).unwrap()));
+    let day: wxpay::bill::BillDate = UnixMillis::now().beijing_date().parse().unwrap();
+    match svc.reconcile_bill_date(&day).await {
+        Err(ServiceError::Upstream(m)) => assert!(m.contains("summary counts 2"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(svc.reconciliation(&day).await.unwrap(), None);
+}
