@@ -223,3 +223,52 @@ async fn bad_or_future_dates_are_refused_and_unknown_reports_are_not_found() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
     assert_eq!(err["error"], "not_found");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daily_run_finds_a_change_refund_a_person_resolved() {
+    use tower::ServiceExt;
+    let stack = Stack::new().await;
+    // GIVEN a refund the bank refused (CHANGE), which a person then re-routed in the merchant
+    // platform, and nobody told the ledger
+    stack.create_order_with("ORDER-RC-CH", 1000, Some(wxpay_sandbox::Outcome::Change));
+    let (status, _) = stack
+        .post_refund(&refund_body("R-RC-CH", "ORDER-RC-CH", 1000, 600))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    stack.sandbox.settle_now();
+    stack.poll_until("R-RC-CH", RefundStatus::Change).await;
+    stack
+        .sandbox
+        .resolve("R-RC-CH")
+        .expect("resolved in the platform");
+    assert_eq!(stack.record("R-RC-CH").await.status, RefundStatus::Change);
+    // WHEN the daily schedule's event reaches the reconcile function
+    let app = wxrefund::http::reconcile_router(std::sync::Arc::clone(&stack.svc));
+    let req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri(wxrefund::http::EVENTS_PATH)
+        .body(axum::body::Body::from(r#"{"action":"reconcile"}"#))
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let out: Value = serde_json::from_slice(&body).unwrap();
+    // THEN it asked again about the CHANGE refund and took WeChat's SUCCESS as a resolution
+    assert_eq!(
+        out["change_rechecked"],
+        json!({"checked": 1, "resolved": 1, "failed": 0}),
+        "{out}"
+    );
+    let rec = stack.record("R-RC-CH").await;
+    assert_eq!(rec.status, RefundStatus::Success);
+    assert_eq!(
+        rec.corrections.last().map(|c| c.kind),
+        Some(wxrefund::correction::CorrectionKind::Resolution)
+    );
+    assert!(!rec.needs_person(), "a resolution needs nobody");
+    // AND the previous Beijing day was reconciled too (nothing happened then)
+    assert_eq!(out["status"], "NO_BILL", "{out}");
+}

@@ -521,8 +521,8 @@ fn given_the_function_policies_each_reaches_only_the_ledger_with_item_level_acti
         );
         assert_eq!(
             queried.contains(&(id, NEEDS_PERSON_INDEX)),
-            id == "RefundQueryFunction",
-            "{id}: the needs-person index is queried by the function serving GET /refunds only"
+            ["RefundQueryFunction", "RefundReconcileFunction"].contains(&id),
+            "{id}: the needs-person index is queried by the function serving GET /refunds and the daily CHANGE re-check only"
         );
         // AND every function may read the merchant secret (one policy template, one secret)
         let secret = seq(at(f, &["Properties", "Policies"]), "Policies")

@@ -159,8 +159,9 @@ struct ScheduledRun {
 }
 
 /// The schedule's event (`POST /events`, see [`super::EVENTS_PATH`]): `{"action":"reconcile"}`
-/// reconciles the previous Beijing day; `{"action":"reconcile_retry"}` does so only while that
-/// day has no report, or one that is NOT_READY (WeChat was still generating the bill).
+/// reconciles the previous Beijing day and asks again about the CHANGE refunds of the last 30
+/// days; `{"action":"reconcile_retry"}` reconciles only while that day has no report, or one that
+/// is NOT_READY (WeChat was still generating the bill).
 async fn scheduled(
     State(svc): State<Arc<RefundService>>,
     body: Result<Bytes, BytesRejection>,
@@ -184,10 +185,17 @@ async fn scheduled(
         })));
     }
     let report = svc.reconcile_bill_date(&yesterday).await?;
+    // Once a day (not on the retries): CHANGE refunds a person may have resolved meanwhile.
+    let changes = if run.action == "reconcile_retry" {
+        None
+    } else {
+        Some(svc.recheck_changes(now).await?)
+    };
     Ok(Json(serde_json::json!({
         "bill_date": report.bill_date,
         "status": report.status,
         "discrepancies": report.discrepancies.len(),
+        "change_rechecked": changes,
     })))
 }
 

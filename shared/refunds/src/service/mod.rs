@@ -32,6 +32,7 @@ use crate::state::{RefundRecord, RefundStatus, UnixMillis};
 
 pub use crate::request::RefundCommand;
 pub use poll::PollReport;
+pub use reconciliation::{CHANGE_WATCH, ChangeRecheck};
 
 /// Timings of the workflows. Production defaults; the local stack and tests shorten them.
 #[derive(Clone, Debug)]

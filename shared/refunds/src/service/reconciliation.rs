@@ -360,3 +360,62 @@ impl RefundService {
         }
     }
 }
+
+/// How long a CHANGE refund is asked about again, once a day: a person resolves it in the
+/// merchant platform (re-routed to the buyer's wallet, or closed) within days, and WeChat does not
+/// always notify it.
+pub const CHANGE_WATCH: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+
+/// What the daily re-check of CHANGE refunds did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ChangeRecheck {
+    /// CHANGE refunds younger than [`CHANGE_WATCH`] asked about.
+    pub checked: u64,
+    /// Those WeChat now reports otherwise (taken through the correction transition).
+    pub resolved: u64,
+    /// Those whose query failed (asked again tomorrow).
+    pub failed: u64,
+}
+
+impl RefundService {
+    /// Asks WeChat again about every CHANGE refund created within [`CHANGE_WATCH`] of `now`, so
+    /// one a person resolved converges (a `resolution` correction). Run once a day (the daily
+    /// reconciliation); CHANGE refunds are few, and all are in the needs-person index.
+    pub async fn recheck_changes(&self, now: UnixMillis) -> Result<ChangeRecheck, ServiceError> {
+        let mut out = ChangeRecheck::default();
+        let mut cursor = None;
+        loop {
+            let page = self.ledger.needing_person(cursor, 100).await?;
+            for rec in page.items {
+                if rec.status != crate::state::RefundStatus::Change
+                    || rec.created_at.age_at(now) > CHANGE_WATCH
+                {
+                    continue;
+                }
+                out.checked += 1;
+                let no = rec.out_refund_no.clone();
+                match self.look_again(rec, Trigger::Refresh).await {
+                    Ok(after) if after.status != crate::state::RefundStatus::Change => {
+                        out.resolved += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        out.failed += 1;
+                        warn!(out_refund_no = %no, error = %e, "CHANGE refund not re-checked today");
+                    }
+                }
+            }
+            match page.next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        info!(
+            checked = out.checked,
+            resolved = out.resolved,
+            failed = out.failed,
+            "CHANGE refunds re-checked"
+        );
+        Ok(out)
+    }
+}
