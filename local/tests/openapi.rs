@@ -16,6 +16,7 @@ use tower::ServiceExt;
 use wxrefund::correction::{CorrectionKind, FactSource};
 use wxrefund::http::{CorrectionView, CreateRefund, OrderRefunds, RefundView};
 use wxrefund::ledger::embedded::EmbeddedLedger;
+use wxrefund::reason::Reason;
 use wxrefund::service::{RefundService, ServiceConfig};
 use wxrefund::state::{LastError, RefundStatus};
 
@@ -227,6 +228,8 @@ fn sample_view(filled: bool) -> RefundView {
         } else {
             vec![]
         },
+        failure_reason: filled.then_some(Reason::AccountAbnormal),
+        pending_reason: filled.then_some(Reason::InsufficientFunds),
     }
 }
 
@@ -262,7 +265,7 @@ fn refund_view_schema_matches_its_serde_fields() {
         let ok = match v {
             Value::Number(_) => ty == "integer",
             Value::Bool(_) => ty == "boolean",
-            Value::String(_) => ty == "string" || p["$ref"].is_string(),
+            Value::String(_) => ty == "string" || p["$ref"].is_string() || p["allOf"].is_array(),
             Value::Object(_) => p["allOf"].is_array(),
             Value::Array(_) => ty == "array",
             _ => false,
@@ -281,6 +284,37 @@ fn refund_view_schema_matches_its_serde_fields() {
         })
         .collect();
     assert_eq!(statuses, wire);
+    // The normalized reasons: every one the code can answer, and no other.
+    let reasons = [
+        Reason::Submitting,
+        Reason::Processing,
+        Reason::InsufficientFunds,
+        Reason::RateLimited,
+        Reason::WechatBusy,
+        Reason::WechatUnreachable,
+        Reason::OutcomeUnknown,
+        Reason::OrderNotReady,
+        Reason::MerchantMisconfigured,
+        Reason::NeedsManualAction,
+        Reason::ClosedByWechat,
+        Reason::AccountAbnormal,
+        Reason::OrderNotFound,
+        Reason::AmountMismatch,
+        Reason::OrderTooOld,
+        Reason::InvalidRequest,
+        Reason::Refused,
+    ];
+    let wire_reasons: BTreeSet<String> = reasons
+        .iter()
+        .map(|r| {
+            serde_json::to_value(r)
+                .expect("reason")
+                .as_str()
+                .expect("string")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names(&schema("Reason")["enum"]), wire_reasons);
     let last_error = serde_json::to_value(LastError {
         code: "c".into(),
         message: "m".into(),

@@ -15,6 +15,7 @@ use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, TransactionId};
 
 use super::{ApiError, AppState, RequestIds, path_error};
 use crate::correction::{CorrectionKind, FactSource};
+use crate::reason::Reason;
 use crate::request::RefundCommand;
 use crate::service::Submitted;
 use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
@@ -117,6 +118,11 @@ pub struct RefundView {
     pub needs_person: bool,
     /// Every time a final status was corrected to WeChat's, oldest first.
     pub corrections: Vec<CorrectionView>,
+    /// FAILED or REFUNDCLOSE: why no money left, normalized (`crate::reason`); WeChat's own code
+    /// is in `last_error`.
+    pub failure_reason: Option<Reason>,
+    /// Not final, or CHANGE: what it waits for, normalized.
+    pub pending_reason: Option<Reason>,
 }
 
 /// One correction as the API shows it.
@@ -169,6 +175,8 @@ impl From<&RefundRecord> for RefundView {
                     at: rfc3339(c.at),
                 })
                 .collect(),
+            failure_reason: crate::reason::failure_reason(r),
+            pending_reason: crate::reason::pending_reason(r),
         }
     }
 }
