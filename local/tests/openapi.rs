@@ -230,6 +230,11 @@ fn sample_view(filled: bool) -> RefundView {
         },
         failure_reason: filled.then_some(Reason::AccountAbnormal),
         pending_reason: filled.then_some(Reason::InsufficientFunds),
+        metadata: if filled {
+            [("crm".to_owned(), "ticket-9".to_owned())].into()
+        } else {
+            Default::default()
+        },
     }
 }
 
@@ -266,7 +271,7 @@ fn refund_view_schema_matches_its_serde_fields() {
             Value::Number(_) => ty == "integer",
             Value::Bool(_) => ty == "boolean",
             Value::String(_) => ty == "string" || p["$ref"].is_string() || p["allOf"].is_array(),
-            Value::Object(_) => p["allOf"].is_array(),
+            Value::Object(_) => p["allOf"].is_array() || ty == "object",
             Value::Array(_) => ty == "array",
             _ => false,
         };

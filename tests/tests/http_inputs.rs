@@ -103,3 +103,62 @@ async fn bad_inputs_get_json_errors_and_touch_nothing() {
     assert_eq!(status, StatusCode::ACCEPTED, "{view}");
     assert_eq!(stack.apply_calls("R-HTTP-1"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_is_stored_echoed_part_of_the_idempotency_check_and_bounded() {
+    // GIVEN a paid order
+    let stack = Stack::new().await;
+    stack.create_order("ORDER-MD-1", 1000);
+    let mut body = refund_body("R-MD-1", "ORDER-MD-1", 1000, 100);
+    body["metadata"] = serde_json::json!({"crm_ticket": "T-42", "备注": "退货"});
+    // WHEN a refund is asked with metadata THEN the refund echoes it, as stored
+    let (status, view) = stack.post_refund(&body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["metadata"], body["metadata"], "{view}");
+    let (_, got) = stack.get_refund("R-MD-1").await;
+    assert_eq!(got["metadata"], body["metadata"], "{got}");
+    // AND a replay with the same metadata is the same refund; with other metadata a reused key
+    let (status, _) = stack.post_refund(&body).await;
+    assert!(status.is_success(), "{status}");
+    let mut other = body.clone();
+    other["metadata"]["crm_ticket"] = "T-43".into();
+    let (status, err) = stack.post_refund(&other).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{err}");
+    assert_error_body("other metadata", &err, "idempotency_key_reused");
+    // AND a refund without metadata shows {}
+    let (_, plain) = stack
+        .post_refund(&refund_body("R-MD-2", "ORDER-MD-1", 1000, 100))
+        .await;
+    assert_eq!(plain["metadata"], serde_json::json!({}), "{plain}");
+    // AND metadata over its limits, or not strings, is refused naming it, and nothing is recorded
+    let too_many: serde_json::Map<String, serde_json::Value> =
+        (0..21).map(|i| (format!("k{i}"), "v".into())).collect();
+    for (n, metadata, code) in [
+        (3, serde_json::Value::Object(too_many), "validation_error"),
+        (
+            4,
+            serde_json::json!({"k": "v".repeat(501)}),
+            "validation_error",
+        ),
+        (
+            5,
+            serde_json::json!({"k".repeat(41): "v"}),
+            "validation_error",
+        ),
+        (6, serde_json::json!({"k": 1}), "invalid_json"),
+    ] {
+        let no = format!("R-MD-{n}");
+        let mut bad = refund_body(&no, "ORDER-MD-1", 1000, 100);
+        bad["metadata"] = metadata;
+        let (status, err) = stack.post_refund(&bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{no}: {err}");
+        assert_error_body(&no, &err, code);
+        if code == "validation_error" {
+            assert!(
+                err["message"].as_str().unwrap().contains("metadata"),
+                "{err}"
+            );
+        }
+        assert!(stack.maybe_record(&no).await.is_none(), "{no} recorded");
+    }
+}

@@ -25,6 +25,7 @@ async fn recorded_by_a_crashed_process(stack: &Stack, no: &str, order: &str, tot
         refund_fee: Fen::positive(fee).expect("fen"),
         refund_desc: None,
         refund_account: None,
+        metadata: Default::default(),
     };
     let now = UnixMillis::now();
     let outcome = stack
@@ -39,6 +40,7 @@ async fn recorded_by_a_crashed_process(stack: &Stack, no: &str, order: &str, tot
             request_hash: cmd.request_hash(),
             now,
             next_check_at: now,
+            metadata: Default::default(),
         })
         .await
         .expect("ledger");

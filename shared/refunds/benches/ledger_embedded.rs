@@ -29,6 +29,7 @@ fn step(l: &EmbeddedLedger, rt: &tokio::runtime::Runtime, i: u64) {
             request_hash: "h".into(),
             now,
             next_check_at: now,
+            metadata: Default::default(),
         };
         assert!(matches!(
             l.record(new).await.expect("record"),

@@ -5,6 +5,7 @@ pub mod decide;
 pub mod gateway;
 pub mod http;
 pub mod ledger;
+pub mod metadata;
 pub mod reason;
 pub mod reconcile;
 pub mod request;

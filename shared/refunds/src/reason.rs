@@ -149,6 +149,7 @@ mod tests {
             attention: None,
             corrections: vec![],
             accepted_at: None,
+            metadata: Default::default(),
         }
     }
 

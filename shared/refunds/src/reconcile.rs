@@ -282,6 +282,7 @@ mod tests {
             attention: None,
             corrections: vec![],
             accepted_at: Some(UnixMillis(2)),
+            metadata: Default::default(),
         }
     }
 

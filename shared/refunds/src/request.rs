@@ -6,6 +6,7 @@ use wxpay::refund::{RefundAccount, RefundDesc, RefundRequest};
 use wxpay::{Fen, OrderRef, OutRefundNo};
 
 use crate::ledger::NewRefund;
+use crate::metadata::Metadata;
 use crate::state::{RefundRecord, UnixMillis};
 
 /// A validated refund request from the merchant: every stateless rule (ids, amounts, what the XML
@@ -18,6 +19,8 @@ pub struct RefundCommand {
     pub refund_fee: Fen,
     pub refund_desc: Option<RefundDesc>,
     pub refund_account: Option<RefundAccount>,
+    /// The merchant's own data (empty when none was given).
+    pub metadata: Metadata,
 }
 
 impl RefundCommand {
@@ -38,6 +41,16 @@ impl RefundCommand {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part.as_bytes());
         }
+        // Only when given, so requests without metadata keep the hash they always had.
+        if !self.metadata.is_empty() {
+            h.update(b"metadata");
+            for (k, v) in self.metadata.iter() {
+                for part in [k, v] {
+                    h.update((part.len() as u64).to_be_bytes());
+                    h.update(part.as_bytes());
+                }
+            }
+        }
         hex::encode(h.finalize())
     }
 
@@ -52,6 +65,7 @@ impl RefundCommand {
             refund_fee: self.refund_fee,
             refund_desc: self.refund_desc.map(RefundDesc::into_string),
             refund_account: self.refund_account.map(|a| a.as_str().to_string()),
+            metadata: self.metadata,
             request_hash,
             now,
             next_check_at,
@@ -86,6 +100,7 @@ pub(crate) mod tests {
             refund_fee: Fen::new(10).unwrap(),
             refund_desc: None,
             refund_account: None,
+            metadata: Metadata::default(),
         }
     }
 
@@ -105,5 +120,21 @@ pub(crate) mod tests {
         let mut c = cmd();
         c.refund_account = Some(RefundAccount::RechargeFunds);
         assert_ne!(c.request_hash(), base);
+        // metadata counts when given, key and value apart
+        let with = |pairs: &[(&str, &str)]| {
+            let mut c = cmd();
+            c.metadata = Metadata::new(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )
+            .unwrap();
+            c.request_hash()
+        };
+        assert_eq!(with(&[]), base, "no metadata: the hash it always had");
+        assert_ne!(with(&[("a", "b")]), base);
+        assert_ne!(with(&[("a", "b")]), with(&[("a", "c")]));
+        assert_ne!(with(&[("ab", "")]), with(&[("a", "b")]));
     }
 }

@@ -307,6 +307,9 @@ pub struct RefundRecord {
     /// says which day's refund bill must list it (`crate::reconcile`). `None` until then.
     #[serde(default)]
     pub accepted_at: Option<UnixMillis>,
+    /// The merchant's own data from the request (empty when none was given).
+    #[serde(default)]
+    pub metadata: crate::metadata::Metadata,
 }
 
 impl RefundRecord {
@@ -502,6 +505,7 @@ pub(crate) mod tests {
             attention: None,
             corrections: vec![],
             accepted_at: None,
+            metadata: Default::default(),
         }
     }
 

@@ -144,6 +144,7 @@ fn new_refund(n: &str, o: &str, total: u64, fee: u64, hash: &str) -> NewRefund {
         request_hash: hash.into(),
         now: T0,
         next_check_at: T0.plus(Duration::from_secs(60)),
+        metadata: Default::default(),
     }
 }
 

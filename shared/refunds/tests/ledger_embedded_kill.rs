@@ -27,6 +27,7 @@ fn new_refund() -> NewRefund {
         request_hash: "h".into(),
         now: UnixMillis(1_000),
         next_check_at: UnixMillis(2_000),
+        metadata: Default::default(),
     }
 }
 

@@ -58,6 +58,7 @@ fn rec(status: RefundStatus, attempts: u32) -> RefundRecord {
         attention: None,
         corrections: vec![],
         accepted_at: None,
+        metadata: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, TransactionId};
 
 use super::{ApiError, AppState, RequestIds, path_error};
 use crate::correction::{CorrectionKind, FactSource};
+use crate::metadata::Metadata;
 use crate::reason::Reason;
 use crate::request::RefundCommand;
 use crate::service::Submitted;
@@ -31,6 +32,8 @@ pub struct CreateRefund {
     pub refund_fee: u64,
     pub refund_desc: Option<String>,
     pub refund_account: Option<String>,
+    /// The merchant's own string keys and values (≤ 20 keys, 40 / 500 characters).
+    pub metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl CreateRefund {
@@ -84,6 +87,8 @@ impl CreateRefund {
             .map(RefundDesc::new)
             .transpose()
             .map_err(|e| invalid(&format!("refund_desc: {e}")))?;
+        let metadata = Metadata::new(self.metadata.unwrap_or_default())
+            .map_err(|e| invalid(&format!("metadata: {e}")))?;
         Ok(RefundCommand {
             out_refund_no,
             order,
@@ -91,6 +96,7 @@ impl CreateRefund {
             refund_fee,
             refund_desc,
             refund_account,
+            metadata,
         })
     }
 }
@@ -123,6 +129,8 @@ pub struct RefundView {
     pub failure_reason: Option<Reason>,
     /// Not final, or CHANGE: what it waits for, normalized.
     pub pending_reason: Option<Reason>,
+    /// The merchant's own data from the request (`{}` when none).
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// One correction as the API shows it.
@@ -177,6 +185,7 @@ impl From<&RefundRecord> for RefundView {
                 .collect(),
             failure_reason: crate::reason::failure_reason(r),
             pending_reason: crate::reason::pending_reason(r),
+            metadata: r.metadata.as_map().clone(),
         }
     }
 }

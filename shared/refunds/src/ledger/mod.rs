@@ -20,6 +20,7 @@ use thiserror::Error;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
 use crate::correction::{Attention, AttentionReason, Correction, CorrectionKind, FactSource};
+use crate::metadata::Metadata;
 use crate::reconcile::Reconciliation;
 use crate::state::{
     LastError, Lease, MAX_REFUNDS_PER_ORDER, OrderBook, RefundRecord, RefundStatus, UnixMillis,
@@ -34,6 +35,7 @@ pub struct NewRefund {
     pub refund_fee: Fen,
     pub refund_desc: Option<String>,
     pub refund_account: Option<String>,
+    pub metadata: Metadata,
     /// Hash of the canonical request fields (computed by the service).
     pub request_hash: String,
     pub now: UnixMillis,
@@ -419,6 +421,7 @@ pub(crate) fn new_record(n: &NewRefund) -> RefundRecord {
         attention: None,
         corrections: Vec::new(),
         accepted_at: None,
+        metadata: n.metadata.clone(),
     }
 }
 
@@ -454,6 +457,7 @@ pub(crate) fn external_record(e: &ExternalRefund) -> Option<RefundRecord> {
         attention: None,
         corrections: Vec::new(),
         accepted_at: e.accepted_at,
+        metadata: Default::default(),
     })
 }
 
@@ -691,6 +695,7 @@ mod tests {
             request_hash: "h".into(),
             now: UnixMillis(1_000),
             next_check_at: UnixMillis(61_000),
+            metadata: Default::default(),
         }
     }
 
@@ -724,6 +729,7 @@ mod tests {
             attention: None,
             corrections: vec![],
             accepted_at: None,
+            metadata: Default::default(),
         }
     }
 
@@ -772,6 +778,7 @@ mod tests {
                 attention: None,
                 corrections: vec![],
                 accepted_at: None,
+                metadata: Default::default(),
             }
         );
         // GIVEN the order named by transaction_id THEN that is the id the record carries
@@ -1333,6 +1340,7 @@ mod tests {
                 attention: None,
                 corrections: vec![],
                 accepted_at: Some(UnixMillis(4)),
+                metadata: Default::default(),
             })
         );
         // GIVEN the ids WeChat reported WHEN recorded THEN they win over the order's

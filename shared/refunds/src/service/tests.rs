@@ -321,6 +321,7 @@ async fn accepted(svc: &RefundService, no: &str, order: &str, fee: u64) -> Refun
         request_hash: "h".into(),
         now,
         next_check_at: now,
+        metadata: Default::default(),
     };
     svc.ledger().record(new).await.unwrap();
     let leased = match svc

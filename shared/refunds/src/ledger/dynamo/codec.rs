@@ -19,6 +19,7 @@ use super::keys::{accepted_pk, pending_pk, pending_sk, refund_pk};
 use super::table::NEEDS_PERSON_PK;
 use crate::correction::{Attention, AttentionReason, Correction};
 use crate::ledger::LedgerError;
+use crate::metadata::Metadata;
 use crate::state::{LastError, Lease, OrderBook, RefundRecord, RefundStatus, UnixMillis};
 
 /// A DynamoDB item: attribute name → value.
@@ -125,6 +126,12 @@ impl From<&RefundRecord> for Item {
                 "gsi3sk".into(),
                 AttributeValue::S(r.out_refund_no.as_str().into()),
             );
+        }
+        // The merchant's metadata is read whole and never queried: one JSON attribute.
+        if !r.metadata.is_empty()
+            && let Ok(json) = serde_json::to_string(&r.metadata)
+        {
+            i.insert("metadata".into(), AttributeValue::S(json));
         }
         // The history is read whole and never queried: one JSON attribute, absent while empty.
         if !r.corrections.is_empty()
@@ -284,6 +291,12 @@ impl TryFrom<&Item> for RefundRecord {
             }),
             _ => return Err(r.corrupt("attention_reason and attention_since must come together")),
         };
+        let metadata: Metadata = match r.opt_s("metadata")? {
+            None => Metadata::default(),
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| r.corrupt(format!("metadata: {e}")))?
+            }
+        };
         let corrections: Vec<Correction> = match r.opt_s("corrections")? {
             None => Vec::new(),
             Some(json) => {
@@ -315,6 +328,7 @@ impl TryFrom<&Item> for RefundRecord {
             next_check_at: r.opt_u64("next_check_at")?.map(UnixMillis),
             accepted_at: r.opt_u64("accepted_at")?.map(UnixMillis),
             external,
+            metadata,
         })
     }
 }
@@ -381,6 +395,7 @@ mod tests {
             request_hash: "h".into(),
             now: UnixMillis(1),
             next_check_at: UnixMillis(2),
+            metadata: Default::default(),
         })
     }
 
@@ -427,6 +442,10 @@ mod tests {
                 at: UnixMillis(9),
             }],
             accepted_at: Some(UnixMillis(7)),
+            metadata: crate::metadata::Metadata::new(
+                [("crm".to_owned(), "ticket-9 退".to_owned())].into(),
+            )
+            .unwrap(),
         };
         let item = Item::from(&rec);
         assert_eq!(RefundRecord::try_from(&item).unwrap(), rec);

@@ -373,6 +373,7 @@ mod tests {
             request_hash: "h".into(),
             now: UnixMillis(1),
             next_check_at: UnixMillis(2),
+            metadata: Default::default(),
         });
         let t = Transition {
             out_refund_no: rec.out_refund_no.clone(),
