@@ -163,3 +163,114 @@ async fn the_orders_true_total_comes_from_wechat() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refund_stuck_in_unknown_is_escalated_listed_and_clears_once_it_finishes() {
+    // GIVEN escalation ages of zero: a refund not final when the machine looks needs a person
+    let stack = Stack::with_escalation(std::time::Duration::ZERO).await;
+    stack.create_order("ORDER-ESC-1", 1000);
+    // AND WeChat takes the refund but its reply is lost, and its first query answer is a 502
+    let fault = |kind, on| Fault {
+        kind,
+        times: Some(1),
+        on,
+    };
+    stack
+        .sandbox
+        .books()
+        .add_faults(
+            Some("ORDER-ESC-1"),
+            vec![
+                fault(FaultKind::DropResponse, FaultTarget::Apply),
+                fault(FaultKind::Http502, FaultTarget::Query),
+            ],
+        )
+        .expect("faults");
+    let (status, view) = stack
+        .post_refund(&refund_body("R-ESC-1", "ORDER-ESC-1", 1000, 100))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], "UNKNOWN", "{view}");
+    // WHEN the poller looks and WeChat cannot tell
+    stack.poll().await;
+    // THEN it is flagged and listed for a person, still UNKNOWN, waiting on WeChat
+    let rec = stack.record("R-ESC-1").await;
+    assert!(rec.needs_person(), "{rec:?}");
+    let (status, page) = stack
+        .call(Method::GET, "/refunds?needs_person=true", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let listed = &page["refunds"][0];
+    assert_eq!(listed["out_refund_no"], "R-ESC-1", "{page}");
+    assert_eq!(listed["needs_person"], true, "{page}");
+    assert_eq!(listed["pending_reason"], "outcome_unknown", "{page}");
+    // WHEN WeChat answers (PROCESSING), then pays
+    stack.poll_until("R-ESC-1", RefundStatus::Processing).await;
+    stack.sandbox.settle_now();
+    let done = stack.poll_until("R-ESC-1", RefundStatus::Success).await;
+    // THEN the stuck flag clears by itself and the list is empty; it was applied once
+    assert!(!done.needs_person(), "{done:?}");
+    let (_, page) = stack
+        .call(Method::GET, "/refunds?needs_person=true", None)
+        .await;
+    assert_eq!(page["refunds"], serde_json::json!([]), "{page}");
+    assert_eq!(stack.apply_calls("R-ESC-1"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_a_slow_wechat_the_poller_serves_the_most_overdue_refunds_first() {
+    let stack = Stack::new().await;
+    // GIVEN six refunds whose replies were lost (UNKNOWN), due one after another
+    for i in 1..=6 {
+        let order = format!("ORDER-FAIR-{i}");
+        stack.create_order(&order, 1000);
+        stack.fault_once(&order, FaultKind::DropResponse);
+        let (status, view) = stack
+            .post_refund(&refund_body(&format!("R-FAIR-{i}"), &order, 1000, 100))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+        assert_eq!(view["status"], "UNKNOWN", "{view}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut by_due = Vec::new();
+    for i in 1..=6 {
+        let rec = stack.record(&format!("R-FAIR-{i}")).await;
+        by_due.push((
+            rec.next_check_at.expect("due"),
+            rec.out_refund_no.to_string(),
+        ));
+    }
+    by_due.sort();
+    // AND WeChat answering every query 300 ms late
+    stack
+        .sandbox
+        .books()
+        .add_faults(
+            None,
+            vec![Fault {
+                kind: FaultKind::Latency { ms: 300 },
+                times: None,
+                on: FaultTarget::Query,
+            }],
+        )
+        .expect("fault");
+    // WHEN a poll has 700 ms: time for a few of them only
+    let report = stack
+        .svc
+        .poll(std::time::Duration::from_millis(700))
+        .await
+        .expect("poll");
+    // THEN the ones it examined are the most overdue ones, and it says how many it left
+    let examined = usize::try_from(report.examined).unwrap();
+    assert!((1..6).contains(&examined), "{report:?}");
+    for (k, (_, no)) in by_due.iter().enumerate() {
+        let status = stack.record(no).await.status;
+        let want = if k < examined {
+            RefundStatus::Processing
+        } else {
+            RefundStatus::Unknown
+        };
+        assert_eq!(status, want, "{no} (due #{k}), {report:?}");
+    }
+    assert_eq!(report.left_due as usize, 6 - examined, "{report:?}");
+}

@@ -72,6 +72,12 @@ impl Stack {
         Stack::build(LedgerKind::Dynamo, false, false).await
     }
 
+    /// A stack whose refunds are flagged for a person as soon as they are not final at a look
+    /// (every escalation age `age`).
+    pub async fn with_escalation(age: Duration) -> Stack {
+        Stack::build_with(LedgerKind::Dynamo, false, false, Some(age)).await
+    }
+
     /// A stack whose in-memory merchant key is stale (rotated away) while the secret source already
     /// holds the current one: the first signed call fails and the gateway must reload.
     pub async fn with_stale_key() -> Stack {
@@ -89,6 +95,15 @@ impl Stack {
     }
 
     async fn build(kind: LedgerKind, serve: bool, stale_key: bool) -> Stack {
+        Stack::build_with(kind, serve, stale_key, None).await
+    }
+
+    async fn build_with(
+        kind: LedgerKind,
+        serve: bool,
+        stale_key: bool,
+        escalate: Option<Duration>,
+    ) -> Stack {
         let dir = tempfile::tempdir().expect("temp dir");
         let listener = if serve {
             Some(
@@ -159,6 +174,9 @@ impl Stack {
                     first_check: Duration::ZERO,
                     min_backoff: Duration::from_millis(100),
                     max_backoff: Duration::from_secs(1),
+                    escalate: escalate
+                        .map(wxrefund::decide::Escalation::all)
+                        .unwrap_or_default(),
                     ..wxrefund::decide::Schedule::default()
                 },
                 page_size: 10,
