@@ -177,7 +177,6 @@ impl Stack {
                     escalate: escalate
                         .map(wxrefund::decide::Escalation::all)
                         .unwrap_or_default(),
-                    ..wxrefund::decide::Schedule::default()
                 },
                 page_size: 10,
                 notify_url,
