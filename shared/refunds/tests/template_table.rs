@@ -538,3 +538,155 @@ fn given_the_function_policies_each_reaches_only_the_ledger_with_item_level_acti
         );
     }
 }
+
+// ---- alarms ----------------------------------------------------------------------------------------
+
+/// Every CloudWatch alarm: (logical id, namespace, metric name or "", dimension value refs).
+fn alarms(t: &Value) -> Vec<(&str, &Value)> {
+    at(t, &["Resources"])
+        .as_mapping()
+        .expect("Resources")
+        .iter()
+        .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some("AWS::CloudWatch::Alarm"))
+        .map(|(k, r)| (k.as_str().unwrap(), r))
+        .collect()
+}
+
+#[test]
+fn given_the_alarms_every_function_and_every_business_signal_notifies_the_topic() {
+    let t = template();
+    let alarms = alarms(&t);
+    // THEN every alarm says why and notifies the alarm topic (the stack's own or the parameter's)
+    for (id, a) in &alarms {
+        let p = at(a, &["Properties"]);
+        assert!(
+            s(p, &["AlarmDescription"]).len() > 20,
+            "{id}: an alarm says why"
+        );
+        let actions = seq(at(p, &["AlarmActions"]), "AlarmActions");
+        assert_eq!(actions.len(), 1, "{id}");
+        let (tag, args) = intrinsic(&actions[0]).expect("an If");
+        assert_eq!(tag, "If", "{id}");
+        assert_eq!(args[0].as_str(), Some("OwnAlarmTopic"), "{id}");
+    }
+    let metric_of = |id: &str| -> (String, String) {
+        let p = at(&t, &["Resources", id, "Properties"]);
+        (
+            p.get("Namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            p.get("MetricName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        )
+    };
+    // AND every function has its errors, throttles and near-timeout alarms
+    for (id, _) in functions(&t) {
+        for (suffix, metric) in [
+            ("ErrorsAlarm", "Errors"),
+            ("ThrottlesAlarm", "Throttles"),
+            ("DurationAlarm", "Duration"),
+        ] {
+            let alarm = format!("{id}{suffix}");
+            assert_eq!(
+                metric_of(&alarm),
+                ("AWS/Lambda".to_owned(), metric.to_owned()),
+                "{alarm}"
+            );
+        }
+    }
+    // AND the API's 5xx, DynamoDB's throttles and system errors, the schedules' dead letters and
+    // the business signals (from the functions' JSON logs) each have one
+    let have: BTreeSet<(String, String)> = alarms.iter().map(|(id, _)| metric_of(id)).collect();
+    for want in [
+        ("AWS/ApiGateway", "5xx"),
+        ("AWS/DynamoDB", "WriteThrottleEvents"),
+        ("AWS/DynamoDB", "ReadThrottleEvents"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("wxrefund", "RefundsNeedingPerson"),
+        ("wxrefund", "PollBacklogOldestAgeSeconds"),
+        ("wxrefund", "ReconciliationMismatched"),
+    ] {
+        assert!(
+            have.contains(&(want.0.to_owned(), want.1.to_owned())),
+            "no alarm on {want:?}"
+        );
+    }
+    assert!(
+        at(
+            &t,
+            &[
+                "Resources",
+                "LedgerSystemErrorsAlarm",
+                "Properties",
+                "Metrics"
+            ]
+        )
+        .is_sequence(),
+        "DynamoDB system errors summed over the ledger's operations"
+    );
+    // AND a poll backlog alarms past 15 minutes
+    assert_eq!(
+        at(
+            &t,
+            &["Resources", "PollBacklogAlarm", "Properties", "Threshold"]
+        )
+        .as_u64(),
+        Some(900)
+    );
+    // AND every schedule puts what it could not deliver in a dead-letter queue
+    for (id, _, name, ev) in events(&t) {
+        if at(ev, &["Type"]).as_str() == Some("ScheduleV2") {
+            assert!(
+                intrinsic(at(ev, &["Properties", "DeadLetterConfig", "Arn"]))
+                    .is_some_and(|(tag, _)| tag == "GetAtt"),
+                "{id}.{name}: a dead-letter queue"
+            );
+        }
+    }
+    // AND X-Ray tracing is on for every function
+    assert_eq!(
+        at(&t, &["Globals", "Function", "Tracing"]).as_str(),
+        Some("Active")
+    );
+}
+
+#[test]
+fn given_the_log_metric_filters_each_matches_a_message_the_code_logs() {
+    // GIVEN every `$.message = "…"` of every metric filter (`*` is a wildcard)
+    let t = template();
+    let mut code = String::new();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut dirs = vec![src];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read src") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                code.push_str(&std::fs::read_to_string(&path).expect("read a source file"));
+            }
+        }
+    }
+    let mut checked = 0;
+    for (id, r) in at(&t, &["Resources"]).as_mapping().expect("Resources") {
+        if r.get("Type").and_then(Value::as_str) != Some("AWS::Logs::MetricFilter") {
+            continue;
+        }
+        let pattern = s(r, &["Properties", "FilterPattern"]);
+        for part in pattern.split("$.message = \"").skip(1) {
+            let text = part.split('"').next().expect("a quoted message");
+            // THEN each piece between wildcards is written in a log call of the code
+            for piece in text.split('*').filter(|p| !p.is_empty()) {
+                assert!(
+                    code.contains(piece),
+                    "{id:?}: no log message contains {piece:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 6, "{checked} messages checked");
+}
