@@ -41,6 +41,7 @@ async fn recorded_by_a_crashed_process(stack: &Stack, no: &str, order: &str, tot
             now,
             next_check_at: now,
             metadata: Default::default(),
+            lease: None,
         })
         .await
         .expect("ledger");

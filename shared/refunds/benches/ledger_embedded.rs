@@ -30,6 +30,7 @@ fn step(l: &EmbeddedLedger, rt: &tokio::runtime::Runtime, i: u64) {
             now,
             next_check_at: now,
             metadata: Default::default(),
+            lease: None,
         };
         assert!(matches!(
             l.record(new).await.expect("record"),

@@ -69,6 +69,7 @@ impl RefundCommand {
             request_hash,
             now,
             next_check_at,
+            lease: None,
         }
     }
 }

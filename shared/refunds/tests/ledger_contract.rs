@@ -117,6 +117,7 @@ contract!(
     refunds_are_listed_by_the_beijing_day_wechat_accepted_them,
     a_flag_for_a_person_is_fenced_kept_and_listed,
     reconciliation_reports_are_stored_by_bill_date,
+    a_refund_recorded_with_its_lease_takes_three_writes_to_succeed,
 );
 
 // ---- helpers -----------------------------------------------------------------------------------
@@ -145,6 +146,7 @@ fn new_refund(n: &str, o: &str, total: u64, fee: u64, hash: &str) -> NewRefund {
         now: T0,
         next_check_at: T0.plus(Duration::from_secs(60)),
         metadata: Default::default(),
+        lease: None,
     }
 }
 
@@ -1373,4 +1375,68 @@ async fn reconciliation_reports_are_stored_by_bill_date(f: &Fixture) {
     second.discrepancies.clear();
     l.save_reconciliation(&second).await.unwrap();
     assert_eq!(l.reconciliation("2027-01-14").await.unwrap(), Some(second));
+}
+
+async fn a_refund_recorded_with_its_lease_takes_three_writes_to_succeed(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    let before = f.dynamo.as_ref().map(DynamoLedger::write_stats);
+    // GIVEN a refund recorded with the recorder's lease (one write, with its reservation)
+    let expires = T0.plus(LEASE);
+    let n = new_refund("R-3W", "ORDER-3W", 100, 10, "h").leased_by("recorder", expires);
+    let rec = created(l, n.clone()).await;
+    let recorded = f.dynamo.as_ref().map(DynamoLedger::write_stats);
+    // THEN it is SUBMITTING under that lease, attempt 1, reserved on its order
+    assert_eq!(rec.status, RefundStatus::Submitting);
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(
+        rec.lease.as_ref().map(|x| x.owner.as_str()),
+        Some("recorder")
+    );
+    assert_eq!(book(l, "ORDER-3W").await.reserved, fen(10));
+    // AND nobody else can take it while the lease lasts, and a replay is the same record
+    assert!(matches!(
+        l.acquire_lease(&no("R-3W"), "other", LEASE, T0)
+            .await
+            .unwrap(),
+        LeaseOutcome::Held(_)
+    ));
+    assert!(matches!(l.record(n).await.unwrap(), RecordOutcome::Existing(r) if r == rec));
+    // AND a stranger's move is fenced off
+    let mut stranger = move_to(&rec, RefundStatus::Processing, T0);
+    stranger.lease_owner = Some("other".into());
+    assert!(matches!(
+        l.transition(stranger).await.unwrap(),
+        TransitionOutcome::Conflict(_)
+    ));
+    // WHEN its holder moves it to PROCESSING, then SUCCESS
+    let refused = f.dynamo.as_ref().map(DynamoLedger::write_stats);
+    let p = applied(l, move_to(&rec, RefundStatus::Processing, T0)).await;
+    assert!(p.lease.is_none());
+    let done = applied(l, move_to(&p, RefundStatus::Success, T0)).await;
+    assert_eq!(done.status, RefundStatus::Success);
+    // THEN on DynamoDB the happy path was 3 write requests (4 items): the record (refund and
+    // order in one transaction) and the two moves; the refused attempts in between aside
+    if let (Some(d), Some(before), Some(recorded), Some(refused)) =
+        (&f.dynamo, before, recorded, refused)
+    {
+        let after = d.write_stats();
+        let requests = (recorded.requests - before.requests) + (after.requests - refused.requests);
+        let items = (recorded.items - before.items) + (after.items - refused.items);
+        assert_eq!(requests, 3, "write requests");
+        assert_eq!(items, 4, "items written");
+    }
+    // AND when the recorder dies, its lease runs out and the poller finds it due then
+    let n2 = new_refund("R-3W-DEAD", "ORDER-3W-2", 100, 10, "h").leased_by("dead", expires);
+    created(l, n2).await;
+    let due = l.due(expires, None, 10).await.unwrap();
+    assert!(
+        due.items.iter().any(|r| r.out_refund_no == no("R-3W-DEAD")),
+        "{due:?}"
+    );
+    assert!(matches!(
+        l.acquire_lease(&no("R-3W-DEAD"), "poller", LEASE, expires)
+            .await
+            .unwrap(),
+        LeaseOutcome::Acquired(_)
+    ));
 }

@@ -28,6 +28,7 @@ fn new_refund() -> NewRefund {
         now: UnixMillis(1_000),
         next_check_at: UnixMillis(2_000),
         metadata: Default::default(),
+        lease: None,
     }
 }
 

@@ -56,6 +56,7 @@ fn new_refund(n: &str, total: u64, fee: u64) -> NewRefund {
         now: T0,
         next_check_at: T0.plus(Duration::from_secs(60)),
         metadata: Default::default(),
+        lease: None,
     }
 }
 

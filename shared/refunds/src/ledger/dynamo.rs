@@ -23,11 +23,9 @@
 //! cursor holds every shard's position.
 //!
 //! Writes per happy-path refund (counted by [`DynamoLedger::write_stats`] and asserted by the
-//! contract suite): 4 requests, 5 item writes: `record` (one TransactWriteItems of 2 items),
-//! lease → SUBMITTING (UpdateItem), → PROCESSING (UpdateItem), → SUCCESS (UpdateItem). For items
-//! ≤ 1 KB that is 2×2 WCU for the transaction (transactional writes cost double) + 1 + 1 + 1 =
-//! 7 WCU on the table, plus the `pending` GSI's own writes (ALL projection: 1 to add the entry,
-//! 2 for each re-keying update (delete + put), 1 to drop it when final; about 6 WCU).
+//! contract suite): 3 requests, 4 item writes: `record` with the recorder's lease (one
+//! TransactWriteItems of 2 items: the SUBMITTING refund and its order), → PROCESSING (UpdateItem),
+//! → SUCCESS (UpdateItem). A refund recorded without a lease takes a 4th: the lease (UpdateItem).
 //!
 //! One concept per file: `table` is the table definition template.yaml must match, `keys` how
 //! items are addressed, `codec` records ↔ items, `expr` the expression builder, `updates` the

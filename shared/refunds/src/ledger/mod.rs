@@ -41,6 +41,20 @@ pub struct NewRefund {
     pub now: UnixMillis,
     /// When the poller should pick it up if the recorder dies before taking the lease.
     pub next_check_at: UnixMillis,
+    /// The recorder's lease, taken in the same write (`leased_by`): the refund is SUBMITTING from
+    /// its first write, and its first attempt needs no write of its own. `None`: RECORDED.
+    pub lease: Option<Lease>,
+}
+
+impl NewRefund {
+    /// The same refund, recorded already leased by `owner` until `expires_at`.
+    pub fn leased_by(mut self, owner: &str, expires_at: UnixMillis) -> Self {
+        self.lease = Some(Lease {
+            owner: owner.to_owned(),
+            expires_at,
+        });
+        self
+    }
 }
 
 /// What `record` did. Every refusal carries what the caller needs to answer the merchant.
@@ -396,6 +410,12 @@ pub(crate) fn corrected_book(book: &OrderBook, rec: &RefundRecord, to: RefundSta
 /// The record `record` writes.
 pub(crate) fn new_record(n: &NewRefund) -> RefundRecord {
     let (out_trade_no, transaction_id) = order_ids(&n.order);
+    // Recorded with its lease: SUBMITTING at once, the first attempt counted, and due for the
+    // poller when the lease runs out (an abandoned first attempt is taken over like any other).
+    let (status, attempts, next_check_at) = match &n.lease {
+        Some(l) => (RefundStatus::Submitting, 1, l.expires_at),
+        None => (RefundStatus::Recorded, 0, n.next_check_at),
+    };
     RefundRecord {
         out_refund_no: n.out_refund_no.clone(),
         order: n.order.clone(),
@@ -406,8 +426,8 @@ pub(crate) fn new_record(n: &NewRefund) -> RefundRecord {
         refund_fee: n.refund_fee,
         refund_desc: n.refund_desc.clone(),
         refund_account: n.refund_account.clone(),
-        status: RefundStatus::Recorded,
-        attempts: 0,
+        status,
+        attempts,
         last_error: None,
         refund_recv_account: None,
         success_time: None,
@@ -415,8 +435,8 @@ pub(crate) fn new_record(n: &NewRefund) -> RefundRecord {
         updated_at: n.now,
         request_hash: n.request_hash.clone(),
         version: 1,
-        lease: None,
-        next_check_at: Some(n.next_check_at),
+        lease: n.lease.clone(),
+        next_check_at: Some(next_check_at),
         external: false,
         attention: None,
         corrections: Vec::new(),
@@ -696,6 +716,7 @@ mod tests {
             now: UnixMillis(1_000),
             next_check_at: UnixMillis(61_000),
             metadata: Default::default(),
+            lease: None,
         }
     }
 
@@ -789,6 +810,55 @@ mod tests {
         let rec = new_record(&by_tx);
         assert_eq!(rec.out_trade_no, None);
         assert_eq!(rec.transaction_id, Some(tx("4200000001")));
+    }
+
+    #[test]
+    fn a_refund_recorded_with_its_lease_is_submitting_its_first_attempt_counted() {
+        // GIVEN a request recorded with the recorder's lease until 31 s
+        let n = new_refund(100, 10).leased_by("me", UnixMillis(31_000));
+        let rec = new_record(&n);
+        // THEN it is SUBMITTING under that lease, attempt 1, due when the lease runs out, and
+        // otherwise the record a RECORDED one would be
+        assert_eq!(rec.status, Submitting);
+        assert_eq!(rec.attempts, 1);
+        assert_eq!(
+            rec.lease,
+            Some(Lease {
+                owner: "me".into(),
+                expires_at: UnixMillis(31_000)
+            })
+        );
+        assert_eq!(rec.next_check_at, Some(UnixMillis(31_000)));
+        assert_eq!(rec.version, 1);
+        let plain = new_record(&new_refund(100, 10));
+        assert_eq!(
+            RefundRecord {
+                status: Recorded,
+                attempts: 0,
+                lease: None,
+                next_check_at: plain.next_check_at,
+                ..rec.clone()
+            },
+            plain
+        );
+        // AND the fence of its first move is its lease and version 1
+        let t = transition(Submitting, Processing, Changes::default());
+        assert!(fence_holds(
+            &rec,
+            &Transition {
+                expected_version: 1,
+                lease_owner: Some("me".into()),
+                ..t.clone()
+            }
+        ));
+        assert!(!fence_holds(
+            &rec,
+            &Transition {
+                expected_version: 1,
+                lease_owner: Some("other".into()),
+                ..t
+            }
+        ));
     }
 
     #[test]

@@ -16,12 +16,18 @@ impl RefundService {
         let now = UnixMillis::now();
         let refund_fee = cmd.refund_fee;
         let total_fee = cmd.total_fee;
-        // If this process dies before taking the lease, the poller picks the refund up then.
-        let new = cmd.into_new_refund(now, now.plus(self.cfg.lease_ttl));
+        // Recorded with our lease in the same write: the first attempt needs no write of its own.
+        // If this process dies before WeChat answers, the poller takes the attempt over when the
+        // lease runs out (and asks WeChat before sending again).
+        let lease = LeaseToken::new();
+        let expires = now.plus(self.cfg.lease_ttl);
+        let new = cmd
+            .into_new_refund(now, expires)
+            .leased_by(lease.as_str(), expires);
         match self.ledger.record(new).await? {
             RecordOutcome::Created(rec) => {
                 info!(out_refund_no = %rec.out_refund_no, out_trade_no = rec.order.field().1, refund_fee = rec.refund_fee.get(), "refund recorded");
-                Ok(Submitted::New(self.attempt(&rec).await?))
+                Ok(Submitted::New(self.apply_leased(rec, &lease).await?))
             }
             RecordOutcome::Existing(rec) => match decide::on_replay(&rec, now) {
                 Replay::Submit => Ok(Submitted::Replay(self.attempt(&rec).await?)),

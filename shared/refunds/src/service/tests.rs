@@ -322,6 +322,7 @@ async fn accepted(svc: &RefundService, no: &str, order: &str, fee: u64) -> Refun
         now,
         next_check_at: now,
         metadata: Default::default(),
+        lease: None,
     };
     svc.ledger().record(new).await.unwrap();
     let leased = match svc

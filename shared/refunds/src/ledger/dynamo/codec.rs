@@ -396,6 +396,7 @@ mod tests {
             now: UnixMillis(1),
             next_check_at: UnixMillis(2),
             metadata: Default::default(),
+            lease: None,
         })
     }
 

@@ -374,6 +374,7 @@ mod tests {
             now: UnixMillis(1),
             next_check_at: UnixMillis(2),
             metadata: Default::default(),
+            lease: None,
         });
         let t = Transition {
             out_refund_no: rec.out_refund_no.clone(),
