@@ -33,6 +33,8 @@ struct Fixture {
     ledger: Arc<dyn Ledger>,
     /// Set for the DynamoDB adapter, to read its write counters.
     dynamo: Option<DynamoLedger>,
+    /// Set for the embedded adapter, to read its commit counter.
+    embedded: Option<EmbeddedLedger>,
     _dir: Option<TempDir>,
 }
 
@@ -52,8 +54,9 @@ async fn embedded() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let ledger = EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("open redb ledger");
     Fixture {
-        ledger: Arc::new(ledger),
+        ledger: Arc::new(ledger.clone()),
         dynamo: None,
+        embedded: Some(ledger),
         _dir: Some(dir),
     }
 }
@@ -63,6 +66,7 @@ async fn dynamo() -> Fixture {
     Fixture {
         ledger: Arc::new(ledger.clone()),
         dynamo: Some(ledger),
+        embedded: None,
         _dir: None,
     }
 }
@@ -1380,11 +1384,13 @@ async fn reconciliation_reports_are_stored_by_bill_date(f: &Fixture) {
 async fn a_refund_recorded_with_its_lease_takes_three_writes_to_succeed(f: &Fixture) {
     let l = f.ledger.as_ref();
     let before = f.dynamo.as_ref().map(DynamoLedger::write_stats);
+    let commits_before = f.embedded.as_ref().map(EmbeddedLedger::commits);
     // GIVEN a refund recorded with the recorder's lease (one write, with its reservation)
     let expires = T0.plus(LEASE);
     let n = new_refund("R-3W", "ORDER-3W", 100, 10, "h").leased_by("recorder", expires);
     let rec = created(l, n.clone()).await;
     let recorded = f.dynamo.as_ref().map(DynamoLedger::write_stats);
+    let commits_recorded = f.embedded.as_ref().map(EmbeddedLedger::commits);
     // THEN it is SUBMITTING under that lease, attempt 1, reserved on its order
     assert_eq!(rec.status, RefundStatus::Submitting);
     assert_eq!(rec.attempts, 1);
@@ -1410,6 +1416,7 @@ async fn a_refund_recorded_with_its_lease_takes_three_writes_to_succeed(f: &Fixt
     ));
     // WHEN its holder moves it to PROCESSING, then SUCCESS
     let refused = f.dynamo.as_ref().map(DynamoLedger::write_stats);
+    let commits_refused = f.embedded.as_ref().map(EmbeddedLedger::commits);
     let p = applied(l, move_to(&rec, RefundStatus::Processing, T0)).await;
     assert!(p.lease.is_none());
     let done = applied(l, move_to(&p, RefundStatus::Success, T0)).await;
@@ -1424,6 +1431,16 @@ async fn a_refund_recorded_with_its_lease_takes_three_writes_to_succeed(f: &Fixt
         let items = (recorded.items - before.items) + (after.items - refused.items);
         assert_eq!(requests, 3, "write requests");
         assert_eq!(items, 4, "items written");
+    }
+    // AND on redb 3 commits (the refused attempts wrote nothing)
+    if let (Some(e), Some(before), Some(recorded), Some(refused)) = (
+        &f.embedded,
+        commits_before,
+        commits_recorded,
+        commits_refused,
+    ) {
+        assert_eq!(refused, recorded, "a refusal commits nothing");
+        assert_eq!((recorded - before) + (e.commits() - refused), 3, "commits");
     }
     // AND when the recorder dies, its lease runs out and the poller finds it due then
     let n2 = new_refund("R-3W-DEAD", "ORDER-3W-2", 100, 10, "h").leased_by("dead", expires);

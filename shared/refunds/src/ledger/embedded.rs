@@ -49,6 +49,8 @@ const RECONCILIATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reco
 #[derive(Clone)]
 pub struct EmbeddedLedger {
     db: Arc<Database>,
+    /// Write transactions committed (to measure the cost of a lifecycle).
+    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedLedger {
@@ -229,7 +231,15 @@ impl EmbeddedLedger {
             tx.open_table(RECONCILIATIONS).map_err(store)?;
         }
         tx.commit().map_err(store)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            commits: Arc::default(),
+        })
+    }
+
+    /// Write transactions committed so far by this handle (each one is an fsync).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` in one write transaction on a blocking thread; commits when it says so, otherwise
@@ -240,11 +250,13 @@ impl EmbeddedLedger {
         F: FnOnce(&WriteTransaction) -> Result<(T, bool), LedgerError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
+        let commits = Arc::clone(&self.commits);
         blocking(move || {
             let tx = db.begin_write().map_err(store)?;
             let (out, commit) = f(&tx)?;
             if commit {
                 tx.commit().map_err(store)?;
+                commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             } else {
                 tx.abort().map_err(store)?;
             }
