@@ -160,8 +160,8 @@ struct ScheduledRun {
 
 /// The schedule's event (`POST /events`, see [`super::EVENTS_PATH`]): `{"action":"reconcile"}`
 /// reconciles the previous Beijing day and asks again about the CHANGE refunds of the last 30
-/// days; `{"action":"reconcile_retry"}` reconciles only while that day has no report, or one that
-/// is NOT_READY (WeChat was still generating the bill).
+/// days; `{"action":"reconcile_retry"}` reconciles only while that day has no report, one that
+/// is NOT_READY (WeChat was still generating the bill), or one with `unresolved` discrepancies.
 async fn scheduled(
     State(svc): State<Arc<RefundService>>,
     body: Result<Bytes, BytesRejection>,
@@ -176,7 +176,7 @@ async fn scheduled(
     tracing::info!(action = %run.action, bill_date = %yesterday.iso(), "scheduled reconciliation");
     if run.action == "reconcile_retry"
         && let Some(done) = svc.reconciliation(&yesterday).await?
-        && done.status != ReportStatus::NotReady
+        && !needs_another_run(&done)
     {
         return Ok(Json(serde_json::json!({
             "bill_date": yesterday.iso(),
@@ -199,6 +199,15 @@ async fn scheduled(
     })))
 }
 
+/// A retry runs the day again while WeChat had no bill ready or a query could not be made.
+fn needs_another_run(report: &Reconciliation) -> bool {
+    report.status == ReportStatus::NotReady
+        || report
+            .discrepancies
+            .iter()
+            .any(|d| d.resolution == Resolution::Unresolved)
+}
+
 /// The schedule's event route.
 pub(super) fn events_router(svc: Arc<RefundService>) -> axum::Router {
     axum::Router::new()
@@ -209,6 +218,42 @@ pub(super) fn events_router(svc: Arc<RefundService>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_runs_again_only_for_a_bill_not_ready_or_an_unresolved_discrepancy() {
+        use crate::reconcile::{Discrepancy, Totals};
+        let report = |status, resolutions: &[Resolution]| Reconciliation {
+            bill_date: "2027-01-14".into(),
+            status,
+            bill: Totals::default(),
+            ledger: Totals::default(),
+            discrepancies: resolutions
+                .iter()
+                .map(|r| Discrepancy {
+                    kind: DiscrepancyKind::StatusMismatch,
+                    out_refund_no: "R-1".parse().unwrap(),
+                    out_trade_no: None,
+                    bill: None,
+                    ledger: None,
+                    resolution: *r,
+                    detail: String::new(),
+                })
+                .collect(),
+            started_at: UnixMillis(1),
+            finished_at: UnixMillis(2),
+        };
+        assert!(needs_another_run(&report(ReportStatus::NotReady, &[])));
+        assert!(!needs_another_run(&report(ReportStatus::Matched, &[])));
+        assert!(!needs_another_run(&report(ReportStatus::NoBill, &[])));
+        assert!(!needs_another_run(&report(
+            ReportStatus::Mismatched,
+            &[Resolution::RecordedExternal, Resolution::FlaggedForPerson]
+        )));
+        assert!(needs_another_run(&report(
+            ReportStatus::Mismatched,
+            &[Resolution::RecordedExternal, Resolution::Unresolved]
+        )));
+    }
 
     #[test]
     fn bill_dates_must_be_real_and_not_in_the_future() {
