@@ -129,6 +129,19 @@ mod tests {
     }
 
     #[test]
+    fn only_a_stuck_flag_is_not_grave() {
+        // GIVEN every reason a refund is flagged for THEN only `stuck` (the machine's own) may
+        // be cleared or replaced; a contradiction and a mismatch stay until a person acts
+        for (reason, grave) in [
+            (AttentionReason::Contradiction, true),
+            (AttentionReason::Stuck, false),
+            (AttentionReason::Mismatch, true),
+        ] {
+            assert_eq!(reason.is_grave(), grave, "{reason:?}");
+        }
+    }
+
+    #[test]
     fn the_book_follows_the_fact() {
         let fee = Fen::new(900).unwrap();
         for (from, to, reserved, count) in [

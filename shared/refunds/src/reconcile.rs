@@ -298,39 +298,55 @@ mod tests {
         }
     }
 
+    /// `check_row` for equal amounts as the module documents it, written out cell by cell:
+    /// `A` = agree, `R` = refresh, `Q` = query (status mismatch). Rows are what the bill writes
+    /// (`None`: a status we do not know, e.g. `FAIL`), columns the ledger's status in
+    /// `RefundStatus::ALL` order.
+    const ROWS: [(Option<RefundStatus>, &str); 5] = [
+        //                           REC SUB PRO UNK RTW SUC RCL CHG FAI
+        (
+            Some(Processing),
+            /*  */ "Q   Q   R   Q   Q   A   A   A   Q",
+        ),
+        (
+            Some(Success),
+            /*     */ "Q   Q   Q   Q   Q   A   Q   Q   Q",
+        ),
+        (
+            Some(RefundClose),
+            /* */ "Q   Q   Q   Q   Q   Q   A   Q   Q",
+        ),
+        (
+            Some(Change),
+            /*      */ "Q   Q   Q   Q   Q   Q   Q   A   Q",
+        ),
+        (
+            None,
+            /*              */ "Q   Q   Q   Q   Q   Q   Q   Q   Q",
+        ),
+    ];
+
     #[test]
     fn every_bill_status_against_every_ledger_status() {
         // GIVEN a billed refund in each status WeChat bills (and one we do not know) and the
         // ledger in each of its statuses, same amount
-        let billed_as = [
-            Some(Processing),
-            Some(Success),
-            Some(RefundClose),
-            Some(Change),
-            None,
-        ];
-        for b in billed_as {
-            for l in RefundStatus::ALL {
-                let want = match (b, l) {
-                    (Some(Processing), Success | RefundClose | Change) => RowCheck::Agree,
-                    (Some(Processing), Processing) => RowCheck::Refresh,
-                    (Some(b), l) if b == l => RowCheck::Agree,
-                    _ => RowCheck::Query(DiscrepancyKind::StatusMismatch),
+        for (b, row) in ROWS {
+            let cells: Vec<char> = row.chars().filter(|c| !c.is_whitespace()).collect();
+            assert_eq!(cells.len(), RefundStatus::ALL.len(), "row {b:?} of ROWS");
+            for (l, cell) in RefundStatus::ALL.into_iter().zip(cells) {
+                let want = match cell {
+                    'A' => RowCheck::Agree,
+                    'R' => RowCheck::Refresh,
+                    'Q' => RowCheck::Query(DiscrepancyKind::StatusMismatch),
+                    other => panic!("bad cell {other:?} in row {b:?} of ROWS"),
                 };
-                // THEN only an equal status, or a bill older than a final one, agrees
+                // THEN only an equal status, or a bill older than a final one, agrees; both
+                // PROCESSING is a silent refresh; our own statuses (RECORDED … FAILED: the bill
+                // proves WeChat holds the refund) and an unknown bill status are queried
                 assert_eq!(
                     check_row(&billed(b, 100), &rec(l, 100)),
                     want,
                     "{b:?} vs {l}"
-                );
-            }
-        }
-        // AND our own statuses never agree with a bill (it proves WeChat holds the refund)
-        for l in [Recorded, Submitting, Unknown, RetryWait, Failed] {
-            for b in billed_as {
-                assert_eq!(
-                    check_row(&billed(b, 100), &rec(l, 100)),
-                    RowCheck::Query(DiscrepancyKind::StatusMismatch)
                 );
             }
         }
@@ -352,6 +368,96 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn bill_row(status: wxpay::bill::BilledRefundStatus) -> wxpay::bill::RefundBillRow {
+        wxpay::bill::RefundBillRow {
+            line: 2,
+            trade_time: "2026-11-30 09:00:00".into(),
+            appid: Some("wx2421b1c4370ec43b".into()),
+            mch_id: Some("10000100".into()),
+            sub_mch_id: None,
+            device_info: None,
+            transaction_id: TransactionId::new("4200000001").unwrap(),
+            out_trade_no: OutTradeNo::new("ORDER-1").unwrap(),
+            trade_type: Some("JSAPI".into()),
+            trade_state: Some("REFUND".into()),
+            bank_type: None,
+            fee_type: Some("CNY".into()),
+            total_fee: fen(1000),
+            settlement_total_fee: fen(1000),
+            coupon_fee: None,
+            apply_time: "2026-12-01 10:00:00".into(),
+            success_time: None,
+            refund_id: wxpay::RefundId::new("50000000382019052709732678859").unwrap(),
+            out_refund_no: OutRefundNo::new("R1").unwrap(),
+            refund_fee: fen(100),
+            settlement_refund_fee: fen(90),
+            coupon_refund_fee: fen(10),
+            refund_type: "ORIGINAL".into(),
+            refund_status: status,
+            body: None,
+            attach: None,
+            service_fee: None,
+            rate: None,
+            rate_note: None,
+            extra: vec![],
+        }
+    }
+
+    #[test]
+    fn a_bill_row_as_reconciliation_compares_it() {
+        use wxpay::bill::BilledRefundStatus as B;
+        // GIVEN a bill row in each status a bill writes: WeChat's four, FAIL (old bills) and one
+        // nobody knows
+        for (status, want, written) in [
+            (B::Success, Some(Success), "SUCCESS"),
+            (B::Processing, Some(Processing), "PROCESSING"),
+            (B::RefundClose, Some(RefundClose), "REFUNDCLOSE"),
+            (B::Change, Some(Change), "CHANGE"),
+            (B::Fail, None, "FAIL"),
+            (B::Other("REFUNDING".into()), None, "REFUNDING"),
+        ] {
+            // WHEN read for reconciliation
+            let got = BilledRefund::from(&bill_row(status));
+            // THEN WeChat's statuses are ours and the others are left to the query, the bill's
+            // words kept; the amount is the refund asked for (coupon part included, not the
+            // settlement refund); accepted at the apply time (Beijing), not the trade time
+            assert_eq!(
+                got,
+                BilledRefund {
+                    out_refund_no: OutRefundNo::new("R1").unwrap(),
+                    out_trade_no: Some(OutTradeNo::new("ORDER-1").unwrap()),
+                    transaction_id: Some(TransactionId::new("4200000001").unwrap()),
+                    refund_fee: fen(100),
+                    status: want,
+                    status_written: written.into(),
+                    // 2026-12-01 10:00:00 Beijing = 02:00:00 UTC
+                    applied_at: Some(UnixMillis(1_796_090_400_000)),
+                },
+                "{written}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_two_sides_of_a_discrepancy() {
+        // GIVEN a bill row written FAIL and a ledger record THEN each side says its own status
+        // in its own words, with its own amount
+        assert_eq!(
+            bill_side(&billed(None, 5)),
+            Side {
+                status: "FAIL".into(),
+                refund_fee: fen(5)
+            }
+        );
+        assert_eq!(
+            ledger_side(&rec(RefundClose, 7)),
+            Side {
+                status: "REFUNDCLOSE".into(),
+                refund_fee: fen(7)
+            }
+        );
     }
 
     #[test]
@@ -409,6 +515,7 @@ mod tests {
 
     #[test]
     fn totals_count_and_add() {
+        // GIVEN two refunds WHEN added THEN counted and summed
         let mut t = Totals::default();
         t.add(fen(5));
         t.add(fen(7));
@@ -417,6 +524,19 @@ mod tests {
             Totals {
                 refunds: 2,
                 refund_fee: fen(12)
+            }
+        );
+        // GIVEN a day already at the largest amount WHEN one more refund is added THEN it is
+        // counted and the amount stays (it never wraps or starts again)
+        let max = Fen::new(wxpay::money::MAX_FEN).unwrap();
+        let mut t = Totals::default();
+        t.add(max);
+        t.add(fen(1));
+        assert_eq!(
+            t,
+            Totals {
+                refunds: 2,
+                refund_fee: max
             }
         );
     }

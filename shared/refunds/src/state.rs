@@ -430,6 +430,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn only_wechats_own_statuses_are_reported_by_wechat() {
+        // GIVEN every status with whether WeChat itself reports it (query, notification, bill)
+        // THEN exactly WeChat's four are: entering one is when the ledger learns WeChat holds it
+        for (st, wechat) in [
+            (Recorded, false),
+            (Submitting, false),
+            (Processing, true),
+            (Unknown, false),
+            (RetryWait, false),
+            (Success, true),
+            (RefundClose, true),
+            (Change, true),
+            (Failed, false),
+        ] {
+            assert_eq!(st.reported_by_wechat(), wechat, "reported_by_wechat({st})");
+        }
+    }
+
+    #[test]
     fn wire_names_round_trip_through_serde_and_from_str() {
         // GIVEN every status WHEN serialised THEN the wire name matches as_str and parses back
         for st in RefundStatus::ALL {

@@ -1430,6 +1430,89 @@ mod tests {
         let rec = external_record(&by_tx).unwrap();
         assert_eq!(rec.out_trade_no, None);
         assert_eq!(rec.transaction_id, Some(tx("4200000001")));
+        // GIVEN a source that does not say when WeChat accepted it (a notification, a query)
+        // THEN the day stays unknown: not the time we heard of it, so no day's bill must list it
+        for st in [Processing, Success] {
+            let unknown_day = ExternalRefund {
+                accepted_at: None,
+                ..external(st)
+            };
+            assert_eq!(
+                external_record(&unknown_day).unwrap().accepted_at,
+                None,
+                "{st}"
+            );
+        }
+    }
+
+    // ---- flag -----------------------------------------------------------------------------------
+
+    fn flag(reason: AttentionReason) -> FlagWrite {
+        FlagWrite {
+            out_refund_no: no("R1"),
+            expected_version: 7,
+            reason,
+            now: UnixMillis(5_000),
+        }
+    }
+
+    #[test]
+    fn a_flag_writes_its_reason_and_time_one_version_up() {
+        let stuck = Attention {
+            reason: AttentionReason::Stuck,
+            since: UnixMillis(3_000),
+        };
+        // GIVEN a refund in each status, without a flag or with a stuck one (the machine's)
+        for status in RefundStatus::ALL {
+            for earlier in [None, Some(stuck.clone())] {
+                for reason in [AttentionReason::Mismatch, AttentionReason::Contradiction] {
+                    let rec = RefundRecord {
+                        attention: earlier.clone(),
+                        ..stored(status)
+                    };
+                    // WHEN flagged
+                    let next = flagged(&rec, &flag(reason));
+                    // THEN the flag says this reason since now (a stuck flag's time is not
+                    // kept), one version up, stamped now, nothing else changed
+                    let want = RefundRecord {
+                        attention: Some(Attention {
+                            reason,
+                            since: UnixMillis(5_000),
+                        }),
+                        version: 8,
+                        updated_at: UnixMillis(5_000),
+                        ..rec.clone()
+                    };
+                    assert_eq!(next, Some(want), "{status} {earlier:?} {reason:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_grave_flag_is_kept_with_its_time() {
+        // GIVEN a refund already flagged for a contradiction or a mismatch
+        for kept in [AttentionReason::Contradiction, AttentionReason::Mismatch] {
+            let rec = RefundRecord {
+                attention: Some(Attention {
+                    reason: kept,
+                    since: UnixMillis(3_000),
+                }),
+                ..stored(Success)
+            };
+            // WHEN flagged again, for any reason THEN nothing is written (the first flag stays)
+            for reason in [
+                AttentionReason::Contradiction,
+                AttentionReason::Stuck,
+                AttentionReason::Mismatch,
+            ] {
+                assert_eq!(
+                    flagged(&rec, &flag(reason)),
+                    None,
+                    "{kept:?} then {reason:?}"
+                );
+            }
+        }
     }
 
     #[test]
