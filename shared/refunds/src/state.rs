@@ -1,5 +1,6 @@
-//! The refund domain: statuses, the transition table of the refund state machine (DESIGN.md, "The
-//! refund state machine"), the stored refund record and the per-order book of reservations.
+//! The refund domain: statuses, the transition table of the refund state machine
+//! (docs/ARCHITECTURE.md, "Refund state machine"), the stored refund record and the per-order
+//! book of reservations.
 //!
 //! Nothing here does I/O; the ledger adapters enforce these rules inside their transactions.
 

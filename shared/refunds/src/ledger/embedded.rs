@@ -208,6 +208,32 @@ fn put_order(orders: &mut Orders<'_>, book: &OrderBook) -> Result<(), LedgerErro
     Ok(())
 }
 
+/// One page of the refunds an index names, in the index's order, at most `limit`; the cursor is
+/// the last number returned (when more follow). An entry whose refund is missing is skipped.
+fn page_of<T: ReadableTable<&'static str, &'static [u8]>>(
+    refunds: &T,
+    numbers: impl Iterator<Item = Result<String, LedgerError>>,
+    limit: usize,
+) -> Result<Page, LedgerError> {
+    let mut items = Vec::new();
+    let mut more = false;
+    for no in numbers {
+        let no = no?;
+        if items.len() == limit {
+            more = true;
+            break;
+        }
+        if let Some(rec) = read_refund(refunds, &no)? {
+            items.push(rec);
+        }
+    }
+    let next = match (more, items.last()) {
+        (true, Some(last)) => Some(Cursor::new(last.out_refund_no.as_str())),
+        _ => None,
+    };
+    Ok(Page { items, next })
+}
+
 /// `"<millis>|<out_refund_no>"`: the last pending key a page returned.
 fn parse_cursor(c: &Cursor) -> Result<(u64, String), LedgerError> {
     let bad = || LedgerError::BadCursor(c.as_str().chars().take(100).collect());
@@ -537,26 +563,11 @@ impl Ledger for EmbeddedLedger {
                 Some(no) => Bound::Excluded(no.as_str()),
                 None => Bound::Unbounded,
             };
-            let mut items = Vec::new();
-            let mut more = false;
-            for entry in flagged
+            let numbers = flagged
                 .range::<&str>((lower, Bound::Unbounded))
                 .map_err(store)?
-            {
-                let (k, _) = entry.map_err(store)?;
-                if items.len() == limit {
-                    more = true;
-                    break;
-                }
-                if let Some(rec) = read_refund(&refunds, k.value())? {
-                    items.push(rec);
-                }
-            }
-            let next = match (more, items.last()) {
-                (true, Some(last)) => Some(Cursor::new(last.out_refund_no.as_str())),
-                _ => None,
-            };
-            Ok(Page { items, next })
+                .map(|entry| entry.map(|(k, _)| k.value().to_owned()).map_err(store));
+            page_of(&refunds, numbers, limit)
         })
         .await
     }
@@ -595,30 +606,19 @@ impl Ledger for EmbeddedLedger {
                 Some(no) => Bound::Excluded((day.as_str(), no.as_str())),
                 None => Bound::Included((day.as_str(), "")),
             };
-            let mut items = Vec::new();
-            let mut more = false;
-            for entry in accepted
+            let numbers = accepted
                 .range::<(&str, &str)>((lower, Bound::Unbounded))
                 .map_err(store)?
-            {
-                let (k, _) = entry.map_err(store)?;
-                let (d, no) = k.value();
-                if d != day {
-                    break;
-                }
-                if items.len() == limit {
-                    more = true;
-                    break;
-                }
-                if let Some(rec) = read_refund(&refunds, no)? {
-                    items.push(rec);
-                }
-            }
-            let next = match (more, items.last()) {
-                (true, Some(last)) => Some(Cursor::new(last.out_refund_no.as_str())),
-                _ => None,
-            };
-            Ok(Page { items, next })
+                .map(|entry| {
+                    entry
+                        .map(|(k, _)| {
+                            let (d, no) = k.value();
+                            (d == day).then(|| no.to_owned())
+                        })
+                        .map_err(store)
+                })
+                .map_while(|r| r.transpose());
+            page_of(&refunds, numbers, limit)
         })
         .await
     }

@@ -11,7 +11,7 @@ use wxpay::OutRefundNo;
 use wxpay::bill::{BillDate, BillUnavailable};
 
 use super::{RefundService, ServiceError};
-use crate::correction::AttentionReason;
+use crate::correction::{AttentionReason, FactSource};
 use crate::decide::{Lookup, Trigger};
 use crate::gateway::BillFailure;
 use crate::ledger::{FlagWrite, TransitionOutcome};
@@ -79,12 +79,18 @@ impl RefundService {
     async fn fetch_bill(&self, day: BillDate) -> Result<BillFetch, ServiceError> {
         match self.gateway.refund_bill(day).await {
             Ok(text) => {
-                let bill = wxpay::bill::parse_refund_bill(text.as_bytes()).map_err(|e| {
+                let refused = |e: wxpay::bill::BillError| {
                     ServiceError::Upstream(format!("WeChat's refund bill of {day} is refused: {e}"))
-                })?;
-                Ok(BillFetch::Bill(
-                    bill.rows.iter().map(BilledRefund::from).collect(),
-                ))
+                };
+                // Streamed: only the fields reconciliation compares are kept of each row.
+                let mut reader = wxpay::bill::BillReader::new(text.as_bytes()).map_err(refused)?;
+                let rows = reader
+                    .by_ref()
+                    .map(|row| row.map(|r| BilledRefund::from(&r)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(refused)?;
+                reader.finish().map_err(refused)?;
+                Ok(BillFetch::Bill(rows))
             }
             Err(BillFailure::Unavailable(BillUnavailable::NoBill(_))) => Ok(BillFetch::NoBill),
             Err(BillFailure::Unavailable(BillUnavailable::NotReady(_))) => Ok(BillFetch::NotReady),
@@ -299,7 +305,8 @@ impl RefundService {
     /// mend); if WeChat denies it, a person must look.
     async fn missing_in_bill(&self, rec: RefundRecord) -> Result<Discrepancy, ServiceError> {
         let before = rec.clone();
-        let (resolution, detail) = match self.look_up(&rec.out_refund_no).await {
+        let lookup = self.look_up(&rec.out_refund_no).await;
+        let (resolution, detail) = match &lookup {
             Lookup::NotExist(_) | Lookup::NotListed => {
                 error!(out_refund_no = %rec.out_refund_no, status = %rec.status, "WeChat does not know a refund the ledger says it accepted: flagged for a person");
                 (
@@ -309,8 +316,13 @@ impl RefundService {
                 )
             }
             Lookup::Found { refund, .. } => {
-                // WeChat has it: let the usual rules take its status (a no-op when it agrees).
-                let after = match self.look_again(rec, Trigger::Bill).await {
+                let detail = format!(
+                    "WeChat's query has it ({}); not in this day's bill",
+                    refund.refund_status.as_str()
+                );
+                // WeChat has it: that same answer goes through the usual rules (a no-op when it
+                // agrees). The refund was accepted, so it is never SUBMITTING and needs no lease.
+                let after = match self.settle(rec, lookup, None, FactSource::Bill).await {
                     Ok(after) => after,
                     Err(_) => before.clone(),
                 };
@@ -319,10 +331,7 @@ impl RefundService {
                         Resolution::Unresolved => Resolution::ConfirmedByQuery,
                         r => r,
                     },
-                    format!(
-                        "WeChat's query has it ({}); not in this day's bill",
-                        refund.refund_status.as_str()
-                    ),
+                    detail,
                 )
             }
             Lookup::Failed(f) => (

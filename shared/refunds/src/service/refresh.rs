@@ -70,6 +70,17 @@ impl RefundService {
         source: FactSource,
     ) -> Result<RefundRecord, ServiceError> {
         let lookup = self.look_up(&rec.out_refund_no).await;
+        self.settle(rec, lookup, lease, source).await
+    }
+
+    /// Adopts what a query by the refund's number said (see [`RefundService::reconcile`]).
+    pub(super) async fn settle(
+        &self,
+        rec: RefundRecord,
+        lookup: crate::decide::Lookup,
+        lease: Option<&LeaseToken>,
+        source: FactSource,
+    ) -> Result<RefundRecord, ServiceError> {
         let now = UnixMillis::now();
         match decide::after_query(&rec, lookup, lease.is_some(), self.schedule(), now) {
             Step::Resubmit => match lease {

@@ -61,7 +61,57 @@ pub struct DynamoLedger {
     writes: Arc<Counters>,
 }
 
+/// A sparse index whose sort key is `out_refund_no` (`needs_person`, `accepted`).
+pub(super) struct IndexPage {
+    pub(super) name: &'static str,
+    pub(super) hash_attr: &'static str,
+    pub(super) range_attr: &'static str,
+}
+
 impl DynamoLedger {
+    /// One page of the refunds in partition `hash` of a sparse index sorted by number; the cursor
+    /// is the last number returned.
+    pub(super) async fn index_page(
+        &self,
+        index: &IndexPage,
+        hash: String,
+        cursor: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Page, LedgerError> {
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index.name)
+            .key_condition_expression("#g = :g")
+            .expression_attribute_names("#g", index.hash_attr)
+            .expression_attribute_values(":g", AttributeValue::S(hash.clone()))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX));
+        if let Some(c) = &cursor {
+            let no: OutRefundNo = c
+                .as_str()
+                .parse()
+                .map_err(|_| LedgerError::BadCursor(c.as_str().chars().take(100).collect()))?;
+            q = q
+                .exclusive_start_key(index.hash_attr, AttributeValue::S(hash))
+                .exclusive_start_key(index.range_attr, AttributeValue::S(no.as_str().into()))
+                .exclusive_start_key("pk", AttributeValue::S(refund_pk(&no)));
+        }
+        let out = q.send().await.map_err(unavailable)?;
+        let next = out
+            .last_evaluated_key()
+            .and_then(|k| k.get(index.range_attr))
+            .and_then(|v| v.as_s().ok())
+            .map(|s| Cursor::new(s.as_str()));
+        let items = out
+            .items
+            .unwrap_or_default()
+            .iter()
+            .map(RefundRecord::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page { items, next })
+    }
+
     /// A ledger on `table` through `client`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
@@ -534,39 +584,13 @@ impl Ledger for DynamoLedger {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<Page, LedgerError> {
-        let limit = limit.clamp(1, 100);
-        let mut q = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(NEEDS_PERSON_INDEX)
-            .key_condition_expression("#g = :g")
-            .expression_attribute_names("#g", "gsi2pk")
-            .expression_attribute_values(":g", AttributeValue::S(NEEDS_PERSON_PK.into()))
-            .limit(i32::try_from(limit).unwrap_or(100));
-        if let Some(c) = &cursor {
-            let no: OutRefundNo = c
-                .as_str()
-                .parse()
-                .map_err(|_| LedgerError::BadCursor(c.as_str().chars().take(100).collect()))?;
-            q = q
-                .exclusive_start_key("gsi2pk", AttributeValue::S(NEEDS_PERSON_PK.into()))
-                .exclusive_start_key("gsi2sk", AttributeValue::S(no.as_str().into()))
-                .exclusive_start_key("pk", AttributeValue::S(refund_pk(&no)));
-        }
-        let out = q.send().await.map_err(unavailable)?;
-        let next = out
-            .last_evaluated_key()
-            .and_then(|k| k.get("gsi2sk"))
-            .and_then(|v| v.as_s().ok())
-            .map(|s| Cursor::new(s.as_str()));
-        let items = out
-            .items
-            .unwrap_or_default()
-            .iter()
-            .map(RefundRecord::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { items, next })
+        let index = IndexPage {
+            name: NEEDS_PERSON_INDEX,
+            hash_attr: "gsi2pk",
+            range_attr: "gsi2sk",
+        };
+        self.index_page(&index, NEEDS_PERSON_PK.into(), cursor, limit.clamp(1, 100))
+            .await
     }
 
     async fn correct(&self, c: CorrectionWrite) -> Result<TransitionOutcome, LedgerError> {

@@ -4,17 +4,15 @@
 //! queried).
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use wxpay::OutRefundNo;
 
-use super::adapter::DynamoLedger;
+use super::adapter::{DynamoLedger, IndexPage};
 use super::codec::{Item, num};
 use super::error::unavailable;
 use super::expr::Expr;
-use super::keys::{accepted_day_pk, reconciliation_pk, refund_pk};
+use super::keys::{accepted_day_pk, reconciliation_pk};
 use super::table::ACCEPTED_INDEX;
 use crate::ledger::{Cursor, FlagWrite, LedgerError, Page, TransitionOutcome, flagged};
 use crate::reconcile::Reconciliation;
-use crate::state::RefundRecord;
 
 /// The fence of a flag: the record is still at the version the flag was computed from.
 fn at_version(expected_version: u64) -> Expr {
@@ -72,40 +70,13 @@ impl DynamoLedger {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<Page, LedgerError> {
-        let limit = limit.clamp(1, 1000);
-        let pk = accepted_day_pk(day);
-        let mut q = self
-            .client()
-            .query()
-            .table_name(self.table())
-            .index_name(ACCEPTED_INDEX)
-            .key_condition_expression("#g = :g")
-            .expression_attribute_names("#g", "gsi3pk")
-            .expression_attribute_values(":g", AttributeValue::S(pk.clone()))
-            .limit(i32::try_from(limit).unwrap_or(1000));
-        if let Some(c) = &cursor {
-            let no: OutRefundNo = c
-                .as_str()
-                .parse()
-                .map_err(|_| LedgerError::BadCursor(c.as_str().chars().take(100).collect()))?;
-            q = q
-                .exclusive_start_key("gsi3pk", AttributeValue::S(pk))
-                .exclusive_start_key("gsi3sk", AttributeValue::S(no.as_str().into()))
-                .exclusive_start_key("pk", AttributeValue::S(refund_pk(&no)));
-        }
-        let out = q.send().await.map_err(unavailable)?;
-        let next = out
-            .last_evaluated_key()
-            .and_then(|k| k.get("gsi3sk"))
-            .and_then(|v| v.as_s().ok())
-            .map(|s| Cursor::new(s.as_str()));
-        let items = out
-            .items
-            .unwrap_or_default()
-            .iter()
-            .map(RefundRecord::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { items, next })
+        let index = IndexPage {
+            name: ACCEPTED_INDEX,
+            hash_attr: "gsi3pk",
+            range_attr: "gsi3sk",
+        };
+        self.index_page(&index, accepted_day_pk(day), cursor, limit.clamp(1, 1000))
+            .await
     }
 
     pub(super) async fn put_report(&self, report: &Reconciliation) -> Result<(), LedgerError> {
