@@ -3,4 +3,5 @@
 //! itself, so that integration tests can drive them in-process.
 
 pub mod bench;
+pub mod events;
 pub mod stack;

@@ -66,6 +66,13 @@ struct Args {
     /// (for trying escalation out) [default: production's ages per status].
     #[arg(long, value_parser = parse_duration)]
     escalate_after: Option<Duration>,
+    /// Also POST every merchant event (they are always appended to <data-dir>/events.jsonl) to
+    /// this URL, signed in the `Wxrefund-Signature` header.
+    #[arg(long)]
+    webhook_url: Option<String>,
+    /// The HMAC-SHA256 key of the webhook's signature.
+    #[arg(long, default_value = wxrefund_local::stack::DEFAULT_WEBHOOK_SECRET, requires = "webhook_url")]
+    webhook_secret: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,6 +99,8 @@ impl Args {
             external,
             notify_url: self.notify_url.clone(),
             escalate_after: self.escalate_after,
+            webhook_url: self.webhook_url.clone(),
+            webhook_secret: self.webhook_secret.clone(),
             ..StackConfig::new(self.listen, self.sandbox_listen, self.data_dir.clone())
         }
     }

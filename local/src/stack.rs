@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::{JsonlFile, LocalPublisher, Webhook};
 use axum::Router;
 use axum::http::header;
 use axum::routing::get;
@@ -32,6 +33,9 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 pub const WECHAT_APPLY_QPS: u32 = 150;
 /// WeChat's limit on failing requests per second.
 pub const WECHAT_FAILURE_QPS: u32 = 6;
+/// The webhook secret when `--webhook-secret` is not given (a development stack's, never a
+/// production one: production events go to EventBridge).
+pub const DEFAULT_WEBHOOK_SECRET: &str = "wxrefund-local-webhook-secret";
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -129,6 +133,9 @@ pub struct StackConfig {
     pub sandbox_persist: bool,
     /// One escalation age for every open status (`--escalate-after`); `None`: production's.
     pub escalate_after: Option<Duration>,
+    /// Events are also POSTed here, signed with `webhook_secret` (`--webhook-url`).
+    pub webhook_url: Option<String>,
+    pub webhook_secret: String,
 }
 
 impl StackConfig {
@@ -147,6 +154,8 @@ impl StackConfig {
             client_apply_qps: WECHAT_APPLY_QPS,
             escalate_after: None,
             sandbox_persist: true,
+            webhook_url: None,
+            webhook_secret: DEFAULT_WEBHOOK_SECRET.to_owned(),
         }
     }
 }
@@ -159,6 +168,8 @@ pub struct Stack {
     /// The WeChat endpoint the client calls.
     pub wxpay_base_url: String,
     pub ledger_path: PathBuf,
+    /// Where merchant events are appended (`<data-dir>/events.jsonl`).
+    pub events_path: PathBuf,
     pub poll_every: Duration,
     pub svc: Arc<RefundService>,
     /// The built-in sandbox and its CA file, unless an external endpoint is used.
@@ -252,9 +263,19 @@ impl Stack {
                 .map_err(context("opening the ledger"))?
                 .map_err(context(format!("opening {}", ledger_path.display())))?
         };
+        let events_path = cfg.data_dir.join("events.jsonl");
+        let webhook = match &cfg.webhook_url {
+            Some(url) => Some(
+                Webhook::new(url.clone(), cfg.webhook_secret.clone())
+                    .map_err(context("building the webhook client"))?,
+            ),
+            None => None,
+        };
+        let publisher = LocalPublisher::new(JsonlFile::new(events_path.clone()), webhook);
         let svc = Arc::new(RefundService::new(
             Arc::new(ledger),
             Arc::new(gateway),
+            Arc::new(publisher),
             service_config(notify_url.clone(), cfg.escalate_after),
         ));
 
@@ -270,6 +291,7 @@ impl Stack {
             notify_url,
             wxpay_base_url: base_url,
             ledger_path,
+            events_path,
             poll_every: cfg.poll_every,
             svc,
             sandbox,

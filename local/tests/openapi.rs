@@ -389,6 +389,7 @@ async fn each_function_serves_only_its_own_routes() {
     let svc = Arc::new(RefundService::new(
         Arc::new(ledger),
         Arc::new(Offline),
+        wxrefund::testing::RecordingPublisher::new(),
         ServiceConfig::default(),
     ));
     let refund = wxrefund::http::refund_router(Arc::clone(&svc));

@@ -160,6 +160,7 @@ impl Parts {
         RefundService::new(
             Arc::new(ledger),
             Arc::new(gateway),
+            wxrefund::testing::RecordingPublisher::new(),
             ServiceConfig {
                 schedule: wxrefund::decide::Schedule {
                     first_check: Duration::ZERO,

@@ -66,9 +66,25 @@ async fn happy_path_via_poll(stack: &Stack) {
     assert_eq!(order.refund_count, 1);
     assert_eq!(order.refunded_fee, 300);
 
+    // AND the merchant was told once: one `Refund Succeeded`, with the refund as it ended
+    let told: Vec<_> = stack
+        .events
+        .accepted()
+        .into_iter()
+        .filter(|e| e.detail.refund.out_refund_no == "R-HAPPY-1")
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].detail_type.as_str(), "Refund Succeeded");
+    assert_eq!(told[0].detail.refund.status, RefundStatus::Success);
+    assert_eq!(
+        told[0].detail.previous_status,
+        Some(RefundStatus::Processing)
+    );
+
     // AND a second poll finds nothing left to do
     let report = stack.poll().await;
     assert_eq!(report["examined"], 0, "{report}");
+    assert_eq!(stack.events.accepted().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

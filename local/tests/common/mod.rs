@@ -45,6 +45,7 @@ pub fn router(dir: &tempfile::TempDir) -> axum::Router {
     let svc = RefundService::new(
         Arc::new(ledger),
         Arc::new(Offline),
+        wxrefund::testing::RecordingPublisher::new(),
         ServiceConfig::default(),
     );
     wxrefund::http::router(Arc::new(svc))

@@ -2,10 +2,12 @@
 
 pub mod correction;
 pub mod decide;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod ledger;
 pub mod metadata;
+pub mod publish;
 pub mod reason;
 pub mod reconcile;
 pub mod request;

@@ -150,6 +150,7 @@ mod tests {
             corrections: vec![],
             accepted_at: None,
             metadata: Default::default(),
+            outbox: Vec::new(),
         }
     }
 

@@ -283,6 +283,7 @@ mod tests {
             corrections: vec![],
             accepted_at: Some(UnixMillis(2)),
             metadata: Default::default(),
+            outbox: Vec::new(),
         }
     }
 

@@ -10,6 +10,7 @@ use wxpay::client::ClientConfig;
 use crate::gateway::{GatewayError, WxPayGateway};
 use crate::ledger::LedgerError;
 use crate::ledger::dynamo::DynamoLedger;
+use crate::publish::eventbridge::EventBridgePublisher;
 use crate::secrets::{SecretSource, SecretsError};
 use crate::service::{RefundService, ServiceConfig};
 
@@ -76,7 +77,7 @@ pub fn client_config_from_env() -> Result<ClientConfig, BootError> {
 }
 
 /// Everything a function needs, built once per cold start: secret (Secrets Manager or file), WeChat
-/// client, DynamoDB ledger (`LEDGER_TABLE`).
+/// client, DynamoDB ledger (`LEDGER_TABLE`), EventBridge publisher (`EVENT_BUS_NAME`).
 pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
     let source = SecretSource::from_env()
         .await?
@@ -84,7 +85,9 @@ pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
     let merchant = source.load().await?;
     tracing::info!(merchant = %merchant, "merchant configuration loaded");
     let gateway = WxPayGateway::new(&merchant, client_config_from_env()?, Some(source))?;
-    let ledger = DynamoLedger::from_env().await?;
+    let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let ledger = DynamoLedger::from_conf(&conf)?;
+    let publisher = EventBridgePublisher::from_conf(&conf);
     let cfg = ServiceConfig {
         notify_url: merchant.notify_url.clone(),
         ..ServiceConfig::default()
@@ -92,6 +95,7 @@ pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
     Ok(Arc::new(RefundService::new(
         Arc::new(ledger),
         Arc::new(gateway),
+        Arc::new(publisher),
         cfg,
     )))
 }

@@ -311,6 +311,10 @@ pub struct RefundRecord {
     /// The merchant's own data from the request (empty when none was given).
     #[serde(default)]
     pub metadata: crate::metadata::Metadata,
+    /// Events written with the facts that produced them and not yet taken by a publisher
+    /// (`crate::events`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<crate::events::OutboxEvent>,
 }
 
 impl RefundRecord {
@@ -323,6 +327,17 @@ impl RefundRecord {
     /// SUBMITTING refund's next check is its lease expiry, so an abandoned attempt is due too).
     pub fn is_due(&self, now: UnixMillis) -> bool {
         !self.status.is_final() && self.next_check_at.is_some_and(|t| t <= now)
+    }
+
+    /// Where the refund sits in the poller's index: its next check while not final, or sooner
+    /// (final or not) when an event waits for delivery. `None`: the poller has nothing to do.
+    pub fn due_at(&self) -> Option<UnixMillis> {
+        let check = self.next_check_at.filter(|_| !self.status.is_final());
+        let redeliver = self.outbox.iter().map(|e| e.redeliver_at).min();
+        match (check, redeliver) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -526,6 +541,7 @@ pub(crate) mod tests {
             corrections: vec![],
             accepted_at: None,
             metadata: Default::default(),
+            outbox: Vec::new(),
         }
     }
 

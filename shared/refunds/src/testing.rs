@@ -187,6 +187,8 @@ pub enum Op {
     GetItem,
     BatchGetItem,
     Query,
+    /// EventBridge's `PutEvents` (`X-Amz-Target: AWSEvents.PutEvents`), for [`Fault::EntriesRefused`].
+    PutEvents,
     Any,
 }
 
@@ -200,6 +202,7 @@ impl Op {
             Op::GetItem => "GetItem",
             Op::BatchGetItem => "BatchGetItem",
             Op::Query => "Query",
+            Op::PutEvents => "PutEvents",
             Op::Any => "*",
         }
     }
@@ -267,6 +270,10 @@ pub enum Fault {
     SlowAnswer(Duration),
     /// Relayed to moto (so written), and the connection closed without an answer.
     ReplyLost,
+    /// `PutEvents` answered HTTP 200 with its first `n` entries refused (`ThrottlingException`,
+    /// as EventBridge refuses entries over a quota): only the other entries are relayed to moto,
+    /// and the answer lists one result per entry in order, with `FailedEntryCount` = `n`.
+    EntriesRefused(usize),
 }
 
 /// Which of the requests a rule matches it fires on.
@@ -620,6 +627,7 @@ async fn relay_one(mut inbound: TcpStream, upstream: SocketAddr, faults: &Faults
             "Internal server error",
             None,
         )),
+        Some(Fault::EntriesRefused(n)) => Some(refuse_entries(&req, upstream, *n).await),
         Some(Fault::SlowAnswer(_) | Fault::ReplyLost) | None => None,
     };
     if let Some(answer) = injected {
@@ -645,6 +653,70 @@ async fn relay_one(mut inbound: TcpStream, upstream: SocketAddr, faults: &Faults
             let _ = inbound.write_all(&answer.bytes()).await;
         }
     }
+}
+
+/// [`Fault::EntriesRefused`]: the first `n` entries refused, the rest relayed to moto.
+async fn refuse_entries(req: &Message, upstream: SocketAddr, n: usize) -> Vec<u8> {
+    let mut json: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or_default();
+    let entries = json
+        .get("Entries")
+        .and_then(|e| e.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let refused = n.min(entries.len());
+    let mut results: Vec<serde_json::Value> = (0..refused)
+        .map(|_| {
+            serde_json::json!({
+                "ErrorCode": "ThrottlingException",
+                "ErrorMessage": "Rate exceeded (injected)",
+            })
+        })
+        .collect();
+    if refused < entries.len() {
+        json["Entries"] = serde_json::Value::Array(entries[refused..].to_vec());
+        let body = json.to_string().into_bytes();
+        let head = String::from_utf8_lossy(&req.head)
+            .split("\r\n")
+            .map(|line| {
+                if line.to_ascii_lowercase().starts_with("content-length:") {
+                    format!("Content-Length: {}", body.len())
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let relayed = Message {
+            head: head.into_bytes(),
+            body,
+        };
+        let answer = forward(&relayed, upstream).await.ok();
+        let theirs: serde_json::Value = answer
+            .and_then(|a| serde_json::from_slice(&a.body).ok())
+            .unwrap_or_default();
+        let mut rest = theirs
+            .get("Entries")
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
+        rest.resize(
+            entries.len() - refused,
+            serde_json::json!({"ErrorCode": "InternalFailure"}),
+        );
+        results.extend(rest);
+    }
+    let failed = results
+        .iter()
+        .filter(|r| r.get("ErrorCode").is_some())
+        .count();
+    let body = serde_json::json!({"FailedEntryCount": failed, "Entries": results}).to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\n\
+         x-amzn-RequestId: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        uuid::Uuid::new_v4().simple(),
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// DynamoDB's answer to a transaction cancelled for `code` on its first item.
@@ -801,5 +873,60 @@ mod tests {
     fn crc32_is_ieee() {
         assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
         assert_eq!(crc32(b""), 0);
+    }
+}
+
+/// The record `Ledger::record` would write for `n` (to build a record in tests).
+pub fn record_of(n: &crate::ledger::NewRefund) -> crate::state::RefundRecord {
+    crate::ledger::new_record(n)
+}
+
+/// An EventBridge client on moto through a relay injecting `faults` (e.g.
+/// [`Fault::EntriesRefused`]).
+pub async fn faulty_eventbridge(faults: &Faults) -> aws_sdk_eventbridge::Client {
+    let relay = fault_relay(&moto_endpoint(), faults.clone()).await;
+    aws_sdk_eventbridge::Client::new(&sdk_config(&relay, None, None).await)
+}
+
+/// An event publisher for tests: keeps every event it accepts, in order, and refuses every
+/// event while [`RecordingPublisher::refuse`] is on (a destination that is down).
+#[derive(Default)]
+pub struct RecordingPublisher {
+    accepted: Mutex<Vec<crate::events::Envelope>>,
+    refusing: std::sync::atomic::AtomicBool,
+}
+
+impl RecordingPublisher {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Everything accepted so far, oldest first (re-deliveries included).
+    pub fn accepted(&self) -> Vec<crate::events::Envelope> {
+        self.accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn refuse(&self, on: bool) {
+        self.refusing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::publish::EventPublisher for RecordingPublisher {
+    async fn publish(&self, events: &[crate::events::Envelope]) -> crate::publish::Delivery {
+        if self.refusing.load(std::sync::atomic::Ordering::SeqCst) {
+            return crate::publish::Delivery::all_failed(events, "refusing (test)");
+        }
+        self.accepted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(events.iter().cloned());
+        crate::publish::Delivery {
+            accepted: events.iter().map(|e| e.id.clone()).collect(),
+            failed: Vec::new(),
+        }
     }
 }

@@ -122,6 +122,9 @@ contract!(
     a_flag_for_a_person_is_fenced_kept_and_listed,
     reconciliation_reports_are_stored_by_bill_date,
     a_refund_recorded_with_its_lease_takes_three_writes_to_succeed,
+    events_are_written_with_their_fact_and_due_until_delivered,
+    a_delivery_mark_never_fences_out_a_fact,
+    corrections_flags_and_external_refunds_keep_their_events,
 );
 
 // ---- helpers -----------------------------------------------------------------------------------
@@ -640,6 +643,7 @@ async fn external_refund_is_recorded_once_and_reserved_unconditionally(f: &Fixtu
         now: T0,
         next_check_at: None,
         accepted_at: None,
+        events: Vec::new(),
     };
     // WHEN WeChat reports a 50-fen refund we never made THEN it is recorded, external, final
     let rec = match l.record_external(ext.clone()).await.unwrap() {
@@ -1115,6 +1119,7 @@ async fn an_external_refund_brings_the_orders_true_total(f: &Fixture) {
         now: T0,
         next_check_at: None,
         accepted_at: None,
+        events: Vec::new(),
     };
     assert!(matches!(
         l.record_external(ext).await.unwrap(),
@@ -1257,6 +1262,7 @@ async fn refunds_are_listed_by_the_beijing_day_wechat_accepted_them(f: &Fixture)
         now: later,
         next_check_at: None,
         accepted_at: Some(T0),
+        events: Vec::new(),
     };
     assert!(matches!(
         l.record_external(ext).await.unwrap(),
@@ -1279,6 +1285,7 @@ async fn a_flag_for_a_person_is_fenced_kept_and_listed(f: &Fixture) {
         expected_version: version,
         reason,
         now,
+        events: Vec::new(),
     };
     // WHEN flagged at a stale version THEN refused with the record as it is
     match l
@@ -1332,6 +1339,7 @@ async fn a_flag_for_a_person_is_fenced_kept_and_listed(f: &Fixture) {
             expected_version: 1,
             reason: AttentionReason::Mismatch,
             now: T0,
+            events: Vec::new(),
         })
         .await
         .unwrap(),
@@ -1456,4 +1464,213 @@ async fn a_refund_recorded_with_its_lease_takes_three_writes_to_succeed(f: &Fixt
             .unwrap(),
         LeaseOutcome::Acquired(_)
     ));
+}
+
+// ---- the outbox ----------------------------------------------------------------------------------
+
+/// The record a transition writes, as the service computes it to derive the events.
+fn after_move(r: &RefundRecord, to: RefundStatus, now: UnixMillis) -> RefundRecord {
+    let mut after = r.clone();
+    after.status = to;
+    after.version = r.version + 1;
+    after.updated_at = now;
+    after.lease = None;
+    after
+}
+
+fn ids(r: &RefundRecord) -> Vec<String> {
+    r.outbox.iter().map(|e| e.id().to_owned()).collect()
+}
+
+async fn due_numbers(l: &dyn Ledger, now: UnixMillis) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = l.due(now, cursor, 50).await.unwrap();
+        out.extend(page.items.iter().map(|r| r.out_refund_no.to_string()));
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => return out,
+        }
+    }
+}
+
+async fn events_are_written_with_their_fact_and_due_until_delivered(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN a PROCESSING refund
+    created(l, new_refund("R-EV", "ORDER-EV", 100, 10, "h")).await;
+    let r = leased(l, "R-EV", "x", T0).await;
+    let r = applied(l, move_to(&r, RefundStatus::Processing, T0)).await;
+    // WHEN it moves into SUCCESS with its event
+    let now = T0.plus(Duration::from_secs(10));
+    let redeliver = now.plus(Duration::from_secs(60));
+    let events = wxrefund::events::of_change(
+        Some(&r),
+        &after_move(&r, RefundStatus::Success, now),
+        redeliver,
+    );
+    let mut t = move_to(&r, RefundStatus::Success, now);
+    t.changes.events = events.clone();
+    let done = applied(l, t).await;
+    // THEN the event is stored with the fact, in the same write
+    assert_eq!(done.outbox, events);
+    assert_eq!(ids(&done), vec![format!("R-EV:{}:succeeded", done.version)]);
+    assert_eq!(l.get(&no("R-EV")).await.unwrap(), Some(done.clone()));
+    // AND the final refund is not due before its re-delivery time, and due from then on
+    assert!(due_numbers(l, now).await.is_empty());
+    assert_eq!(due_numbers(l, redeliver).await, vec!["R-EV".to_owned()]);
+    // WHEN a publisher took it
+    let marked = l
+        .mark_delivered(&no("R-EV"), &ids(&done))
+        .await
+        .unwrap()
+        .unwrap();
+    // THEN the outbox is empty, nothing else changed (the version neither), and it is no longer due
+    assert!(marked.outbox.is_empty());
+    assert_eq!(marked.version, done.version);
+    assert_eq!(
+        RefundRecord {
+            outbox: done.outbox.clone(),
+            ..marked.clone()
+        },
+        done
+    );
+    assert_eq!(l.get(&no("R-EV")).await.unwrap(), Some(marked.clone()));
+    assert!(
+        due_numbers(l, redeliver.plus(Duration::from_secs(3600)))
+            .await
+            .is_empty()
+    );
+    // AND marking it again (a re-delivery raced the first) writes nothing
+    let again = l.mark_delivered(&no("R-EV"), &ids(&done)).await.unwrap();
+    assert_eq!(again, Some(marked));
+    assert_eq!(l.mark_delivered(&no("R-NONE"), &[]).await.unwrap(), None);
+}
+
+async fn a_delivery_mark_never_fences_out_a_fact(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    // GIVEN an UNKNOWN refund escalated to a person, with its event, next checked in an hour
+    created(l, new_refund("R-EM", "ORDER-EM", 100, 10, "h")).await;
+    let r = leased(l, "R-EM", "x", T0).await;
+    let check = T0.plus(Duration::from_secs(3600));
+    let redeliver = T0.plus(Duration::from_secs(60));
+    let mut t = move_to(&r, RefundStatus::Unknown, T0);
+    t.changes.next_check_at = Some(check);
+    t.changes.attention = Patch::Set(Attention {
+        reason: AttentionReason::Stuck,
+        since: T0,
+    });
+    let mut after = after_move(&r, RefundStatus::Unknown, T0);
+    after.attention = Some(Attention {
+        reason: AttentionReason::Stuck,
+        since: T0,
+    });
+    t.changes.events = wxrefund::events::of_change(Some(&r), &after, redeliver);
+    assert_eq!(t.changes.events.len(), 1);
+    let stuck = applied(l, t).await;
+    // THEN it is due at the re-delivery time, before its next check
+    assert_eq!(due_numbers(l, redeliver).await, vec!["R-EM".to_owned()]);
+    // WHEN the event is delivered
+    l.mark_delivered(&no("R-EM"), &ids(&stuck)).await.unwrap();
+    // THEN it waits for its next check again
+    assert_eq!(due_numbers(l, check).await, vec!["R-EM".to_owned()]);
+    assert!(due_numbers(l, UnixMillis(check.get() - 1)).await.is_empty());
+    // AND a move computed from the record read before the mark still applies
+    let moved = applied(l, move_to(&stuck, RefundStatus::Processing, check)).await;
+    assert_eq!(moved.version, stuck.version + 1);
+    assert!(moved.outbox.is_empty());
+}
+
+async fn corrections_flags_and_external_refunds_keep_their_events(f: &Fixture) {
+    let l = f.ledger.as_ref();
+    let at = T0.plus(Duration::from_secs(5));
+    let redeliver = at.plus(Duration::from_secs(60));
+    // GIVEN a FAILED refund WeChat's books say was paid, corrected with its events
+    created(l, new_refund("R-EC", "ORDER-EC", 100, 10, "h")).await;
+    let r = leased(l, "R-EC", "x", T0).await;
+    let failed = applied(l, move_to(&r, RefundStatus::Failed, T0)).await;
+    let mut c = correction(&failed, RefundStatus::Success, at);
+    let mut after = after_move(&failed, RefundStatus::Success, at);
+    after.corrections.push(Correction {
+        from: RefundStatus::Failed,
+        to: RefundStatus::Success,
+        kind: CorrectionKind::Contradiction,
+        source: FactSource::Notification,
+        at,
+    });
+    c.changes.events = wxrefund::events::of_change(Some(&failed), &after, redeliver);
+    assert_eq!(c.changes.events.len(), 2);
+    let corrected = match l.correct(c.clone()).await.unwrap() {
+        TransitionOutcome::Applied(x) => x,
+        other => panic!("expected Applied, got {other:?}"),
+    };
+    // THEN both are in its outbox and it is due for them
+    assert_eq!(corrected.outbox, c.changes.events);
+    assert_eq!(l.get(&no("R-EC")).await.unwrap(), Some(corrected.clone()));
+    assert!(due_numbers(l, redeliver).await.contains(&"R-EC".to_owned()));
+    // GIVEN a paid refund flagged for a mismatch, with its event
+    created(l, new_refund("R-EF", "ORDER-EF", 100, 10, "h")).await;
+    let r = leased(l, "R-EF", "x", T0).await;
+    let paid = applied(l, move_to(&r, RefundStatus::Success, T0)).await;
+    let mut after = paid.clone();
+    after.version += 1;
+    after.updated_at = at;
+    after.attention = Some(Attention {
+        reason: AttentionReason::Mismatch,
+        since: at,
+    });
+    let events = wxrefund::events::of_change(Some(&paid), &after, redeliver);
+    assert_eq!(events.len(), 1);
+    let flagged = match l
+        .flag(FlagWrite {
+            out_refund_no: no("R-EF"),
+            expected_version: paid.version,
+            reason: AttentionReason::Mismatch,
+            now: at,
+            events: events.clone(),
+        })
+        .await
+        .unwrap()
+    {
+        TransitionOutcome::Applied(x) => x,
+        other => panic!("expected Applied, got {other:?}"),
+    };
+    // THEN the event is in its outbox and it is due for it
+    assert_eq!(flagged.outbox, events);
+    assert_eq!(l.get(&no("R-EF")).await.unwrap(), Some(flagged));
+    assert!(due_numbers(l, redeliver).await.contains(&"R-EF".to_owned()));
+    // GIVEN an external SUCCESS refund with its event
+    let ext = ExternalRefund {
+        out_refund_no: no("R-EX"),
+        order: order("ORDER-EX"),
+        out_trade_no: None,
+        transaction_id: None,
+        refund_id: None,
+        total_fee: fen(100),
+        refund_fee: fen(30),
+        status: RefundStatus::Success,
+        refund_account: None,
+        refund_recv_account: None,
+        success_time: None,
+        now: at,
+        next_check_at: None,
+        accepted_at: None,
+        events: Vec::new(),
+    };
+    let mut with_events = ext.clone();
+    let ExternalOutcome::Created(probe) =
+        f.fresh().await.ledger.record_external(ext).await.unwrap()
+    else {
+        panic!("expected Created");
+    };
+    with_events.events = wxrefund::events::of_change(None, &probe, redeliver);
+    let ExternalOutcome::Created(rec) = l.record_external(with_events.clone()).await.unwrap()
+    else {
+        panic!("expected Created");
+    };
+    // THEN it is recorded with its event and due for it
+    assert_eq!(rec.outbox, with_events.events);
+    assert_eq!(ids(&rec), vec!["R-EX:1:succeeded".to_owned()]);
+    assert_eq!(l.get(&no("R-EX")).await.unwrap(), Some(rec));
+    assert!(due_numbers(l, redeliver).await.contains(&"R-EX".to_owned()));
 }

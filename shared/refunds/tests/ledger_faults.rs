@@ -195,6 +195,7 @@ async fn given_throttled_cancellations_when_recording_an_external_refund_then_it
         now: T0,
         next_check_at: None,
         accepted_at: None,
+        events: Vec::new(),
     };
     let rec = match l.record_external(ext).await {
         Ok(ExternalOutcome::Created(r)) => r,

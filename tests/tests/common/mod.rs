@@ -48,6 +48,8 @@ pub enum LedgerKind {
 pub struct Stack {
     pub sandbox: RunningSandbox,
     pub svc: Arc<RefundService>,
+    /// Every merchant event the service published.
+    pub events: Arc<wxrefund::testing::RecordingPublisher>,
     pub router: Router,
     pub ledger: Arc<dyn Ledger>,
     /// `http://127.0.0.1:PORT` when the stack is served (see [`Stack::served`]).
@@ -165,9 +167,11 @@ impl Stack {
                 EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("open redb ledger"),
             ),
         };
+        let events = wxrefund::testing::RecordingPublisher::new();
         let svc = Arc::new(RefundService::new(
             Arc::clone(&ledger),
             Arc::new(gateway),
+            Arc::clone(&events) as Arc<dyn wxrefund::publish::EventPublisher>,
             ServiceConfig {
                 lease_ttl: Duration::from_secs(5),
                 schedule: wxrefund::decide::Schedule {
@@ -180,6 +184,7 @@ impl Stack {
                 },
                 page_size: 10,
                 notify_url,
+                redeliver_after: Duration::from_millis(200),
             },
         ));
         let router = wxrefund::http::router_with_poller(Arc::clone(&svc), Duration::from_secs(10));
@@ -192,6 +197,7 @@ impl Stack {
         Stack {
             sandbox,
             svc,
+            events,
             router,
             ledger,
             base_url,

@@ -59,6 +59,7 @@ fn rec(status: RefundStatus, attempts: u32) -> RefundRecord {
         corrections: vec![],
         accepted_at: None,
         metadata: Default::default(),
+        outbox: Vec::new(),
     }
 }
 

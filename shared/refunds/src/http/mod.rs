@@ -6,7 +6,7 @@
 mod notify;
 mod poll;
 mod reconciliations;
-mod refunds;
+pub(crate) mod refunds;
 
 use std::sync::Arc;
 use std::time::Duration;

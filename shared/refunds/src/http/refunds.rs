@@ -102,7 +102,7 @@ impl CreateRefund {
 }
 
 /// A refund as the API shows it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RefundView {
     pub out_refund_no: String,
     pub out_trade_no: Option<String>,
@@ -134,7 +134,7 @@ pub struct RefundView {
 }
 
 /// One correction as the API shows it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CorrectionView {
     /// What the ledger said.
     pub from: RefundStatus,
@@ -147,7 +147,7 @@ pub struct CorrectionView {
     pub at: String,
 }
 
-pub(super) fn rfc3339(t: UnixMillis) -> String {
+pub(crate) fn rfc3339(t: UnixMillis) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.get()) * 1_000_000)
         .ok()
         .and_then(|d| d.format(&Rfc3339).ok())

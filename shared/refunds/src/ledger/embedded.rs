@@ -21,9 +21,9 @@ use wxpay::{OrderRef, OutRefundNo};
 use super::{
     CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, FlagWrite, LeaseDecision,
     LeaseOutcome, Ledger, LedgerError, NewRefund, Page, RecordOutcome, Transition,
-    TransitionOutcome, corrected, corrected_book, existing_outcome, external_record, fence_holds,
-    flagged, fresh_book, illegal, lease_decision, new_record, refusal, released, transitioned,
-    with_released,
+    TransitionOutcome, corrected, corrected_book, delivered, existing_outcome, external_record,
+    fence_holds, flagged, fresh_book, illegal, lease_decision, new_record, refusal, released,
+    transitioned, with_released,
 };
 use crate::reconcile::Reconciliation;
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
@@ -137,11 +137,7 @@ fn read_full_order(
 }
 
 fn pending_key(r: &RefundRecord) -> Option<u64> {
-    if r.status.is_final() {
-        None
-    } else {
-        r.next_check_at.map(UnixMillis::get)
-    }
+    r.due_at().map(UnixMillis::get)
 }
 
 /// The refund records and their indexes, opened together in a write transaction so that every
@@ -568,6 +564,26 @@ impl Ledger for EmbeddedLedger {
                 .map_err(store)?
                 .map(|entry| entry.map(|(k, _)| k.value().to_owned()).map_err(store));
             page_of(&refunds, numbers, limit)
+        })
+        .await
+    }
+
+    async fn mark_delivered(
+        &self,
+        no: &OutRefundNo,
+        ids: &[String],
+    ) -> Result<Option<RefundRecord>, LedgerError> {
+        let (no, ids) = (no.clone(), ids.to_vec());
+        self.write(move |tx| {
+            let mut refunds = RefundTables::open(tx)?;
+            let Some(rec) = refunds.get(no.as_str())? else {
+                return Ok((None, false));
+            };
+            let Some(next) = delivered(&rec, &ids) else {
+                return Ok((Some(rec), false));
+            };
+            refunds.put(Some(&rec), &next)?;
+            Ok((Some(next), true))
         })
         .await
     }

@@ -20,6 +20,7 @@ use thiserror::Error;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
 use crate::correction::{Attention, AttentionReason, Correction, CorrectionKind, FactSource};
+use crate::events::OutboxEvent;
 use crate::metadata::Metadata;
 use crate::reconcile::Reconciliation;
 use crate::state::{
@@ -110,6 +111,9 @@ pub struct Changes {
     pub next_check_at: Option<UnixMillis>,
     /// Flag the refund for a person (escalation) or clear a flag the machine may clear.
     pub attention: Patch<Attention>,
+    /// Events the move produces (`crate::events::of_change`), appended to the refund's outbox
+    /// in the same write.
+    pub events: Vec<OutboxEvent>,
 }
 
 /// A fenced status change: applied only if the refund is still at `expected_status` and
@@ -161,6 +165,8 @@ pub struct ExternalRefund {
     pub next_check_at: Option<UnixMillis>,
     /// When WeChat accepted it, when the source says (a bill's apply time); `None` otherwise.
     pub accepted_at: Option<UnixMillis>,
+    /// The events recording it produces, written into its outbox.
+    pub events: Vec<OutboxEvent>,
 }
 
 /// What `record_external` did.
@@ -302,6 +308,27 @@ pub trait Ledger: Send + Sync {
         cursor: Option<Cursor>,
         limit: usize,
     ) -> Result<Page, LedgerError>;
+
+    /// Takes the events `ids` out of the refund's outbox once a publisher accepted them (ids no
+    /// longer there are ignored) and puts the refund back at its next check in the poller's
+    /// index, or out of it. Not fenced on the version and not bumping it: a delivery is no fact
+    /// about the refund and must never fence out one. `None` when the refund does not exist.
+    async fn mark_delivered(
+        &self,
+        no: &OutRefundNo,
+        ids: &[String],
+    ) -> Result<Option<RefundRecord>, LedgerError>;
+}
+
+/// The record once the events `ids` are delivered, or `None` when none of them is in its outbox
+/// (nothing to write).
+pub(crate) fn delivered(rec: &RefundRecord, ids: &[String]) -> Option<RefundRecord> {
+    if !rec.outbox.iter().any(|e| ids.iter().any(|id| id == e.id())) {
+        return None;
+    }
+    let mut next = rec.clone();
+    next.outbox.retain(|e| !ids.iter().any(|id| id == e.id()));
+    Some(next)
 }
 
 /// A flag for a person on a refund whatever its status, fenced on its version: a disagreement
@@ -312,6 +339,8 @@ pub struct FlagWrite {
     pub expected_version: u64,
     pub reason: AttentionReason,
     pub now: UnixMillis,
+    /// The events the flag produces, appended to the outbox with it.
+    pub events: Vec<OutboxEvent>,
 }
 
 /// The record after a flag, or `None` when it already carries a flag as grave (the first one and
@@ -327,6 +356,7 @@ pub(crate) fn flagged(rec: &RefundRecord, f: &FlagWrite) -> Option<RefundRecord>
     });
     next.version = rec.version + 1;
     next.updated_at = f.now;
+    next.outbox.extend(f.events.iter().cloned());
     Some(next)
 }
 
@@ -442,6 +472,7 @@ pub(crate) fn new_record(n: &NewRefund) -> RefundRecord {
         corrections: Vec::new(),
         accepted_at: None,
         metadata: n.metadata.clone(),
+        outbox: Vec::new(),
     }
 }
 
@@ -478,6 +509,7 @@ pub(crate) fn external_record(e: &ExternalRefund) -> Option<RefundRecord> {
         corrections: Vec::new(),
         accepted_at: e.accepted_at,
         metadata: Default::default(),
+        outbox: e.events.clone(),
     })
 }
 
@@ -635,6 +667,7 @@ pub(crate) fn transitioned(rec: &RefundRecord, t: &Transition) -> RefundRecord {
     } else if let Some(at) = c.next_check_at {
         next.next_check_at = Some(at);
     }
+    next.outbox.extend(c.events.iter().cloned());
     next
 }
 
@@ -751,6 +784,7 @@ mod tests {
             corrections: vec![],
             accepted_at: None,
             metadata: Default::default(),
+            outbox: Vec::new(),
         }
     }
 
@@ -800,6 +834,7 @@ mod tests {
                 corrections: vec![],
                 accepted_at: None,
                 metadata: Default::default(),
+                outbox: Vec::new(),
             }
         );
         // GIVEN the order named by transaction_id THEN that is the id the record carries
@@ -1159,6 +1194,7 @@ mod tests {
                 reason: AttentionReason::Stuck,
                 since: UnixMillis(6_000),
             }),
+            events: Vec::new(),
         }
     }
 
@@ -1348,6 +1384,7 @@ mod tests {
             now: UnixMillis(5),
             next_check_at: None,
             accepted_at: Some(UnixMillis(4)),
+            events: Vec::new(),
         }
     }
 
@@ -1411,6 +1448,7 @@ mod tests {
                 corrections: vec![],
                 accepted_at: Some(UnixMillis(4)),
                 metadata: Default::default(),
+                outbox: Vec::new(),
             })
         );
         // GIVEN the ids WeChat reported WHEN recorded THEN they win over the order's
@@ -1453,6 +1491,7 @@ mod tests {
             expected_version: 7,
             reason,
             now: UnixMillis(5_000),
+            events: Vec::new(),
         }
     }
 

@@ -24,13 +24,22 @@ use wxpay::{Fen, OutRefundNo, RetryClass};
 
 use crate::correction::{CorrectionKind, FactSource};
 use crate::decide::{self, CallFailure, Lookup, Schedule, Step, Why};
+use crate::events::{self, OutboxEvent};
 use crate::gateway::Gateway;
 use crate::ledger::{
     Changes, CorrectionWrite, LeaseOutcome, Ledger, LedgerError, Transition, TransitionOutcome,
 };
+use crate::publish::EventPublisher;
 use crate::state::{RefundRecord, RefundStatus, UnixMillis};
 
 pub use crate::request::RefundCommand;
+
+/// What one delivery did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryCount {
+    pub published: u32,
+    pub failed: u32,
+}
 pub use poll::PollReport;
 pub use reconciliation::{CHANGE_WATCH, ChangeRecheck};
 
@@ -46,6 +55,9 @@ pub struct ServiceConfig {
     pub page_size: usize,
     /// Passed to WeChat as `notify_url` when set.
     pub notify_url: Option<String>,
+    /// When the poller publishes an event its writer did not get published (the writer crashed,
+    /// or the publisher refused it).
+    pub redeliver_after: Duration,
 }
 
 impl Default for ServiceConfig {
@@ -55,6 +67,9 @@ impl Default for ServiceConfig {
             schedule: Schedule::default(),
             page_size: 25,
             notify_url: None,
+            // The poller runs every minute: an event its writer failed to publish goes out on the
+            // poll after next at the latest.
+            redeliver_after: Duration::from_secs(60),
         }
     }
 }
@@ -130,16 +145,57 @@ impl LeaseToken {
 pub struct RefundService {
     ledger: Arc<dyn Ledger>,
     gateway: Arc<dyn Gateway>,
+    publisher: Arc<dyn EventPublisher>,
     cfg: ServiceConfig,
 }
 
 impl RefundService {
-    pub fn new(ledger: Arc<dyn Ledger>, gateway: Arc<dyn Gateway>, cfg: ServiceConfig) -> Self {
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        gateway: Arc<dyn Gateway>,
+        publisher: Arc<dyn EventPublisher>,
+        cfg: ServiceConfig,
+    ) -> Self {
         RefundService {
             ledger,
             gateway,
+            publisher,
             cfg,
         }
+    }
+
+    /// The events a write from `before` (`None`: a first record) to `after` produces.
+    fn events_of(&self, before: Option<&RefundRecord>, after: &RefundRecord) -> Vec<OutboxEvent> {
+        let redeliver_at = after.updated_at.plus(self.cfg.redeliver_after);
+        events::of_change(before, after, redeliver_at)
+    }
+
+    /// Publishes what waits in the refund's outbox and takes what was accepted out of it. Never
+    /// fails its caller: what is not published stays for the poller. The number published.
+    pub(crate) async fn deliver(&self, rec: &RefundRecord) -> DeliveryCount {
+        let mut count = DeliveryCount::default();
+        if rec.outbox.is_empty() {
+            return count;
+        }
+        let envelopes: Vec<_> = rec.outbox.iter().map(|e| e.envelope.clone()).collect();
+        let d = self.publisher.publish(&envelopes).await;
+        let no = &rec.out_refund_no;
+        for (id, why) in &d.failed {
+            warn!(out_refund_no = %no, event_id = %id, error = %why, "event not published; the poller publishes it again");
+        }
+        count.failed = u32::try_from(d.failed.len()).unwrap_or(u32::MAX);
+        if d.accepted.is_empty() {
+            return count;
+        }
+        for e in envelopes.iter().filter(|e| d.accepted.contains(&e.id)) {
+            info!(out_refund_no = %no, event_id = %e.id, detail_type = e.detail_type.as_str(), "event published");
+        }
+        count.published = u32::try_from(d.accepted.len()).unwrap_or(u32::MAX);
+        if let Err(e) = self.ledger.mark_delivered(no, &d.accepted).await {
+            // Published but still in the outbox: published again later, under the same id.
+            warn!(out_refund_no = %no, error = %e, "published events could not be marked delivered");
+        }
+        count
     }
 
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
@@ -236,7 +292,7 @@ impl RefundService {
         source: FactSource,
         now: UnixMillis,
     ) -> Result<RefundRecord, ServiceError> {
-        let c = CorrectionWrite {
+        let mut c = CorrectionWrite {
             out_refund_no: rec.out_refund_no.clone(),
             expected_status: rec.status,
             expected_version: rec.version,
@@ -245,8 +301,12 @@ impl RefundService {
             source,
             now,
         };
+        if let Some(after) = crate::ledger::corrected(rec, &c) {
+            c.changes.events = self.events_of(Some(rec), &after);
+        }
         match self.ledger.correct(c).await? {
             TransitionOutcome::Applied(after) => {
+                self.deliver(&after).await;
                 match kind {
                     CorrectionKind::Contradiction => {
                         error!(out_refund_no = %rec.out_refund_no, out_trade_no = rec.order.field().1, ours = %rec.status, wechat = %to, refund_fee = rec.refund_fee.get(), ?source, "the ledger contradicted WeChat's books: corrected to WeChat's status, history kept; a person must check what the merchant did meanwhile");
@@ -277,7 +337,7 @@ impl RefundService {
         changes: Changes,
         now: UnixMillis,
     ) -> Result<RefundRecord, ServiceError> {
-        let t = Transition {
+        let mut t = Transition {
             out_refund_no: rec.out_refund_no.clone(),
             expected_status: rec.status,
             expected_version: rec.version,
@@ -286,8 +346,10 @@ impl RefundService {
             changes,
             now,
         };
+        t.changes.events = self.events_of(Some(rec), &crate::ledger::transitioned(rec, &t));
         match self.ledger.transition(t).await? {
             TransitionOutcome::Applied(after) => {
+                self.deliver(&after).await;
                 if after.status.needs_person() {
                     error!(out_refund_no = %after.out_refund_no, out_trade_no = after.order.field().1, "refund in CHANGE: the bank refused it; a person must handle it in the merchant platform");
                 }

@@ -124,16 +124,21 @@ impl RefundService {
             now,
             next_check_at: Some(now.plus(self.schedule().min_backoff)),
             accepted_at: None,
+            events: Vec::new(),
         })
     }
 
     pub(super) async fn record_external(
         &self,
-        ext: ExternalRefund,
+        mut ext: ExternalRefund,
     ) -> Result<RefundRecord, ServiceError> {
+        if let Some(rec) = crate::ledger::external_record(&ext) {
+            ext.events = self.events_of(None, &rec);
+        }
         match self.ledger.record_external(ext).await? {
             ExternalOutcome::Created(r) => {
                 warn!(out_refund_no = %r.out_refund_no, out_trade_no = r.order.field().1, "refund made outside wxrefund recorded as external");
+                self.deliver(&r).await;
                 Ok(r)
             }
             ExternalOutcome::Existing(r) => Ok(r),

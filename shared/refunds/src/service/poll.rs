@@ -26,6 +26,10 @@ pub struct PollReport {
     pub left_due_more: bool,
     /// How late the most overdue refund left unexamined was, when the poll ended.
     pub oldest_due_age_secs: Option<u64>,
+    /// Events their writers had not published, published now.
+    pub events_published: u32,
+    /// Events the publisher refused again: they wait for the next poll.
+    pub events_pending: u32,
 }
 
 impl PollReport {
@@ -67,6 +71,15 @@ impl RefundService {
                 if started.elapsed() >= budget {
                     report.left(&page.items[i..], page.next.is_some());
                     break 'pages;
+                }
+                if !rec.outbox.is_empty() {
+                    let d = self.deliver(&rec).await;
+                    report.events_published += d.published;
+                    report.events_pending += d.failed;
+                }
+                // In the index only for its events (final, or its next check still to come).
+                if !rec.is_due(now) {
+                    continue;
                 }
                 report.examined += 1;
                 let attempts_before = rec.attempts;
@@ -112,7 +125,11 @@ impl RefundService {
             );
         }
         // An idle poll (every minute on Lambda, every few seconds locally) is not news.
-        if report.examined == 0 && report.errors == 0 {
+        if report.examined == 0
+            && report.errors == 0
+            && report.events_published == 0
+            && report.events_pending == 0
+        {
             tracing::debug!(pages = report.pages, "poll finished: nothing due");
             return Ok(report);
         }
@@ -124,6 +141,8 @@ impl RefundService {
             needs_person = report.needs_person,
             errors = report.errors,
             pages = report.pages,
+            events_published = report.events_published,
+            events_pending = report.events_pending,
             "poll finished"
         );
         Ok(report)

@@ -352,14 +352,21 @@ impl RefundService {
 
     /// Flags a refund `mismatch` (kept if it already carries a grave flag).
     async fn flag_mismatch(&self, rec: &RefundRecord) -> Result<Resolution, ServiceError> {
-        let f = FlagWrite {
+        let mut f = FlagWrite {
             out_refund_no: rec.out_refund_no.clone(),
             expected_version: rec.version,
             reason: AttentionReason::Mismatch,
             now: UnixMillis::now(),
+            events: Vec::new(),
         };
+        if let Some(after) = crate::ledger::flagged(rec, &f) {
+            f.events = self.events_of(Some(rec), &after);
+        }
         match self.ledger.flag(f).await? {
-            TransitionOutcome::Applied(_) => Ok(Resolution::FlaggedForPerson),
+            TransitionOutcome::Applied(after) => {
+                self.deliver(&after).await;
+                Ok(Resolution::FlaggedForPerson)
+            }
             // It moved on meanwhile: the next run looks again.
             TransitionOutcome::Conflict(_) => Ok(Resolution::Unresolved),
             TransitionOutcome::NotFound => Err(ServiceError::NotFound(rec.out_refund_no.clone())),

@@ -100,6 +100,19 @@ fn found(status: wxpay::WxRefundStatus) -> RefundQueryResponse {
 }
 
 async fn service(wechat: Scripted) -> (RefundService, Arc<Scripted>, tempfile::TempDir) {
+    service_publishing(
+        wechat,
+        crate::testing::RecordingPublisher::new(),
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+async fn service_publishing(
+    wechat: Scripted,
+    publisher: Arc<crate::testing::RecordingPublisher>,
+    redeliver_after: Duration,
+) -> (RefundService, Arc<Scripted>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(EmbeddedLedger::open(dir.path().join("l.redb")).unwrap());
     let wechat = Arc::new(wechat);
@@ -109,9 +122,15 @@ async fn service(wechat: Scripted) -> (RefundService, Arc<Scripted>, tempfile::T
             first_check: Duration::ZERO,
             ..Schedule::default()
         },
+        redeliver_after,
         ..ServiceConfig::default()
     };
-    let svc = RefundService::new(ledger, Arc::clone(&wechat) as Arc<dyn Gateway>, cfg);
+    let svc = RefundService::new(
+        ledger,
+        Arc::clone(&wechat) as Arc<dyn Gateway>,
+        publisher,
+        cfg,
+    );
     (svc, wechat, dir)
 }
 
@@ -276,7 +295,12 @@ async fn a_refund_stuck_in_unknown_is_escalated_listed_and_cleared_when_it_finis
         },
         ..ServiceConfig::default()
     };
-    let svc = RefundService::new(ledger, Arc::clone(&wechat) as Arc<dyn Gateway>, cfg);
+    let svc = RefundService::new(
+        ledger,
+        Arc::clone(&wechat) as Arc<dyn Gateway>,
+        crate::testing::RecordingPublisher::new(),
+        cfg,
+    );
     svc.submit(cmd()).await.unwrap();
     // WHEN the poller finds it still UNKNOWN
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -454,4 +478,131 @@ async fn a_bill_that_does_not_add_up_is_refused_and_nothing_is_stored() {
         other => panic!("{other:?}"),
     }
     assert_eq!(svc.reconciliation(&day).await.unwrap(), None);
+}
+
+// ---- merchant events ---------------------------------------------------------------------------
+
+/// A WeChat that loses the apply's answer, then reports the refund SUCCESS when asked.
+fn lost_answer_then_success() -> Scripted {
+    let script = Scripted::default();
+    script
+        .refunds
+        .lock()
+        .unwrap()
+        .push_back(CallOutcome::Unknown(wxpay::UnknownReason::HttpStatus(502)));
+    script
+        .queries
+        .lock()
+        .unwrap()
+        .push_back(CallOutcome::Ok(found(wxpay::WxRefundStatus::Success)));
+    script
+}
+
+#[tokio::test]
+async fn a_refund_that_succeeds_is_announced_once_and_leaves_nothing_in_its_outbox() {
+    // GIVEN a publisher that takes everything
+    let events = crate::testing::RecordingPublisher::new();
+    let (svc, _wechat, _dir) = service_publishing(
+        lost_answer_then_success(),
+        Arc::clone(&events),
+        Duration::ZERO,
+    )
+    .await;
+    // WHEN a refund goes UNKNOWN, then the poller learns it succeeded
+    svc.submit(cmd()).await.unwrap();
+    assert!(
+        events.accepted().is_empty(),
+        "nothing is news before a final status"
+    );
+    svc.poll(Duration::from_secs(5)).await.unwrap();
+    // THEN one `Refund Succeeded`, with the refund as it ended
+    let rec = svc
+        .ledger()
+        .get(&"R-1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, RefundStatus::Success);
+    let got = events.accepted();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].detail_type, crate::events::DetailType::Succeeded);
+    assert_eq!(got[0].id, format!("R-1:{}:succeeded", rec.version));
+    assert_eq!(got[0].detail.previous_status, Some(RefundStatus::Unknown));
+    assert_eq!(got[0].detail.refund.status, RefundStatus::Success);
+    // AND the outbox is empty, so later polls publish nothing again
+    assert!(rec.outbox.is_empty());
+    let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((report.events_published, report.events_pending), (0, 0));
+    assert_eq!(events.accepted().len(), 1);
+}
+
+#[tokio::test]
+async fn an_event_its_writer_could_not_publish_is_published_by_the_poller_under_the_same_id() {
+    // GIVEN a destination that is down when the refund succeeds
+    let events = crate::testing::RecordingPublisher::new();
+    events.refuse(true);
+    let (svc, _wechat, _dir) = service_publishing(
+        lost_answer_then_success(),
+        Arc::clone(&events),
+        Duration::ZERO,
+    )
+    .await;
+    svc.submit(cmd()).await.unwrap();
+    let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(report.settled, 1, "{report:?}");
+    // THEN the event waits in the outbox, written with the success
+    let rec = svc
+        .ledger()
+        .get(&"R-1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.status, RefundStatus::Success);
+    assert_eq!(rec.outbox.len(), 1);
+    let id = rec.outbox[0].id().to_owned();
+    // AND a poll while the destination is still down keeps it, counted as pending
+    let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!((report.events_published, report.events_pending), (0, 1));
+    assert_eq!(report.examined, 0, "a final refund is not driven again");
+    // WHEN the destination is back and the poller runs
+    events.refuse(false);
+    let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+    // THEN it is published once, under the id it was written with, and leaves the outbox
+    assert_eq!((report.events_published, report.events_pending), (1, 0));
+    let got = events.accepted();
+    assert_eq!(
+        got.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
+        vec![id]
+    );
+    let after = svc
+        .ledger()
+        .get(&"R-1".parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(after.outbox.is_empty());
+    assert_eq!(after.version, rec.version, "a delivery is no fact");
+    svc.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(events.accepted().len(), 1);
+}
+
+#[tokio::test]
+async fn an_event_is_not_published_again_before_its_redelivery_time() {
+    // GIVEN a refund whose event could not be published, re-delivered only after an hour
+    let events = crate::testing::RecordingPublisher::new();
+    events.refuse(true);
+    let (svc, _wechat, _dir) = service_publishing(
+        lost_answer_then_success(),
+        Arc::clone(&events),
+        Duration::from_secs(3600),
+    )
+    .await;
+    svc.submit(cmd()).await.unwrap();
+    svc.poll(Duration::from_secs(5)).await.unwrap();
+    events.refuse(false);
+    // WHEN the poller runs before that
+    let report = svc.poll(Duration::from_secs(5)).await.unwrap();
+    // THEN it leaves the event alone (its writer may still be publishing it)
+    assert_eq!((report.events_published, report.events_pending), (0, 0));
+    assert!(events.accepted().is_empty());
 }

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::types::{
 };
 use wxpay::{OrderRef, OutRefundNo};
 
-use super::codec::{Item, failed_count, page_nos};
+use super::codec::{Item, failed_count, num, page_nos};
 use super::error::{config, unavailable};
 use super::expr::Expr;
 use super::keys::{
@@ -32,8 +32,8 @@ use super::updates::{
 use crate::ledger::{
     CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, FlagWrite, LeaseDecision,
     LeaseOutcome, Ledger, LedgerError, NewRefund, Page, RecordOutcome, Transition,
-    TransitionOutcome, existing_outcome, external_record, fence_holds, fresh_book, illegal,
-    lease_decision, new_record, refusal, transitioned, with_released,
+    TransitionOutcome, delivered, existing_outcome, external_record, fence_holds, fresh_book,
+    illegal, lease_decision, new_record, refusal, transitioned, with_released,
 };
 use crate::reconcile::Reconciliation;
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
@@ -123,12 +123,17 @@ impl DynamoLedger {
 
     /// The Lambda setup: AWS config from the environment, table name from `LEDGER_TABLE`.
     pub async fn from_env() -> Result<Self, LedgerError> {
+        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::from_conf(&conf)
+    }
+
+    /// The table named by `LEDGER_TABLE`, with an AWS config already loaded.
+    pub fn from_conf(conf: &aws_config::SdkConfig) -> Result<Self, LedgerError> {
         let table = std::env::var("LEDGER_TABLE")
             .ok()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| LedgerError::Config("LEDGER_TABLE is not set".into()))?;
-        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Ok(Self::new(Client::new(&conf), table))
+        Ok(Self::new(Client::new(conf), table))
     }
 
     pub fn table(&self) -> &str {
@@ -253,6 +258,62 @@ impl DynamoLedger {
                 Some(E::ConditionalCheckFailedException(c)) => Ok(Err(c.item().cloned())),
                 _ => Err(unavailable(e)),
             },
+        }
+    }
+
+    /// Puts the whole refund item if it is still at `expected_version`: `false` when it moved on
+    /// (or is gone). For writes computed from a read of the whole record.
+    pub(super) async fn put_at_version(
+        &self,
+        next: &RefundRecord,
+        expected_version: u64,
+    ) -> Result<bool, LedgerError> {
+        use aws_sdk_dynamodb::operation::put_item::PutItemError as E;
+        let mut cond = Expr::default();
+        let ver = cond.n("version");
+        let v = cond.v("exp_v", num(expected_version));
+        cond.condition = format!("{ver} = {v}");
+        self.count_write(1);
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(Item::from(next)))
+            .condition_expression(&cond.condition)
+            .set_expression_attribute_names(Some(cond.names))
+            .set_expression_attribute_values(Some(cond.values))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => match e.as_service_error() {
+                Some(E::ConditionalCheckFailedException(_)) => Ok(false),
+                _ => Err(unavailable(e)),
+            },
+        }
+    }
+
+    /// `mark_delivered`: the outbox without the delivered events, the whole item put at the
+    /// version read; a fact written meanwhile (it bumps the version) means reading again.
+    async fn take_delivered(
+        &self,
+        no: &OutRefundNo,
+        ids: &[String],
+    ) -> Result<Option<RefundRecord>, LedgerError> {
+        let mut retry = TxnRetry::new();
+        loop {
+            let Some(rec) = self.get_refund(no).await? else {
+                return Ok(None);
+            };
+            let Some(next) = delivered(&rec, ids) else {
+                return Ok(Some(rec));
+            };
+            if self.put_at_version(&next, rec.version).await? {
+                return Ok(Some(next));
+            }
+            if !retry.pause().await {
+                return Err(LedgerError::Contention(format!("delivery mark of {no}")));
+            }
         }
     }
 
@@ -597,6 +658,14 @@ impl Ledger for DynamoLedger {
         self.correct_refund(&c).await
     }
 
+    async fn mark_delivered(
+        &self,
+        no: &OutRefundNo,
+        ids: &[String],
+    ) -> Result<Option<RefundRecord>, LedgerError> {
+        self.take_delivered(no, ids).await
+    }
+
     async fn flag(&self, f: FlagWrite) -> Result<TransitionOutcome, LedgerError> {
         self.flag_refund(&f).await
     }
@@ -682,7 +751,8 @@ impl Ledger for DynamoLedger {
             // One unreadable item must not stop the poller for every other refund.
             match RefundRecord::try_from(&item) {
                 // The index is eventually consistent: a just-finished refund may linger.
-                Ok(rec) if !rec.status.is_final() => items.push(rec),
+                // A final one with events waiting for delivery is due for the delivery.
+                Ok(rec) if !rec.status.is_final() || !rec.outbox.is_empty() => items.push(rec),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "pending refund skipped: unreadable item"),
             }

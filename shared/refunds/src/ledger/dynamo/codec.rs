@@ -18,6 +18,7 @@ use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 use super::keys::{accepted_pk, pending_pk, pending_sk, refund_pk};
 use super::table::NEEDS_PERSON_PK;
 use crate::correction::{Attention, AttentionReason, Correction};
+use crate::events::OutboxEvent;
 use crate::ledger::LedgerError;
 use crate::metadata::Metadata;
 use crate::state::{LastError, Lease, OrderBook, RefundRecord, RefundStatus, UnixMillis};
@@ -90,9 +91,12 @@ impl From<&RefundRecord> for Item {
         if let Some(l) = &r.lease {
             n("lease_expires_at", l.expires_at.get());
         }
-        // Sparse index: only refunds the poller still has to drive are in it.
         if let Some(at) = r.next_check_at.filter(|_| !r.status.is_final()) {
             n("next_check_at", at.get());
+        }
+        // Sparse index: only refunds the poller still has to drive, or whose events wait for
+        // delivery, are in it.
+        if let Some(at) = r.due_at() {
             i.insert(
                 "gsi1pk".into(),
                 AttributeValue::S(pending_pk(&r.out_refund_no)),
@@ -138,6 +142,10 @@ impl From<&RefundRecord> for Item {
             && let Ok(json) = serde_json::to_string(&r.corrections)
         {
             i.insert("corrections".into(), AttributeValue::S(json));
+        }
+        // A list (one JSON string per event) so a transition can `list_append` to it.
+        if !r.outbox.is_empty() {
+            i.insert("outbox".into(), outbox_av(&r.outbox));
         }
         i
     }
@@ -237,6 +245,34 @@ impl<'a> Reader<'a> {
             _ => Err(self.corrupt(format!("order_key {key:?} has an unknown field"))),
         }
     }
+
+    fn outbox(&self) -> Result<Vec<OutboxEvent>, LedgerError> {
+        match self.item.get("outbox") {
+            None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
+            Some(AttributeValue::L(list)) => list
+                .iter()
+                .map(|v| {
+                    let json = v
+                        .as_s()
+                        .map_err(|_| self.corrupt("an outbox entry is not a string"))?;
+                    serde_json::from_str(json)
+                        .map_err(|e| self.corrupt(format!("outbox entry: {e}")))
+                })
+                .collect(),
+            Some(_) => Err(self.corrupt("outbox is not a list")),
+        }
+    }
+}
+
+/// Outbox events as stored: a list of JSON strings.
+pub(super) fn outbox_av(events: &[OutboxEvent]) -> AttributeValue {
+    AttributeValue::L(
+        events
+            .iter()
+            .filter_map(|e| serde_json::to_string(e).ok())
+            .map(AttributeValue::S)
+            .collect(),
+    )
 }
 
 pub(super) fn attention_code(reason: AttentionReason) -> &'static str {
@@ -329,6 +365,7 @@ impl TryFrom<&Item> for RefundRecord {
             accepted_at: r.opt_u64("accepted_at")?.map(UnixMillis),
             external,
             metadata,
+            outbox: r.outbox()?,
         })
     }
 }
@@ -447,6 +484,7 @@ mod tests {
                 [("crm".to_owned(), "ticket-9 退".to_owned())].into(),
             )
             .unwrap(),
+            outbox: Vec::new(),
         };
         let item = Item::from(&rec);
         assert_eq!(RefundRecord::try_from(&item).unwrap(), rec);

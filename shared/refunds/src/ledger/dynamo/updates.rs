@@ -6,7 +6,7 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, RefundId, TransactionId};
 
-use super::codec::{attention_code, num, status_av};
+use super::codec::{attention_code, num, outbox_av, status_av};
 use super::expr::Expr;
 use super::keys::{accepted_pk, pending_pk, pending_sk};
 use super::table::NEEDS_PERSON_PK;
@@ -340,17 +340,39 @@ pub(super) fn transition_update(t: &Transition) -> Expr {
         let v_owner = u.v("owner", AttributeValue::S(owner));
         condition.push_str(&format!(" AND {lo} = {v_owner}"));
     }
+    // The pending index: the next check while not final, or the events' re-delivery if sooner
+    // (`RefundRecord::due_at`). Without a new next check the stored one is not known here: the
+    // re-delivery time stands in, and the delivery puts the refund back at its next check.
+    let redeliver = c.events.iter().map(|e| e.redeliver_at).min();
+    let check = c.next_check_at.filter(|_| !t.to.is_final());
     if t.to.is_final() {
-        let (nca, g1, g2) = (u.n("next_check_at"), u.n("gsi1pk"), u.n("gsi1sk"));
-        u.remove.extend([nca, g1, g2]);
-    } else if let Some(at) = c.next_check_at {
-        let (nca, g1, g2) = (u.n("next_check_at"), u.n("gsi1pk"), u.n("gsi1sk"));
-        let v_at = u.v("nca", num(at.get()));
+        let nca = u.n("next_check_at");
+        u.remove.push(nca);
+    } else if let Some(at) = check {
+        let (nca, v_at) = (u.n("next_check_at"), u.v("nca", num(at.get())));
+        u.set.push(format!("{nca} = {v_at}"));
+    }
+    let due = match (check, redeliver) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(at) = due {
+        let (g1, g2) = (u.n("gsi1pk"), u.n("gsi1sk"));
         let v_g1 = u.v("g1", AttributeValue::S(pending_pk(&t.out_refund_no)));
         let v_g2 = u.v("g2", AttributeValue::S(pending_sk(&t.out_refund_no, at)));
-        u.set.push(format!("{nca} = {v_at}"));
         u.set.push(format!("{g1} = {v_g1}"));
         u.set.push(format!("{g2} = {v_g2}"));
+    } else if t.to.is_final() {
+        let (g1, g2) = (u.n("gsi1pk"), u.n("gsi1sk"));
+        u.remove.extend([g1, g2]);
+    }
+    if !c.events.is_empty() {
+        let ob = u.n("outbox");
+        let v_empty = u.v("no_events", AttributeValue::L(Vec::new()));
+        let v_events = u.v("events", outbox_av(&c.events));
+        u.set.push(format!(
+            "{ob} = list_append(if_not_exists({ob}, {v_empty}), {v_events})"
+        ));
     }
     u.condition = condition;
     u
