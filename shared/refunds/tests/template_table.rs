@@ -291,6 +291,7 @@ fn given_the_functions_environment_the_table_secret_and_base_url_are_configured(
     for (var, param) in [
         ("WXPAY_SECRET_ID", "WxPaySecretName"),
         ("WXPAY_BASE_URL", "WxPayBaseUrl"),
+        ("EVENT_BUS_NAME", "EventBusName"),
     ] {
         assert!(is_ref_to(at(env, &[var]), param), "{var} = !Ref {param}");
         assert!(
@@ -302,6 +303,8 @@ fn given_the_functions_environment_the_table_secret_and_base_url_are_configured(
         s(&t, &["Parameters", "WxPayBaseUrl", "Default"]),
         "https://api.mch.weixin.qq.com"
     );
+    // AND events go to the account's default bus unless another is named
+    assert_eq!(s(&t, &["Parameters", "EventBusName", "Default"]), "default");
 }
 
 // ---- the HTTP API --------------------------------------------------------------------------------
@@ -524,6 +527,18 @@ fn given_the_function_policies_each_reaches_only_the_ledger_with_item_level_acti
             ["RefundQueryFunction", "RefundReconcileFunction"].contains(&id),
             "{id}: the needs-person index is queried by the function serving GET /refunds and the daily CHANGE re-check only"
         );
+        // AND every function may put events on the configured bus, and on nothing else
+        let publish: Vec<&Value> = statements(f)
+            .into_iter()
+            .filter(|st| actions(st).iter().any(|a| a.starts_with("events:")))
+            .collect();
+        assert_eq!(publish.len(), 1, "{id}: one events statement");
+        assert_eq!(actions(publish[0]), vec!["events:PutEvents"], "{id}");
+        assert!(
+            matches!(intrinsic(at(publish[0], &["Resource"])), Some((tag, p)) if tag == "Sub"
+                && p.as_str() == Some("arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/${EventBusName}")),
+            "{id}: PutEvents on the EventBusName bus only"
+        );
         // AND every function may read the merchant secret (one policy template, one secret)
         let secret = seq(at(f, &["Properties", "Policies"]), "Policies")
             .iter()
@@ -608,6 +623,7 @@ fn given_the_alarms_every_function_and_every_business_signal_notifies_the_topic(
         ("wxrefund", "RefundsNeedingPerson"),
         ("wxrefund", "PollBacklogOldestAgeSeconds"),
         ("wxrefund", "ReconciliationMismatched"),
+        ("wxrefund", "EventsPendingDelivery"),
     ] {
         assert!(
             have.contains(&(want.0.to_owned(), want.1.to_owned())),
