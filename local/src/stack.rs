@@ -62,6 +62,8 @@ pub fn service_config(notify_url: String, escalate_after: Option<Duration>) -> S
             escalate: escalate_after.map(Escalation::all).unwrap_or_default(),
         },
         notify_url: Some(notify_url),
+        // The poller runs every 2 s here: an event a crash kept from its publisher goes out soon.
+        redeliver_after: Duration::from_secs(5),
         ..ServiceConfig::default()
     }
 }

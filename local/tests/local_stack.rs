@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -143,6 +144,59 @@ async fn until_final(http: &reqwest::Client, base: &str, no: &str, within: Durat
     }
 }
 
+/// The events `wxrefund-local` appended to `<data-dir>/events.jsonl`, one envelope per line.
+fn events_in(data: &Path) -> Vec<Value> {
+    match std::fs::read_to_string(data.join("events.jsonl")) {
+        Ok(text) => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line one JSON envelope"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The distinct event ids of `detail_type` per refund number.
+fn event_ids(events: &[Value], detail_type: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in events.iter().filter(|e| e["detail-type"] == detail_type) {
+        let no = e["detail"]["refund"]["out_refund_no"]
+            .as_str()
+            .expect("number");
+        out.entry(no.to_owned())
+            .or_default()
+            .insert(e["id"].as_str().expect("id").to_owned());
+    }
+    out
+}
+
+/// A merchant's webhook endpoint: what it was sent, with the signature header.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+    let got: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+    let seen = Arc::clone(&got);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                let sig = headers
+                    .get(wxrefund_local::events::SIGNATURE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push((sig, body.to_vec()));
+                axum::http::StatusCode::NO_CONTENT
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, got)
+}
+
 fn data_dir_arg(dir: &Path) -> String {
     dir.to_str().expect("utf-8 temp path").to_owned()
 }
@@ -153,6 +207,7 @@ async fn walkthrough_on_the_built_in_sandbox_then_sigterm() {
     let data = dir.path().join("data");
     let (api_port, sb_port) = (free_port(), free_port());
     let sb_listen = format!("127.0.0.1:{sb_port}");
+    let (hook_url, hooked) = webhook_receiver().await;
     let mut local = Local::start(
         api_port,
         &[
@@ -160,6 +215,10 @@ async fn walkthrough_on_the_built_in_sandbox_then_sigterm() {
             &sb_listen,
             "--data-dir",
             &data_dir_arg(&data),
+            "--webhook-url",
+            &hook_url,
+            "--webhook-secret",
+            "merchant-secret",
         ],
         dir.path().join("local.log"),
     );
@@ -200,6 +259,42 @@ async fn walkthrough_on_the_built_in_sandbox_then_sigterm() {
     let v = until_final(&http, &base, "refund-walk-1", Duration::from_secs(20)).await;
     assert_eq!(v["status"], "SUCCESS", "{v}");
     assert_eq!(v["refund_fee"], 300);
+
+    // 3b. the merchant is told once: one `Refund Succeeded` in events.jsonl and at the webhook,
+    // with the same id, signed with the webhook secret.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let events = loop {
+        let events = events_in(&data);
+        if !events.is_empty() && !hooked.lock().unwrap().is_empty() {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no event after SUCCESS: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e["source"], "wxrefund");
+    assert_eq!(e["detail-type"], "Refund Succeeded");
+    assert_eq!(e["detail"]["event_id"], e["id"]);
+    assert_eq!(e["detail"]["refund"]["out_refund_no"], "refund-walk-1");
+    assert_eq!(e["detail"]["refund"]["status"], "SUCCESS");
+    assert_eq!(e["detail"]["previous_status"], "PROCESSING");
+    assert!(e["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{e}");
+    let (sig, hook_body) = hooked.lock().unwrap()[0].clone();
+    let sent: Value = serde_json::from_slice(&hook_body).expect("webhook body is JSON");
+    assert_eq!(&sent, e);
+    let t: u64 = sig
+        .strip_prefix("t=")
+        .and_then(|r| r.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .expect("t=<unix seconds>");
+    assert_eq!(
+        sig,
+        wxrefund_local::events::signature("merchant-secret", t, &hook_body).expect("sign")
+    );
 
     // The same request again is a replay of the final refund.
     let (status, again) = post_refund(&http, &base, &body).await;
@@ -437,6 +532,32 @@ async fn sigkill_mid_burst_then_restart_pays_every_refund_exactly_once() {
             book.refunds.len() <= 10,
             "{o}: more refunds than the order holds"
         );
+    }
+    // The merchant was told of each success under one id, the kill notwithstanding: an event
+    // its writer did not get out (killed between the write and the append) is re-published by
+    // the poller; one appended twice keeps its id.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let told = event_ids(&events_in(&data), "Refund Succeeded");
+        let missing: Vec<&String> = ledger_refunds
+            .keys()
+            .filter(|no| !told.contains_key(*no))
+            .collect();
+        for (no, ids) in &told {
+            assert_eq!(ids.len(), 1, "{no}: one success, one id: {ids:?}");
+            assert!(
+                ledger_refunds.contains_key(no),
+                "an event for {no}, unknown to the ledger"
+            );
+        }
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Refund Succeeded event for {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!(
         "after the restart: {} refunds SUCCESS, {} apply calls to the sandbox",
