@@ -169,9 +169,12 @@ fn event_ids(events: &[Value], detail_type: &str) -> BTreeMap<String, BTreeSet<S
     out
 }
 
+/// What a webhook was sent: (signature header, body) per request.
+type Hooked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A merchant's webhook endpoint: what it was sent, with the signature header.
-async fn webhook_receiver() -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
-    let got: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+async fn webhook_receiver() -> (String, Hooked) {
+    let got: Hooked = Arc::default();
     let seen = Arc::clone(&got);
     let app = axum::Router::new().route(
         "/hook",
