@@ -87,6 +87,42 @@ async fn the_refund_binary_cold_starts_and_serves_refunds_from_api_gateway_event
         1,
         "exactly one cold start: {logs}"
     );
+    // AND each invocation ended with its CloudWatch EMF documents (one per label set): the cold
+    // start once, every answer by result, the WeChat call by outcome, all in namespace wxrefund
+    // with the Function dimension
+    let emf: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).expect("an EMF line is one JSON object"))
+        .collect();
+    for doc in &emf {
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "wxrefund", "{doc}");
+        assert_eq!(directive["Dimensions"][0][0], "Function", "{doc}");
+        assert_eq!(doc["Function"], "refund", "{doc}");
+    }
+    let with = |metric: &str| -> Vec<&serde_json::Value> {
+        emf.iter().filter(|d| !d[metric].is_null()).collect()
+    };
+    let cold = with("ColdStarts");
+    assert_eq!(cold.len(), 1, "one cold start: {logs}");
+    assert_eq!(cold[0]["ColdStarts"], 1);
+    let answers: Vec<&str> = with("RefundRequests")
+        .iter()
+        .filter_map(|d| d["result"].as_str())
+        .collect();
+    assert_eq!(answers, vec!["PROCESSING", "invalid_json"], "{logs}");
+    let calls = with("WeChatCalls");
+    assert_eq!(calls.len(), 1, "{logs}");
+    assert_eq!(
+        (calls[0]["call"].as_str(), calls[0]["outcome"].as_str()),
+        (Some("refund"), Some("ok"))
+    );
+    assert!(
+        with("WeChatCallMilliseconds")[0]["WeChatCallMilliseconds"][0]
+            .as_f64()
+            .is_some()
+    );
     // AND nothing secret was logged
     for material in parts.secret_material() {
         assert!(

@@ -196,6 +196,23 @@ impl WxPayGateway {
             Err(e) => return CallOutcome::NotSent(format!("request could not be built: {e}")),
         };
         let sign_type: SignType = cur.keys.sign_type;
+        let started = std::time::Instant::now();
+        let outcome = self
+            .post(cur, path, xml, needs_cert, sign_type, parse)
+            .await;
+        observe(path, started, &outcome, cur.client.on_backup());
+        outcome
+    }
+
+    async fn post<T>(
+        &self,
+        cur: &Current,
+        path: &str,
+        xml: String,
+        needs_cert: bool,
+        sign_type: SignType,
+        parse: fn(&XmlMap) -> Result<T, FieldError>,
+    ) -> CallOutcome<T> {
         match cur.client.post_xml(path, xml, needs_cert).await {
             Ok(reply) => {
                 let outcome =
@@ -221,6 +238,29 @@ impl WxPayGateway {
             },
         }
     }
+}
+
+/// One call's metrics: its outcome, its time and WeChat's refusal code (`crate::telemetry`).
+fn observe<T>(path: &str, started: std::time::Instant, outcome: &CallOutcome<T>, on_backup: bool) {
+    use crate::telemetry::{WECHAT_CALL_MS, WECHAT_CALLS, WECHAT_ERR_CODES, WECHAT_ON_BACKUP};
+    let call = if path == REFUND_PATH {
+        "refund"
+    } else {
+        "query"
+    };
+    let result = match outcome {
+        CallOutcome::Ok(_) => "ok",
+        CallOutcome::Rejected(e) => {
+            metrics::counter!(WECHAT_ERR_CODES, "code" => e.code.as_str().to_owned()).increment(1);
+            "rejected"
+        }
+        CallOutcome::NotSent(_) => "not_sent",
+        CallOutcome::Unknown(_) => "unknown",
+    };
+    metrics::counter!(WECHAT_CALLS, "call" => call, "outcome" => result).increment(1);
+    metrics::histogram!(WECHAT_CALL_MS, "call" => call)
+        .record(started.elapsed().as_secs_f64() * 1000.0);
+    metrics::gauge!(WECHAT_ON_BACKUP).set(if on_backup { 1.0 } else { 0.0 });
 }
 
 fn parse_refund(m: &XmlMap) -> Result<RefundResponse, FieldError> {

@@ -15,5 +15,6 @@ pub mod runtime;
 pub mod secrets;
 pub mod service;
 pub mod state;
+pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -97,6 +97,18 @@ pub enum DiscrepancyKind {
     StatusMismatch,
 }
 
+impl DiscrepancyKind {
+    /// The wire name (as serialized).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DiscrepancyKind::MissingInLedger => "missing_in_ledger",
+            DiscrepancyKind::MissingInBill => "missing_in_bill",
+            DiscrepancyKind::AmountMismatch => "amount_mismatch",
+            DiscrepancyKind::StatusMismatch => "status_mismatch",
+        }
+    }
+}
+
 /// How a discrepancy was resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -248,6 +260,18 @@ pub fn ledger_side(rec: &RefundRecord) -> Side {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_discrepancy_kind_names_itself_as_it_is_serialized() {
+        for k in [
+            super::DiscrepancyKind::MissingInLedger,
+            super::DiscrepancyKind::MissingInBill,
+            super::DiscrepancyKind::AmountMismatch,
+            super::DiscrepancyKind::StatusMismatch,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+    }
+
     use super::*;
     use RefundStatus::*;
     use wxpay::OrderRef;

@@ -79,6 +79,7 @@ pub fn client_config_from_env() -> Result<ClientConfig, BootError> {
 /// Everything a function needs, built once per cold start: secret (Secrets Manager or file), WeChat
 /// client, DynamoDB ledger (`LEDGER_TABLE`), EventBridge publisher (`EVENT_BUS_NAME`).
 pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
+    crate::telemetry::install_on_lambda();
     let source = SecretSource::from_env()
         .await?
         .with_timeout(Duration::from_secs(5));

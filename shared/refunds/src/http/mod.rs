@@ -321,6 +321,11 @@ pub fn router_with_poller(svc: Arc<RefundService>, poll_budget: Duration) -> Rou
 
 /// Runs the router as a Lambda function (API Gateway HTTP API events).
 pub async fn serve_lambda(router: Router) -> Result<(), lambda_http::Error> {
+    // One EMF document per invocation, written as it ends (crate::telemetry).
+    let router = router.layer(middleware::map_response(|r: Response| async move {
+        crate::telemetry::flush();
+        r
+    }));
     lambda_http::run(router).await
 }
 

@@ -204,8 +204,15 @@ pub(super) async fn create_refund(
 ) -> Response {
     let mut ids = RequestIds::default();
     let mut resp = match create(&svc, &headers, body, &mut ids).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Ok((resp, status)) => {
+            metrics::counter!(crate::telemetry::REFUND_REQUESTS, "result" => status.as_str())
+                .increment(1);
+            resp
+        }
+        Err(e) => {
+            metrics::counter!(crate::telemetry::REFUND_REQUESTS, "result" => e.code).increment(1);
+            e.into_response()
+        }
     };
     resp.extensions_mut().insert(ids);
     resp
@@ -216,7 +223,7 @@ async fn create(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     ids: &mut RequestIds,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, RefundStatus), ApiError> {
     let req: CreateRefund = super::json_body(headers, body, "the refund request")?;
     ids.out_refund_no = Some(super::clip(&req.out_refund_no));
     ids.out_trade_no = req.out_trade_no.as_deref().map(super::clip);
@@ -228,7 +235,10 @@ async fn create(
         Submitted::Replay(rec) if rec.status.is_final() => (StatusCode::OK, rec),
         Submitted::Replay(rec) => (StatusCode::ACCEPTED, rec),
     };
-    Ok((status, Json(RefundView::from(&rec))).into_response())
+    Ok((
+        (status, Json(RefundView::from(&rec))).into_response(),
+        rec.status,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

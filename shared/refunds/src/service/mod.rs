@@ -184,6 +184,7 @@ impl RefundService {
             warn!(out_refund_no = %no, event_id = %id, error = %why, "event not published; the poller publishes it again");
         }
         count.failed = u32::try_from(d.failed.len()).unwrap_or(u32::MAX);
+        metrics::counter!(crate::telemetry::EVENTS_PENDING).increment(u64::from(count.failed));
         if d.accepted.is_empty() {
             return count;
         }
@@ -191,6 +192,7 @@ impl RefundService {
             info!(out_refund_no = %no, event_id = %e.id, detail_type = e.detail_type.as_str(), "event published");
         }
         count.published = u32::try_from(d.accepted.len()).unwrap_or(u32::MAX);
+        metrics::counter!(crate::telemetry::EVENTS_PUBLISHED).increment(u64::from(count.published));
         if let Err(e) = self.ledger.mark_delivered(no, &d.accepted).await {
             // Published but still in the outbox: published again later, under the same id.
             warn!(out_refund_no = %no, error = %e, "published events could not be marked delivered");
@@ -266,6 +268,8 @@ impl RefundService {
                     changes.attention = decide::escalation(rec, to, self.schedule(), now);
                 }
                 if let crate::ledger::Patch::Set(a) = &changes.attention {
+                    metrics::counter!(crate::telemetry::NEEDS_PERSON, "reason" => "stuck")
+                        .increment(1);
                     error!(out_refund_no = %rec.out_refund_no, out_trade_no = rec.order.field().1, status = %to, age_secs = rec.created_at.age_at(now).as_secs(), reason = ?a.reason, "refund needs a person: still not final past its escalation age");
                 }
                 self.move_to(rec, lease, to, changes, now).await
@@ -309,6 +313,8 @@ impl RefundService {
                 self.deliver(&after).await;
                 match kind {
                     CorrectionKind::Contradiction => {
+                        metrics::counter!(crate::telemetry::NEEDS_PERSON, "reason" => "contradiction")
+                            .increment(1);
                         error!(out_refund_no = %rec.out_refund_no, out_trade_no = rec.order.field().1, ours = %rec.status, wechat = %to, refund_fee = rec.refund_fee.get(), ?source, "the ledger contradicted WeChat's books: corrected to WeChat's status, history kept; a person must check what the merchant did meanwhile");
                     }
                     CorrectionKind::Resolution => {
@@ -351,6 +357,8 @@ impl RefundService {
             TransitionOutcome::Applied(after) => {
                 self.deliver(&after).await;
                 if after.status.needs_person() {
+                    metrics::counter!(crate::telemetry::NEEDS_PERSON, "reason" => "change")
+                        .increment(1);
                     error!(out_refund_no = %after.out_refund_no, out_trade_no = after.order.field().1, "refund in CHANGE: the bank refused it; a person must handle it in the merchant platform");
                 }
                 Ok(after)

@@ -8,6 +8,7 @@ use wxpay::notify::{self, RefundNotification};
 use super::{RefundService, ServiceError};
 use crate::decide::{Lookup, Trigger};
 use crate::state::{RefundRecord, UnixMillis};
+use crate::telemetry;
 
 impl RefundService {
     /// Handles WeChat's refund notification and returns the XML reply: SUCCESS once the refund
@@ -17,16 +18,19 @@ impl RefundService {
             Ok(n) => n,
             Err(e) => {
                 warn!(error = %e, "refund notification rejected");
+                metrics::counter!(telemetry::NOTIFICATIONS, "result" => "rejected").increment(1);
                 return notify::fail_reply(&e.to_string());
             }
         };
         match self.confirm_notification(&n).await {
             Ok(rec) => {
                 info!(out_refund_no = %rec.out_refund_no, out_trade_no = %n.out_trade_no, status = %rec.status, "refund notification applied");
+                metrics::counter!(telemetry::NOTIFICATIONS, "result" => "applied").increment(1);
                 notify::SUCCESS_REPLY.to_string()
             }
             Err(e) => {
                 warn!(out_refund_no = %n.out_refund_no, error = %e, "refund notification not applied; WeChat will retry");
+                metrics::counter!(telemetry::NOTIFICATIONS, "result" => "not_applied").increment(1);
                 notify::fail_reply("temporarily unable to process")
             }
         }

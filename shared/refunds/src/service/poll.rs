@@ -124,6 +124,15 @@ impl RefundService {
                 "poll budget spent with due refunds left"
             );
         }
+        {
+            use crate::telemetry::*;
+            metrics::gauge!(POLL_EXAMINED).set(f64::from(report.examined));
+            metrics::gauge!(POLL_SETTLED).set(f64::from(report.settled));
+            metrics::gauge!(POLL_ERRORS).set(f64::from(report.errors));
+            metrics::gauge!(POLL_LEFT_DUE).set(f64::from(report.left_due));
+            metrics::gauge!(POLL_OLDEST_DUE_AGE_SECONDS)
+                .set(report.oldest_due_age_secs.map_or(0.0, |s| s as f64));
+        }
         // An idle poll (every minute on Lambda, every few seconds locally) is not news.
         if report.examined == 0
             && report.errors == 0

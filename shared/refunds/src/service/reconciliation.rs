@@ -56,6 +56,13 @@ impl RefundService {
             BillFetch::Bill(rows) => self.compare(&iso, rows, false, started_at).await?,
         };
         self.ledger.save_reconciliation(&report).await?;
+        for d in &report.discrepancies {
+            metrics::counter!(
+                crate::telemetry::RECONCILIATION_DISCREPANCIES,
+                "kind" => d.kind.as_str()
+            )
+            .increment(1);
+        }
         match report.status {
             ReportStatus::Mismatched => {
                 error!(bill_date = %iso, discrepancies = report.discrepancies.len(), bill_refunds = report.bill.refunds, ledger_refunds = report.ledger.refunds, "reconciliation found discrepancies between WeChat's refund bill and the ledger");
@@ -364,6 +371,8 @@ impl RefundService {
         }
         match self.ledger.flag(f).await? {
             TransitionOutcome::Applied(after) => {
+                metrics::counter!(crate::telemetry::NEEDS_PERSON, "reason" => "mismatch")
+                    .increment(1);
                 self.deliver(&after).await;
                 Ok(Resolution::FlaggedForPerson)
             }
