@@ -74,7 +74,8 @@ impl EventBridgePublisher {
                 return;
             }
             if send > 0 {
-                tokio::time::sleep(Duration::from_millis(100 << (2 * send))).await;
+                // 200 ms, then 800 ms: the writer may be answering an API request meanwhile.
+                tokio::time::sleep(Duration::from_millis(50 << (2 * send))).await;
             }
             let entries = pending.iter().map(|(_, entry)| entry.clone()).collect();
             let res = self
