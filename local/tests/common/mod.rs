@@ -5,40 +5,14 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use wxpay::CallOutcome;
-use wxpay::notify::{NotifyError, RefundNotification};
-use wxpay::query::{RefundQueryRequest, RefundQueryResponse};
-use wxpay::refund::{RefundRequest, RefundResponse};
-use wxrefund::gateway::Gateway;
 use wxrefund::ledger::embedded::EmbeddedLedger;
 use wxrefund::service::{RefundService, ServiceConfig};
 
-/// WeChat that cannot be reached: the routes answer without it (errors are fine here).
-pub struct Offline;
-
-#[async_trait]
-impl Gateway for Offline {
-    async fn refund(&self, _: &RefundRequest) -> CallOutcome<RefundResponse> {
-        CallOutcome::NotSent("offline".into())
-    }
-    async fn query(&self, _: &RefundQueryRequest) -> CallOutcome<RefundQueryResponse> {
-        CallOutcome::NotSent("offline".into())
-    }
-    async fn decrypt_notification(&self, _: &[u8]) -> Result<RefundNotification, NotifyError> {
-        Err(NotifyError::MissingReqInfo)
-    }
-    async fn refund_bill(
-        &self,
-        _: wxpay::bill::BillDate,
-    ) -> Result<wxpay::bill::BillText, wxrefund::gateway::BillFailure> {
-        Err(wxrefund::gateway::BillFailure::Transport("offline".into()))
-    }
-}
+pub use wxrefund::testing::OfflineGateway as Offline;
 
 pub fn router(dir: &tempfile::TempDir) -> axum::Router {
     let ledger = EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("ledger");

@@ -876,6 +876,37 @@ mod tests {
     }
 }
 
+/// A WeChat that cannot be reached: every call is "not sent" (the routes answer without it).
+pub struct OfflineGateway;
+
+#[async_trait::async_trait]
+impl crate::gateway::Gateway for OfflineGateway {
+    async fn refund(
+        &self,
+        _: &wxpay::refund::RefundRequest,
+    ) -> wxpay::CallOutcome<wxpay::refund::RefundResponse> {
+        wxpay::CallOutcome::NotSent("offline".into())
+    }
+    async fn query(
+        &self,
+        _: &wxpay::query::RefundQueryRequest,
+    ) -> wxpay::CallOutcome<wxpay::query::RefundQueryResponse> {
+        wxpay::CallOutcome::NotSent("offline".into())
+    }
+    async fn decrypt_notification(
+        &self,
+        _: &[u8],
+    ) -> Result<wxpay::notify::RefundNotification, wxpay::notify::NotifyError> {
+        Err(wxpay::notify::NotifyError::MissingReqInfo)
+    }
+    async fn refund_bill(
+        &self,
+        _: wxpay::bill::BillDate,
+    ) -> Result<wxpay::bill::BillText, crate::gateway::BillFailure> {
+        Err(crate::gateway::BillFailure::Transport("offline".into()))
+    }
+}
+
 /// The record `Ledger::record` would write for `n` (to build a record in tests).
 pub fn record_of(n: &crate::ledger::NewRefund) -> crate::state::RefundRecord {
     crate::ledger::new_record(n)
