@@ -187,8 +187,7 @@ impl SignString {
     }
 
     /// `name=value&`.
-    fn field(&mut self, name: &str, value: &str) {
-        let (name, value) = (name.as_bytes(), value.as_bytes());
+    fn field(&mut self, name: &[u8], value: &[u8]) {
         let need = name.len() + value.len() + 2;
         if need > self.buf.len() - self.len {
             self.flush();
@@ -238,13 +237,13 @@ fn signed_fields<'a>(
 
 /// The signature of fields already in signing order (sorted, `sign` and empty values still in).
 fn sign_sorted<'a>(
-    sorted: impl IntoIterator<Item = (&'a str, &'a str)>,
+    sorted: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     key: &ApiKey,
     sign_type: SignType,
 ) -> ([u8; 64], usize) {
     let mut s = SignString::new(key, sign_type);
     for (k, v) in sorted {
-        if is_signed(k, v) {
+        if k != b"sign" && !v.is_empty() {
             s.field(k, v);
         }
     }
@@ -257,7 +256,12 @@ pub fn sign<'a>(
     key: &ApiKey,
     sign_type: SignType,
 ) -> String {
-    let (hex, len) = sign_sorted(signed_fields(params), key, sign_type);
+    let fields = signed_fields(params);
+    let (hex, len) = sign_sorted(
+        fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        key,
+        sign_type,
+    );
     hex[..len].iter().map(|&b| char::from(b)).collect()
 }
 
@@ -284,7 +288,12 @@ pub fn verify<'a>(
     if given.len() != sign_type.hex_len() {
         return false;
     }
-    let (hex, len) = sign_sorted(signed_fields(params), key, sign_type);
+    let fields = signed_fields(params);
+    let (hex, len) = sign_sorted(
+        fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        key,
+        sign_type,
+    );
     matches(&hex[..len], sign_type, given)
 }
 
@@ -294,7 +303,7 @@ pub fn verify_map(map: &XmlMap, key: &ApiKey, sign_type: SignType, given: &str) 
     if given.len() != sign_type.hex_len() {
         return false;
     }
-    let (hex, len) = sign_sorted(map.iter(), key, sign_type);
+    let (hex, len) = sign_sorted(map.raw_iter(), key, sign_type);
     matches(&hex[..len], sign_type, given)
 }
 

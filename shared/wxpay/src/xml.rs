@@ -62,25 +62,56 @@ struct Fields {
 }
 
 /// One field as byte ranges of [`Fields::text`] (always on character boundaries), with the first
-/// eight bytes of its name as a big-endian number: most comparisons while sorting and searching are
-/// decided by that number alone.
+/// sixteen bytes of its name as a big-endian number: most comparisons while sorting and searching
+/// are decided by that number alone.
 #[derive(Clone, Copy, Debug)]
 struct Span {
-    key: u64,
+    key: u128,
     name_start: usize,
     name_end: usize,
     value_start: usize,
     value_end: usize,
 }
 
-/// The first eight bytes of a name, zero-padded, as a big-endian number. Zero is the smallest byte,
-/// so comparing keys, and the whole names when the keys are equal, is byte order.
-fn prefix_key(name: &[u8]) -> u64 {
-    let mut k = [0u8; 8];
+/// Bytes of a name in its [`Span::key`].
+const KEY_BYTES: usize = 16;
+
+/// The first sixteen bytes of the name at `text[start..end]`, zero-padded, as a big-endian number.
+/// Zero is the smallest byte, so comparing keys, then the rest of the names, then their lengths, is
+/// byte order.
+fn key_at(text: &[u8], start: usize, end: usize) -> u128 {
+    let len = end - start;
+    // A decoded name is followed by at least its end tag: read sixteen bytes and mask the excess.
+    if let Some(window) = text.get(start..start + KEY_BYTES)
+        && let Ok(bytes) = <[u8; KEY_BYTES]>::try_from(window)
+    {
+        let word = u128::from_be_bytes(bytes);
+        return if len >= KEY_BYTES {
+            word
+        } else {
+            word & !(u128::MAX >> (8 * len))
+        };
+    }
+    prefix_key(&text[start..end])
+}
+
+/// As [`key_at`] for a name on its own.
+fn prefix_key(name: &[u8]) -> u128 {
+    let mut k = [0u8; KEY_BYTES];
     for (d, s) in k.iter_mut().zip(name) {
         *d = *s;
     }
-    u64::from_be_bytes(k)
+    u128::from_be_bytes(k)
+}
+
+/// Byte order of two spans' names within `text`, the keys first.
+fn cmp_names(text: &[u8], x: &Span, y: &Span) -> Ordering {
+    x.key.cmp(&y.key).then_with(|| {
+        let tail = |s: &Span| &text[(s.name_start + KEY_BYTES).min(s.name_end)..s.name_end];
+        tail(x)
+            .cmp(tail(y))
+            .then((x.name_end - x.name_start).cmp(&(y.name_end - y.name_start)))
+    })
 }
 
 impl Span {
@@ -92,7 +123,7 @@ impl Span {
         text: &[u8],
     ) -> Span {
         Span {
-            key: prefix_key(&text[name_start..name_end]),
+            key: key_at(text, name_start, name_end),
             name_start,
             name_end,
             value_start,
@@ -102,10 +133,6 @@ impl Span {
 }
 
 impl Fields {
-    fn name_bytes(&self, s: &Span) -> &[u8] {
-        &self.text.as_bytes()[s.name_start..s.name_end]
-    }
-
     fn name(&self, s: &Span) -> &str {
         &self.text[s.name_start..s.name_end]
     }
@@ -116,11 +143,27 @@ impl Fields {
 
     /// The index of `name` in `spans`, or where it would go.
     fn find(&self, name: &str) -> Result<usize, usize> {
-        let key = prefix_key(name.as_bytes());
+        let name = name.as_bytes();
+        let key = prefix_key(name);
+        let tail = &name[KEY_BYTES.min(name.len())..];
+        let text = self.text.as_bytes();
         self.spans.binary_search_by(|s| {
-            s.key
-                .cmp(&key)
-                .then_with(|| self.name_bytes(s).cmp(name.as_bytes()))
+            s.key.cmp(&key).then_with(|| {
+                text[(s.name_start + KEY_BYTES).min(s.name_end)..s.name_end]
+                    .cmp(tail)
+                    .then((s.name_end - s.name_start).cmp(&name.len()))
+            })
+        })
+    }
+
+    /// Every field as bytes, in name order (for signing: no character-boundary checks).
+    fn raw(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let text = self.text.as_bytes();
+        self.spans.iter().map(move |s| {
+            (
+                &text[s.name_start..s.name_end],
+                &text[s.value_start..s.value_end],
+            )
         })
     }
 
@@ -219,6 +262,11 @@ impl XmlMap {
         f.spans.iter().map(move |s| (f.name(s), f.value(s)))
     }
 
+    /// Every field as bytes, in name order.
+    pub(crate) fn raw_iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.0.raw()
+    }
+
     pub fn keys(&self) -> impl ExactSizeIterator<Item = &str> + DoubleEndedIterator {
         let f = &*self.0;
         f.spans.iter().map(move |s| f.name(s))
@@ -272,11 +320,7 @@ impl FromIterator<(String, String)> for XmlMap {
         }
         // Stable, so that among equal names the last one given is last.
         let text = f.text.as_bytes();
-        f.spans.sort_by(|a, b| {
-            a.key
-                .cmp(&b.key)
-                .then_with(|| text[a.name_start..a.name_end].cmp(&text[b.name_start..b.name_end]))
-        });
+        f.spans.sort_by(|a, b| cmp_names(text, a, b));
         let mut kept: Vec<Span> = Vec::with_capacity(f.spans.len());
         let mut dead = 0;
         for s in f.spans.drain(..) {
@@ -360,32 +404,53 @@ pub fn decode_root(body: &[u8], root: &'static str) -> Result<XmlMap, XmlError> 
         return Err(XmlError::Empty);
     }
     // A declaration can hide inside the prolog in ways a streaming parser reports late; refuse the
-    // markers outright (no legitimate WeChat message contains them outside CDATA).
+    // markers outright (no legitimate WeChat message contains them outside CDATA). The fast decoder
+    // gives up on any marker it meets, and every other byte it passes is markup that cannot start
+    // one, so the whole body is searched only when it did not take the body.
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(if has_declaration(body) {
+            XmlError::Doctype
+        } else {
+            XmlError::Malformed("body is not UTF-8".into())
+        });
+    };
+    if let Some(map) = decode_flat(text, root) {
+        return Ok(map);
+    }
     if has_declaration(body) {
         return Err(XmlError::Doctype);
     }
-    let text =
-        std::str::from_utf8(body).map_err(|_| XmlError::Malformed("body is not UTF-8".into()))?;
-    match decode_flat(text, root) {
-        Some(map) => Ok(map),
-        None => decode_general(text, root),
-    }
+    decode_general(text, root)
 }
 
 /// `<!DOCTYPE` or `<!ENTITY` anywhere, in any case.
 fn has_declaration(body: &[u8]) -> bool {
-    memchr::memchr_iter(b'!', body).any(|i| {
-        let rest = &body[i + 1..];
-        i > 0
-            && body[i - 1] == b'<'
-            && (rest
-                .get(..7)
-                .is_some_and(|w| w.eq_ignore_ascii_case(b"DOCTYPE"))
-                || rest
-                    .get(..6)
-                    .is_some_and(|w| w.eq_ignore_ascii_case(b"ENTITY")))
-    })
+    memchr::memchr_iter(b'<', body).any(|i| declaration_at(body, i))
 }
+
+/// Whether the `<` at `i` starts `<!DOCTYPE` or `<!ENTITY`, in any case.
+fn declaration_at(body: &[u8], i: usize) -> bool {
+    let rest = &body[i + 1..];
+    rest.first() == Some(&b'!')
+        && (rest
+            .get(1..8)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"DOCTYPE"))
+            || rest
+                .get(1..7)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"ENTITY")))
+}
+
+/// The bytes of a name the fast decoder reads: ASCII letters, digits and `_`.
+const NAME_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_';
+        c += 1;
+    }
+    t
+};
 
 fn is_xml_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
@@ -402,7 +467,10 @@ fn skip_space(b: &[u8], mut i: usize) -> usize {
 /// nothing but whitespace, each value one CDATA section or plain text without `&`; names of ASCII
 /// letters, digits and `_` not starting with a digit; end tags spelled exactly as the start tags;
 /// nothing but whitespace around the root. `None` for anything else (prolog, comments, entities,
-/// attributes, nesting, duplicates, too many fields, …): the general decoder then decides.
+/// attributes, nesting, duplicates, too many fields, a `<!DOCTYPE` / `<!ENTITY` marker inside a
+/// CDATA section, …): the general decoder then decides. Accepting means that the body holds no such
+/// marker: outside CDATA every `<` it passed starts a tag or a CDATA section, and plain text ends at
+/// a `<`.
 fn decode_flat(text: &str, root: &str) -> Option<XmlMap> {
     let b = text.as_bytes();
     let mut i = skip_space(b, 0);
@@ -437,7 +505,7 @@ fn decode_flat(text: &str, root: &str) -> Option<XmlMap> {
             Some(c) if c.is_ascii_alphabetic() || *c == b'_' => i += 1,
             _ => return None,
         }
-        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
+        while i < b.len() && NAME_BYTE[usize::from(b[i])] {
             i += 1;
         }
         let name_end = i;
@@ -491,19 +559,17 @@ fn decode_flat(text: &str, root: &str) -> Option<XmlMap> {
     })))
 }
 
-/// Byte order of two spans' names within `text`.
-fn cmp_names(text: &[u8], x: &Span, y: &Span) -> Ordering {
-    x.key
-        .cmp(&y.key)
-        .then_with(|| text[x.name_start..x.name_end].cmp(&text[y.name_start..y.name_end]))
-}
-
-/// Where the `]]>` closing a CDATA section that starts at `from` is.
+/// Where the `]]>` closing a CDATA section that starts at `from` is; `None` when there is none, or
+/// when the section holds a `<!DOCTYPE` / `<!ENTITY` marker (which the caller must refuse).
 fn find_cdata_end(b: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     loop {
-        let j = at + memchr::memchr(b']', &b[at..])?;
-        if b[j..].starts_with(b"]]>") {
+        let j = at + memchr::memchr2(b']', b'<', &b[at..])?;
+        if b[j] == b'<' {
+            if declaration_at(b, j) {
+                return None;
+            }
+        } else if b[j..].starts_with(b"]]>") {
             return Some(j);
         }
         at = j + 1;
@@ -946,6 +1012,10 @@ mod tests {
             "&#x4e2d;",
             "&xxe;",
             "<!",
+            "<!DOCTYPE x>",
+            "<!entity",
+            "<!doc",
+            "TYPE",
             "<![CDATA[",
             "</",
             "?",
