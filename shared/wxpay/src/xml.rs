@@ -545,18 +545,83 @@ fn decode_flat(text: &str, root: &str) -> Option<XmlMap> {
             Span::new(name_start, name_end, value_start, value_end, b),
         )?;
     }
-    spans.sort_unstable_by(|x, y| cmp_names(b, x, y));
-    if spans
-        .windows(2)
-        .any(|w| b[w[0].name_start..w[0].name_end] == b[w[1].name_start..w[1].name_end])
-    {
-        return None;
-    }
+    let spans = sorted_unique(b, &spans)?;
     Some(XmlMap(Arc::new(Fields {
         text: text.to_owned(),
         spans,
         dead: 0,
     })))
+}
+
+/// Bytes of a name in a [`SortKey`].
+const SORT_KEY_BYTES: usize = 24;
+
+/// A name's key while the decoder sorts: its first 24 bytes as three big-endian words, zero-padded
+/// (WeChat's names fit: `settlement_refund_fee_$n` is the longest), and which span it is. Smaller
+/// than a [`Span`] and compared without looking at the text, so sorting hundreds of them is cheap.
+#[derive(Clone, Copy)]
+struct SortKey {
+    words: [u64; 3],
+    span: usize,
+}
+
+fn sort_words(text: &[u8], start: usize, end: usize) -> [u64; 3] {
+    let len = end - start;
+    let mut words = [0u64; 3];
+    // A decoded name is followed by at least its end tag: read whole words and mask the excess.
+    if let Some(window) = text.get(start..start + SORT_KEY_BYTES) {
+        for (j, (w, chunk)) in words.iter_mut().zip(window.chunks_exact(8)).enumerate() {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            let word = u64::from_be_bytes(bytes);
+            let have = len.saturating_sub(8 * j);
+            *w = if have >= 8 {
+                word
+            } else if have == 0 {
+                0
+            } else {
+                word & !(u64::MAX >> (8 * have))
+            };
+        }
+    } else {
+        for (i, &c) in text[start..end].iter().take(SORT_KEY_BYTES).enumerate() {
+            words[i / 8] |= u64::from(c) << (56 - 8 * (i % 8));
+        }
+    }
+    words
+}
+
+/// The spans in name order, or `None` when a name appears twice (the general decoder then reports
+/// the first duplicate in document order).
+fn sorted_unique(text: &[u8], spans: &[Span]) -> Option<Vec<Span>> {
+    let mut keys: Vec<SortKey> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SortKey {
+            words: sort_words(text, s.name_start, s.name_end),
+            span: i,
+        })
+        .collect();
+    // After the first 24 bytes, the rest of the names, then their lengths (a shorter name that is a
+    // prefix of a longer one, or equal to it but for trailing NULs in the key, sorts first).
+    let rest = |s: &Span| {
+        (
+            &text[(s.name_start + SORT_KEY_BYTES).min(s.name_end)..s.name_end],
+            s.name_end - s.name_start,
+        )
+    };
+    keys.sort_unstable_by(|x, y| {
+        x.words
+            .cmp(&y.words)
+            .then_with(|| rest(&spans[x.span]).cmp(&rest(&spans[y.span])))
+    });
+    let duplicate = keys
+        .windows(2)
+        .any(|w| w[0].words == w[1].words && rest(&spans[w[0].span]) == rest(&spans[w[1].span]));
+    if duplicate {
+        return None;
+    }
+    Some(keys.iter().map(|k| spans[k.span]).collect())
 }
 
 /// Where the `]]>` closing a CDATA section that starts at `from` is; `None` when there is none, or
@@ -982,10 +1047,12 @@ mod tests {
         let name = prop_oneof![
             6 => proptest::sample::select(vec![
                 "a", "b", "ab", "A", "_z", "x_1", "sign", "return_code", "coupon_type_0_0",
-                "coupon_type_0_1", "xml", "refund_fee_0",
+                "coupon_type_0_1", "xml", "refund_fee_0", "settlement_refund_fee_10", "settlement_refund_fee_1",
+                "settlement_refund_fee_10_long_a", "settlement_refund_fee_10_long_b",
+                "settlement_refund_fee_10_long",
             ])
             .prop_map(str::to_string),
-            3 => "[a-zA-Z_][a-zA-Z0-9_]{0,12}",
+            3 => "[a-zA-Z_][a-zA-Z0-9_]{0,12}|settlement_refund_fee_[a-z0-9_]{0,8}",
             1 => proptest::sample::select(vec!["1a", "a:b", "a-b", "a.b", "é"]).prop_map(str::to_string),
         ];
         let atom = proptest::sample::select(vec![
@@ -1132,7 +1199,7 @@ mod tests {
         #[test]
         fn map_behaves_like_a_btreemap(
             ops in proptest::collection::vec(
-                (any::<bool>(), "[aAb_]{0,3}|coupon_refund_fee_[0-9]{1,2}|\u{0}|中", "[a-z]{0,150}"),
+                (any::<bool>(), "[aAb_]{0,3}|coupon_refund_fee_[0-9]{1,2}|settlement_refund_fee_[0-9a]{0,6}|\u{0}|中", "[a-z]{0,150}"),
                 0..120,
             )
         ) {
