@@ -456,6 +456,7 @@ fn is_xml_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+#[inline]
 fn skip_space(b: &[u8], mut i: usize) -> usize {
     while i < b.len() && is_xml_space(b[i]) {
         i += 1;
@@ -483,7 +484,7 @@ fn decode_flat(text: &str, root: &str) -> Option<XmlMap> {
     }
     i += 1;
     // A CDATA field costs at least 27 bytes (`<a><![CDATA[]]></a>` and some value); a guess only.
-    let mut spans: Vec<Span> = Vec::with_capacity(b.len() / 48);
+    let mut fields = Scanned::with_capacity(b.len() / 48);
     loop {
         i = skip_space(b, i);
         if b.get(i) != Some(&b'<') {
@@ -502,19 +503,17 @@ fn decode_flat(text: &str, root: &str) -> Option<XmlMap> {
         }
         let name_start = i;
         match b.get(i) {
-            Some(c) if c.is_ascii_alphabetic() || *c == b'_' => i += 1,
+            Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {}
             _ => return None,
         }
-        while i < b.len() && NAME_BYTE[usize::from(b[i])] {
-            i += 1;
-        }
+        i += name_len(&b[i..]);
         let name_end = i;
         let name = &b[name_start..name_end];
         match b.get(i) {
             Some(b'>') => i += 1,
             Some(b'/') if b.get(i + 1) == Some(&b'>') => {
                 i += 2;
-                push_field(&mut spans, Span::new(name_start, name_end, i, i, b))?;
+                fields.push(b, name_start, name_end, i, i)?;
                 continue;
             }
             _ => return None,
@@ -540,12 +539,9 @@ fn decode_flat(text: &str, root: &str) -> Option<XmlMap> {
             return None;
         }
         i += 3 + name.len();
-        push_field(
-            &mut spans,
-            Span::new(name_start, name_end, value_start, value_end, b),
-        )?;
+        fields.push(b, name_start, name_end, value_start, value_end)?;
     }
-    let spans = sorted_unique(b, &spans)?;
+    let spans = fields.sorted_unique(b)?;
     Some(XmlMap(Arc::new(Fields {
         text: text.to_owned(),
         spans,
@@ -553,83 +549,182 @@ fn decode_flat(text: &str, root: &str) -> Option<XmlMap> {
     })))
 }
 
-/// Bytes of a name in a [`SortKey`].
-const SORT_KEY_BYTES: usize = 24;
-
-/// A name's key while the decoder sorts: its first 24 bytes as three big-endian words, zero-padded
-/// (WeChat's names fit: `settlement_refund_fee_$n` is the longest), and which span it is. Smaller
-/// than a [`Span`] and compared without looking at the text, so sorting hundreds of them is cheap.
-#[derive(Clone, Copy)]
-struct SortKey {
-    words: [u64; 3],
-    span: usize,
+/// The fields the fast decoder has read, in document order.
+struct Scanned {
+    spans: Vec<Span>,
 }
 
-fn sort_words(text: &[u8], start: usize, end: usize) -> [u64; 3] {
-    let len = end - start;
-    let mut words = [0u64; 3];
-    // A decoded name is followed by at least its end tag: read whole words and mask the excess.
-    if let Some(window) = text.get(start..start + SORT_KEY_BYTES) {
-        for (j, (w, chunk)) in words.iter_mut().zip(window.chunks_exact(8)).enumerate() {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(chunk);
-            let word = u64::from_be_bytes(bytes);
-            let have = len.saturating_sub(8 * j);
-            *w = if have >= 8 {
-                word
-            } else if have == 0 {
-                0
-            } else {
-                word & !(u64::MAX >> (8 * have))
-            };
-        }
-    } else {
-        for (i, &c) in text[start..end].iter().take(SORT_KEY_BYTES).enumerate() {
-            words[i / 8] |= u64::from(c) << (56 - 8 * (i % 8));
+/// Name bytes per sorting round: with the span's index in the low 16 bits, one `u128` per name.
+const WINDOW: usize = 14;
+
+/// The bytes `[at, at + WINDOW)` of the name `text[.., end)`, zero-padded past its end, in the top
+/// 112 bits; the low 16 bits are left zero.
+#[inline]
+fn window_at(text: &[u8], at: usize, end: usize) -> u128 {
+    let have = end.saturating_sub(at).min(WINDOW);
+    if have == 0 {
+        return 0;
+    }
+    // A decoded name is followed by at least its end tag: read sixteen bytes and mask the excess.
+    if let Some(w) = text.get(at..at + 16)
+        && let Ok(bytes) = <[u8; 16]>::try_from(w)
+    {
+        return u128::from_be_bytes(bytes) & !(u128::MAX >> (8 * have));
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..have].copy_from_slice(&text[at..at + have]);
+    u128::from_be_bytes(bytes)
+}
+
+impl Scanned {
+    fn with_capacity(n: usize) -> Scanned {
+        Scanned {
+            spans: Vec::with_capacity(n),
         }
     }
-    words
+
+    /// Adds a field, giving up on more than the general decoder allows (which then says so).
+    #[inline]
+    fn push(
+        &mut self,
+        text: &[u8],
+        name_start: usize,
+        name_end: usize,
+        value_start: usize,
+        value_end: usize,
+    ) -> Option<()> {
+        if self.spans.len() >= MAX_FIELDS {
+            return None;
+        }
+        self.spans.push(Span::new(
+            name_start,
+            name_end,
+            value_start,
+            value_end,
+            text,
+        ));
+        Some(())
+    }
+
+    /// The spans in name order, or `None` when a name appears twice (the general decoder then
+    /// reports the first duplicate in document order).
+    ///
+    /// The names have no NUL byte (the fast decoder reads only letters, digits and `_`), so
+    /// zero-padding them is unambiguous and byte order is the order of their 14-byte windows, one
+    /// window after the other. Each round sorts plain `u128`s (window, span index): a round over all
+    /// names, then one over each run that tied, on the next window. A run whose window is past the
+    /// end of every name in it is a set of equal names.
+    fn sorted_unique(self, text: &[u8]) -> Option<Vec<Span>> {
+        const INDEX: u128 = 0xffff;
+        let spans = self.spans;
+        // The first window is the top of each span's key, already read.
+        let mut keys: Vec<u128> = Vec::with_capacity(spans.len());
+        for (i, s) in spans.iter().enumerate() {
+            keys.push((s.key & !INDEX) | u128::from(u16::try_from(i).ok()?));
+        }
+        // (start, end, window number) of the slices of `keys` still to sort.
+        let mut todo: Vec<(usize, usize, usize)> = vec![(0, keys.len(), 0)];
+        while let Some((from, to, round)) = todo.pop() {
+            let part = &mut keys[from..to];
+            if round > 0 {
+                for k in part.iter_mut() {
+                    let i = *k & INDEX;
+                    let s = &spans[i as usize];
+                    *k = window_at(text, s.name_start + round * WINDOW, s.name_end) | i;
+                }
+            }
+            part.sort_unstable();
+            let mut run = 0;
+            for j in 1..=part.len() {
+                if j < part.len() && part[j] >> 16 == part[run] >> 16 {
+                    continue;
+                }
+                if j - run > 1 {
+                    if part[run] >> 16 == 0 {
+                        return None;
+                    }
+                    todo.push((from + run, from + j, round + 1));
+                }
+                run = j;
+            }
+        }
+        Some(keys.iter().map(|&k| spans[(k & INDEX) as usize]).collect())
+    }
 }
 
-/// The spans in name order, or `None` when a name appears twice (the general decoder then reports
-/// the first duplicate in document order).
-fn sorted_unique(text: &[u8], spans: &[Span]) -> Option<Vec<Span>> {
-    let mut keys: Vec<SortKey> = spans
+// Word-at-a-time scanning: a reply's names and values are mostly shorter than the set-up of a
+// vectorised search, so eight bytes are tested at once with integer arithmetic instead.
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `w` that is zero, the others clear (exact: no borrow between bytes).
+#[inline]
+fn zero_bytes(w: u64) -> u64 {
+    !(((w & !HIGH) + !HIGH) | w) & HIGH
+}
+
+/// The high bit of each byte of `w` that is not an ASCII letter, digit or `_`.
+#[inline]
+fn non_name_bytes(w: u64) -> u64 {
+    // On seven-bit bytes, `y + (0x80 - lo)` has the high bit iff `y >= lo`, and no sum carries.
+    let y = w & !HIGH;
+    let at_least = |v: u64, lo: u8| v + u64::from(0x80 - lo) * ONES;
+    let in_range = |v: u64, lo: u8, hi: u8| at_least(v, lo) & !at_least(v, hi + 1);
+    let digit = in_range(y, b'0', b'9');
+    // Setting bit 5 maps `A`–`Z` onto `a`–`z` and nothing else into that range.
+    let letter = in_range(y | (0x20 * ONES), b'a', b'z');
+    let underscore = zero_bytes(y ^ (u64::from(b'_') * ONES));
+    // Bytes of 0x80 and above are never name bytes.
+    !((digit | letter | underscore) & !w) & HIGH
+}
+
+/// How many name bytes (ASCII letters, digits, `_`) `b` starts with.
+#[inline]
+fn name_len(b: &[u8]) -> usize {
+    let mut n = 0;
+    while let Some(chunk) = b.get(n..n + 8)
+        && let Ok(bytes) = <[u8; 8]>::try_from(chunk)
+    {
+        let bad = non_name_bytes(u64::from_le_bytes(bytes));
+        if bad != 0 {
+            return n + (bad.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + b[n..]
         .iter()
-        .enumerate()
-        .map(|(i, s)| SortKey {
-            words: sort_words(text, s.name_start, s.name_end),
-            span: i,
-        })
-        .collect();
-    // After the first 24 bytes, the rest of the names, then their lengths (a shorter name that is a
-    // prefix of a longer one, or equal to it but for trailing NULs in the key, sorts first).
-    let rest = |s: &Span| {
-        (
-            &text[(s.name_start + SORT_KEY_BYTES).min(s.name_end)..s.name_end],
-            s.name_end - s.name_start,
-        )
-    };
-    keys.sort_unstable_by(|x, y| {
-        x.words
-            .cmp(&y.words)
-            .then_with(|| rest(&spans[x.span]).cmp(&rest(&spans[y.span])))
-    });
-    let duplicate = keys
-        .windows(2)
-        .any(|w| w[0].words == w[1].words && rest(&spans[w[0].span]) == rest(&spans[w[1].span]));
-    if duplicate {
-        return None;
+        .take_while(|&&c| NAME_BYTE[usize::from(c)])
+        .count()
+}
+
+/// Where the first `]` or `<` of `b` is.
+#[inline]
+fn find_bracket_or_lt(b: &[u8]) -> Option<usize> {
+    let mut n = 0;
+    while let Some(chunk) = b.get(n..n + 8)
+        && let Ok(bytes) = <[u8; 8]>::try_from(chunk)
+    {
+        let w = u64::from_le_bytes(bytes);
+        let hits =
+            zero_bytes(w ^ (u64::from(b']') * ONES)) | zero_bytes(w ^ (u64::from(b'<') * ONES));
+        if hits != 0 {
+            return Some(n + (hits.trailing_zeros() / 8) as usize);
+        }
+        n += 8;
     }
-    Some(keys.iter().map(|k| spans[k.span]).collect())
+    b[n..]
+        .iter()
+        .position(|&c| c == b']' || c == b'<')
+        .map(|p| n + p)
 }
 
 /// Where the `]]>` closing a CDATA section that starts at `from` is; `None` when there is none, or
 /// when the section holds a `<!DOCTYPE` / `<!ENTITY` marker (which the caller must refuse).
+#[inline]
 fn find_cdata_end(b: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     loop {
-        let j = at + memchr::memchr2(b']', b'<', &b[at..])?;
+        let j = at + find_bracket_or_lt(&b[at..])?;
         if b[j] == b'<' {
             if declaration_at(b, j) {
                 return None;
@@ -639,15 +734,6 @@ fn find_cdata_end(b: &[u8], from: usize) -> Option<usize> {
         }
         at = j + 1;
     }
-}
-
-/// Adds a field, giving up on more than the general decoder allows (which then says so).
-fn push_field(spans: &mut Vec<Span>, span: Span) -> Option<()> {
-    if spans.len() >= MAX_FIELDS {
-        return None;
-    }
-    spans.push(span);
-    Some(())
 }
 
 /// The general decoder (quick-xml), for every shape the fast one does not take: the reference both
@@ -854,6 +940,31 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(garbage)
             );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn word_scans_match_byte_scans(b in proptest::collection::vec(
+            prop_oneof![any::<u8>(), proptest::sample::select(b"aZz09_]<>`@[{/:\x7f\x80\xff".to_vec())],
+            0..40,
+        )) {
+            prop_assert_eq!(
+                name_len(&b),
+                b.iter().take_while(|&&c| c.is_ascii_alphanumeric() || c == b'_').count()
+            );
+            prop_assert_eq!(find_bracket_or_lt(&b), b.iter().position(|&c| c == b']' || c == b'<'));
+        }
+    }
+
+    #[test]
+    fn name_bytes_are_exactly_letters_digits_and_underscore() {
+        for c in 0..=255u8 {
+            let word = u64::from_le_bytes([b'a', c, b'a', b'a', b'a', b'a', b'a', b'a']);
+            let is_name = c.is_ascii_alphanumeric() || c == b'_';
+            assert_eq!(non_name_bytes(word) == 0, is_name, "{c:#x}");
+            assert_eq!(NAME_BYTE[usize::from(c)], is_name, "{c:#x}");
+            assert_eq!(name_len(&[c; 9]), if is_name { 9 } else { 0 }, "{c:#x}");
         }
     }
 
