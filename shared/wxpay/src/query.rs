@@ -194,8 +194,7 @@ const MAX_RECORDS: u32 = 100;
 const MAX_COUPONS: u32 = 50;
 
 /// Splits `name_12` into (`name`, 12): the part after the last `_`, when it is 1–4 ASCII digits.
-fn split_index(key: &str) -> Option<(&str, u32)> {
-    let b = key.as_bytes();
+fn split_index(b: &[u8]) -> Option<(&[u8], u32)> {
     let mut i = b.len();
     let mut n = 0u32;
     let mut scale = 1u32;
@@ -208,15 +207,15 @@ fn split_index(key: &str) -> Option<(&str, u32)> {
     if i == b.len() || i == 0 || b[i - 1] != b'_' {
         return None;
     }
-    Some((&key[..i - 1], n))
+    Some((&b[..i - 1], n))
 }
 
-fn record_base(base: &str) -> Option<usize> {
-    RECORD_FIELDS.iter().position(|b| *b == base)
+fn record_base(base: &[u8]) -> Option<usize> {
+    RECORD_FIELDS.iter().position(|b| b.as_bytes() == base)
 }
 
-fn coupon_base(base: &str) -> Option<usize> {
-    COUPON_FIELDS.iter().position(|b| *b == base)
+fn coupon_base(base: &[u8]) -> Option<usize> {
+    COUPON_FIELDS.iter().position(|b| b.as_bytes() == base)
 }
 
 /// Indexes of the names in [`RECORD_FIELDS`] that are read by position.
@@ -261,7 +260,7 @@ fn group(map: &XmlMap, refund_count: u32) -> Grouped<'_> {
         record_over: None,
         coupon_over: None,
     };
-    for (key, value) in map.iter() {
+    for (key, value) in map.iter_byte_names() {
         let Some((base1, last)) = split_index(key) else {
             continue;
         };
