@@ -763,17 +763,19 @@ fn non_name_bytes(w: u64) -> u64 {
 /// How many name bytes (ASCII letters, digits, `_`) `b` starts with.
 #[inline]
 fn name_len(b: &[u8]) -> usize {
+    let mut chunks = b.chunks_exact(8);
     let mut n = 0;
-    while let Some(chunk) = b.get(n..n + 8)
-        && let Ok(bytes) = <[u8; 8]>::try_from(chunk)
-    {
+    for chunk in chunks.by_ref() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
         let bad = non_name_bytes(u64::from_le_bytes(bytes));
         if bad != 0 {
             return n + (bad.trailing_zeros() / 8) as usize;
         }
         n += 8;
     }
-    n + b[n..]
+    n + chunks
+        .remainder()
         .iter()
         .take_while(|&&c| NAME_BYTE[usize::from(c)])
         .count()
@@ -782,10 +784,11 @@ fn name_len(b: &[u8]) -> usize {
 /// Where the first `]` or `<` of `b` is.
 #[inline]
 fn find_bracket_or_lt(b: &[u8]) -> Option<usize> {
+    let mut chunks = b.chunks_exact(8);
     let mut n = 0;
-    while let Some(chunk) = b.get(n..n + 8)
-        && let Ok(bytes) = <[u8; 8]>::try_from(chunk)
-    {
+    for chunk in chunks.by_ref() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(chunk);
         let w = u64::from_le_bytes(bytes);
         let hits =
             zero_bytes(w ^ (u64::from(b']') * ONES)) | zero_bytes(w ^ (u64::from(b'<') * ONES));
@@ -794,7 +797,8 @@ fn find_bracket_or_lt(b: &[u8]) -> Option<usize> {
         }
         n += 8;
     }
-    b[n..]
+    chunks
+        .remainder()
         .iter()
         .position(|&c| c == b']' || c == b'<')
         .map(|p| n + p)
