@@ -233,7 +233,7 @@ pub(crate) fn prelude(
     if map.get("mch_id") != Some(app.merchant.mch_id.as_str()) {
         return Err(Refusal::UnknownMch);
     }
-    if !wxpay::sign::verify(map.iter(), &app.key, sign_type, given) {
+    if !wxpay::sign::verify_map(&map, &app.key, sign_type, given) {
         return Err(Refusal::BadSign);
     }
     let signed = Signed { sign_type };

@@ -1,7 +1,6 @@
 //! Refund query (`/pay/refundquery`, docs/PROTOCOL.md "Refund query"): the four selectors with their priority,
 //! `offset` paging, and the reply's `_$n` / `_$n_$m` lists parsed generically into records.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -194,76 +193,185 @@ const COUPON_FIELDS: [&str; 3] = ["coupon_type", "coupon_refund_id", "coupon_ref
 const MAX_RECORDS: u32 = 100;
 const MAX_COUPONS: u32 = 50;
 
-/// Splits `name_12` into (`name`, 12).
-fn split_index(key: &str) -> Option<(&str, u32)> {
-    let (base, idx) = key.rsplit_once('_')?;
-    if idx.is_empty() || idx.len() > 4 || !idx.bytes().all(|b| b.is_ascii_digit()) {
+/// Splits `name_12` into (`name`, 12): the part after the last `_`, when it is 1–4 ASCII digits.
+fn split_index(b: &[u8]) -> Option<(&[u8], u32)> {
+    let mut i = b.len();
+    let mut n = 0u32;
+    let mut scale = 1u32;
+    while i > 0 && b[i - 1].is_ascii_digit() && b.len() - i < 4 {
+        n += u32::from(b[i - 1] - b'0') * scale;
+        scale *= 10;
+        i -= 1;
+    }
+    // Stopped on a fifth digit, or on something other than the `_` that must precede the index.
+    if i == b.len() || i == 0 || b[i - 1] != b'_' {
         return None;
     }
-    Some((base, idx.parse().ok()?))
+    Some((&b[..i - 1], n))
 }
 
-/// Indexed fields grouped by record: `n → base → value` and `(n, m) → base → value`. Fields with
-/// unknown bases stay only in the flat map.
-type Records<'a> = BTreeMap<u32, BTreeMap<&'a str, &'a str>>;
-type Coupons<'a> = BTreeMap<(u32, u32), BTreeMap<&'a str, &'a str>>;
+fn record_base(base: &[u8]) -> Option<usize> {
+    RECORD_FIELDS.iter().position(|b| b.as_bytes() == base)
+}
 
-fn group(map: &XmlMap) -> (Records<'_>, Coupons<'_>) {
-    let mut records: Records = BTreeMap::new();
-    let mut coupons: Coupons = BTreeMap::new();
-    for (key, value) in map.iter() {
+fn coupon_base(base: &[u8]) -> Option<usize> {
+    COUPON_FIELDS.iter().position(|b| b.as_bytes() == base)
+}
+
+/// Indexes of the names in [`RECORD_FIELDS`] that are read by position.
+const OUT_REFUND_NO: usize = 0;
+const REFUND_ID: usize = 1;
+const REFUND_CHANNEL: usize = 2;
+const REFUND_FEE: usize = 3;
+const SETTLEMENT_REFUND_FEE: usize = 4;
+const REFUND_STATUS: usize = 5;
+const REFUND_ACCOUNT: usize = 6;
+const REFUND_RECV_ACCOUT: usize = 7;
+const REFUND_SUCCESS_TIME: usize = 8;
+const COUPON_REFUND_FEE: usize = 9;
+const COUPON_REFUND_COUNT: usize = 10;
+
+/// One `coupon_*_$n_$m` field of a record that exists (`n` < `refund_count`).
+#[derive(Clone, Copy)]
+struct CouponField<'a> {
+    n: u32,
+    m: u32,
+    base: usize,
+    value: &'a str,
+}
+
+/// The indexed fields, grouped in one pass over the (sorted) map: each record's values by position
+/// in [`RECORD_FIELDS`], and the coupon fields ordered by (n, m). Fields with unknown bases stay only
+/// in the flat map. Where two names give the same index (`_1` and `_01`), the later name in byte
+/// order wins, as it did when the groups were maps filled in that order.
+struct Grouped<'a> {
+    records: Vec<[Option<&'a str>; RECORD_FIELDS.len()]>,
+    coupons: Vec<CouponField<'a>>,
+    /// The smallest record index at or above `refund_count`.
+    record_over: Option<u32>,
+    /// The smallest coupon index (n, m) whose record is at or above `refund_count`.
+    coupon_over: Option<(u32, u32)>,
+}
+
+fn group(map: &XmlMap, refund_count: u32) -> Grouped<'_> {
+    let mut g = Grouped {
+        records: vec![[None; RECORD_FIELDS.len()]; refund_count as usize],
+        coupons: Vec::new(),
+        record_over: None,
+        coupon_over: None,
+    };
+    for (key, value) in map.iter_byte_names() {
         let Some((base1, last)) = split_index(key) else {
             continue;
         };
         if let Some((base, n)) = split_index(base1)
-            && COUPON_FIELDS.contains(&base)
+            && let Some(base) = coupon_base(base)
         {
-            coupons.entry((n, last)).or_default().insert(base, value);
+            if n < refund_count {
+                g.coupons.push(CouponField {
+                    n,
+                    m: last,
+                    base,
+                    value,
+                });
+            } else if g.coupon_over.is_none_or(|over| (n, last) < over) {
+                g.coupon_over = Some((n, last));
+            }
             continue;
         }
-        if RECORD_FIELDS.contains(&base1) {
-            records.entry(last).or_default().insert(base1, value);
+        if let Some(base) = record_base(base1) {
+            match g.records.get_mut(last as usize) {
+                Some(rec) => rec[base] = Some(value),
+                None => {
+                    if g.record_over.is_none_or(|over| last < over) {
+                        g.record_over = Some(last);
+                    }
+                }
+            }
         }
     }
-    (records, coupons)
+    // Stable: among fields of one coupon, name order is kept, so the later name still wins.
+    g.coupons.sort_by_key(|c| (c.n, c.m));
+    g
 }
 
-fn field_of<T>(rec: &BTreeMap<&str, &str>, base: &str, n: u32) -> Result<Option<T>, FieldError>
-where
-    T: FromStr,
-    T::Err: fmt::Display,
-{
-    indexed_field(rec, base, &format!("_{n}"))
+/// The wire name of an indexed field, for errors: `base_n` or `base_n_m`.
+fn wire_name(base: &str, n: u32, m: Option<u32>) -> String {
+    match m {
+        None => format!("{base}_{n}"),
+        Some(m) => format!("{base}_{n}_{m}"),
+    }
 }
 
-/// A field of one group, its wire name (for errors) being `base` + `suffix` (`_3`, `_3_1`).
-fn indexed_field<T>(
-    group: &BTreeMap<&str, &str>,
+/// An indexed field's value parsed; empty counts as absent.
+fn indexed<T>(
+    value: Option<&str>,
     base: &str,
-    suffix: &str,
+    n: u32,
+    m: Option<u32>,
 ) -> Result<Option<T>, FieldError>
 where
     T: FromStr,
     T::Err: fmt::Display,
 {
-    match group.get(base).filter(|v| !v.is_empty()) {
+    match value.filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) => v
             .parse()
             .map(Some)
             .map_err(|e: T::Err| FieldError::Invalid {
-                field: format!("{base}{suffix}"),
+                field: wire_name(base, n, m),
                 problem: e.to_string(),
             }),
     }
 }
 
-fn required<T>(rec: &BTreeMap<&str, &str>, base: &str, n: u32) -> Result<T, FieldError>
+fn record_field<T>(rec: &[Option<&str>], i: usize, n: u32) -> Result<Option<T>, FieldError>
 where
     T: FromStr,
     T::Err: fmt::Display,
 {
-    field_of(rec, base, n)?.ok_or_else(|| FieldError::Missing(format!("{base}_{n}")))
+    indexed(rec[i], RECORD_FIELDS[i], n, None)
+}
+
+fn required<T>(rec: &[Option<&str>], i: usize, n: u32) -> Result<T, FieldError>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    record_field(rec, i, n)?
+        .ok_or_else(|| FieldError::Missing(wire_name(RECORD_FIELDS[i], n, None)))
+}
+
+/// The coupons of record `n`, from its fields (sorted by `m`), checked against its count.
+fn coupons_of(
+    fields: &[CouponField<'_>],
+    n: u32,
+    count: u32,
+) -> Result<Vec<CouponRefund>, FieldError> {
+    if let Some(c) = fields.iter().find(|c| c.m >= count) {
+        return Err(FieldError::Inconsistent(format!(
+            "coupon _{n}_{m} present but coupon_refund_count_{n} is {count}",
+            m = c.m
+        )));
+    }
+    let mut rest = fields;
+    (0..count)
+        .map(|m| {
+            let mut values = [None; COUPON_FIELDS.len()];
+            while let Some((c, tail)) = rest.split_first()
+                && c.m == m
+            {
+                values[c.base] = Some(c.value);
+                rest = tail;
+            }
+            Ok(CouponRefund {
+                coupon_type: indexed(values[0], COUPON_FIELDS[0], n, Some(m))?,
+                coupon_refund_id: indexed(values[1], COUPON_FIELDS[1], n, Some(m))?,
+                coupon_refund_fee: indexed(values[2], COUPON_FIELDS[2], n, Some(m))?,
+            })
+        })
+        .collect()
 }
 
 impl TryFrom<&XmlMap> for RefundQueryResponse {
@@ -276,58 +384,42 @@ impl TryFrom<&XmlMap> for RefundQueryResponse {
                 "refund_count {refund_count} is implausible"
             )));
         }
-        let (records, coupons) = group(map);
-        if let Some((&n, _)) = records.iter().find(|(n, _)| **n >= refund_count) {
+        let g = group(map, refund_count);
+        if let Some(n) = g.record_over {
             return Err(FieldError::Inconsistent(format!(
                 "record _{n} present but refund_count is {refund_count}"
             )));
         }
-        if let Some(((n, m), _)) = coupons.iter().find(|((n, _), _)| *n >= refund_count) {
+        if let Some((n, m)) = g.coupon_over {
             return Err(FieldError::Inconsistent(format!(
                 "coupon _{n}_{m} present but refund_count is {refund_count}"
             )));
         }
-        let empty = BTreeMap::new();
         let mut refunds = Vec::with_capacity(refund_count as usize);
-        for n in 0..refund_count {
-            let rec = records.get(&n).unwrap_or(&empty);
-            let coupon_count: u32 = field_of(rec, "coupon_refund_count", n)?.unwrap_or(0);
+        let mut coupon_fields = g.coupons.as_slice();
+        for (n, rec) in (0..refund_count).zip(&g.records) {
+            let here = coupon_fields.partition_point(|c| c.n == n);
+            let (mine, later) = coupon_fields.split_at(here);
+            coupon_fields = later;
+            let coupon_count: u32 = record_field(rec, COUPON_REFUND_COUNT, n)?.unwrap_or(0);
             if coupon_count > MAX_COUPONS {
                 return Err(FieldError::Inconsistent(format!(
                     "coupon_refund_count_{n} {coupon_count} is implausible"
                 )));
             }
-            if let Some(((_, m), _)) = coupons
-                .range((n, 0)..=(n, u32::MAX))
-                .find(|((_, m), _)| *m >= coupon_count)
-            {
-                return Err(FieldError::Inconsistent(format!(
-                    "coupon _{n}_{m} present but coupon_refund_count_{n} is {coupon_count}"
-                )));
-            }
-            let coupon_list = (0..coupon_count)
-                .map(|m| {
-                    let c = coupons.get(&(n, m)).unwrap_or(&empty);
-                    let suffix = format!("_{n}_{m}");
-                    Ok(CouponRefund {
-                        coupon_type: indexed_field(c, "coupon_type", &suffix)?,
-                        coupon_refund_id: indexed_field(c, "coupon_refund_id", &suffix)?,
-                        coupon_refund_fee: indexed_field(c, "coupon_refund_fee", &suffix)?,
-                    })
-                })
-                .collect::<Result<Vec<_>, FieldError>>()?;
+            let coupons = coupons_of(mine, n, coupon_count)?;
             refunds.push(QueriedRefund {
-                out_refund_no: required(rec, "out_refund_no", n)?,
-                refund_id: required(rec, "refund_id", n)?,
-                refund_channel: field_of(rec, "refund_channel", n)?,
-                refund_fee: required(rec, "refund_fee", n)?,
-                settlement_refund_fee: field_of(rec, "settlement_refund_fee", n)?,
-                refund_status: required(rec, "refund_status", n)?,
-                refund_account: field_of(rec, "refund_account", n)?,
-                refund_recv_account: field_of(rec, "refund_recv_accout", n)?,
-                refund_success_time: field_of(rec, "refund_success_time", n)?,
-                coupon_refund_fee: field_of(rec, "coupon_refund_fee", n)?,
-                coupons: coupon_list,
+                out_refund_no: required(rec, OUT_REFUND_NO, n)?,
+                refund_id: required(rec, REFUND_ID, n)?,
+                refund_channel: record_field(rec, REFUND_CHANNEL, n)?,
+                refund_fee: required(rec, REFUND_FEE, n)?,
+                settlement_refund_fee: record_field(rec, SETTLEMENT_REFUND_FEE, n)?,
+                refund_status: required(rec, REFUND_STATUS, n)?,
+                refund_account: record_field(rec, REFUND_ACCOUNT, n)?,
+                refund_recv_account: record_field(rec, REFUND_RECV_ACCOUT, n)?,
+                refund_success_time: record_field(rec, REFUND_SUCCESS_TIME, n)?,
+                coupon_refund_fee: record_field(rec, COUPON_REFUND_FEE, n)?,
+                coupons,
             });
         }
         let total_refund_count: Option<u32> = opt(map, "total_refund_count")?;
@@ -348,6 +440,7 @@ impl TryFrom<&XmlMap> for RefundQueryResponse {
             refund_count,
             total_refund_count,
             refunds,
+            // A reference count: the map's text and index are shared.
             fields: map.clone(),
         })
     }
@@ -409,6 +502,286 @@ pub fn record_fields(records: &[QueriedRefund]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The typing as it was (a `BTreeMap` per record and per coupon): the reference the one-pass
+    /// grouping must agree with, errors included.
+    mod reference {
+        use std::collections::BTreeMap;
+        use std::fmt;
+        use std::str::FromStr;
+
+        use super::super::*;
+
+        /// Splits `name_12` into (`name`, 12).
+        fn split_index(key: &str) -> Option<(&str, u32)> {
+            let (base, idx) = key.rsplit_once('_')?;
+            if idx.is_empty() || idx.len() > 4 || !idx.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some((base, idx.parse().ok()?))
+        }
+
+        /// Indexed fields grouped by record: `n → base → value` and `(n, m) → base → value`. Fields with
+        /// unknown bases stay only in the flat map.
+        type Records<'a> = BTreeMap<u32, BTreeMap<&'a str, &'a str>>;
+        type Coupons<'a> = BTreeMap<(u32, u32), BTreeMap<&'a str, &'a str>>;
+
+        fn group(map: &XmlMap) -> (Records<'_>, Coupons<'_>) {
+            let mut records: Records = BTreeMap::new();
+            let mut coupons: Coupons = BTreeMap::new();
+            for (key, value) in map.iter() {
+                let Some((base1, last)) = split_index(key) else {
+                    continue;
+                };
+                if let Some((base, n)) = split_index(base1)
+                    && COUPON_FIELDS.contains(&base)
+                {
+                    coupons.entry((n, last)).or_default().insert(base, value);
+                    continue;
+                }
+                if RECORD_FIELDS.contains(&base1) {
+                    records.entry(last).or_default().insert(base1, value);
+                }
+            }
+            (records, coupons)
+        }
+
+        fn field_of<T>(
+            rec: &BTreeMap<&str, &str>,
+            base: &str,
+            n: u32,
+        ) -> Result<Option<T>, FieldError>
+        where
+            T: FromStr,
+            T::Err: fmt::Display,
+        {
+            indexed_field(rec, base, &format!("_{n}"))
+        }
+
+        /// A field of one group, its wire name (for errors) being `base` + `suffix` (`_3`, `_3_1`).
+        fn indexed_field<T>(
+            group: &BTreeMap<&str, &str>,
+            base: &str,
+            suffix: &str,
+        ) -> Result<Option<T>, FieldError>
+        where
+            T: FromStr,
+            T::Err: fmt::Display,
+        {
+            match group.get(base).filter(|v| !v.is_empty()) {
+                None => Ok(None),
+                Some(v) => v
+                    .parse()
+                    .map(Some)
+                    .map_err(|e: T::Err| FieldError::Invalid {
+                        field: format!("{base}{suffix}"),
+                        problem: e.to_string(),
+                    }),
+            }
+        }
+
+        fn required<T>(rec: &BTreeMap<&str, &str>, base: &str, n: u32) -> Result<T, FieldError>
+        where
+            T: FromStr,
+            T::Err: fmt::Display,
+        {
+            field_of(rec, base, n)?.ok_or_else(|| FieldError::Missing(format!("{base}_{n}")))
+        }
+
+        pub(super) fn try_from(map: &XmlMap) -> Result<RefundQueryResponse, FieldError> {
+            {
+                let refund_count: u32 = req(map, "refund_count")?;
+                if refund_count > MAX_RECORDS {
+                    return Err(FieldError::Inconsistent(format!(
+                        "refund_count {refund_count} is implausible"
+                    )));
+                }
+                let (records, coupons) = group(map);
+                if let Some((&n, _)) = records.iter().find(|(n, _)| **n >= refund_count) {
+                    return Err(FieldError::Inconsistent(format!(
+                        "record _{n} present but refund_count is {refund_count}"
+                    )));
+                }
+                if let Some(((n, m), _)) = coupons.iter().find(|((n, _), _)| *n >= refund_count) {
+                    return Err(FieldError::Inconsistent(format!(
+                        "coupon _{n}_{m} present but refund_count is {refund_count}"
+                    )));
+                }
+                let empty = BTreeMap::new();
+                let mut refunds = Vec::with_capacity(refund_count as usize);
+                for n in 0..refund_count {
+                    let rec = records.get(&n).unwrap_or(&empty);
+                    let coupon_count: u32 = field_of(rec, "coupon_refund_count", n)?.unwrap_or(0);
+                    if coupon_count > MAX_COUPONS {
+                        return Err(FieldError::Inconsistent(format!(
+                            "coupon_refund_count_{n} {coupon_count} is implausible"
+                        )));
+                    }
+                    if let Some(((_, m), _)) = coupons
+                        .range((n, 0)..=(n, u32::MAX))
+                        .find(|((_, m), _)| *m >= coupon_count)
+                    {
+                        return Err(FieldError::Inconsistent(format!(
+                            "coupon _{n}_{m} present but coupon_refund_count_{n} is {coupon_count}"
+                        )));
+                    }
+                    let coupon_list = (0..coupon_count)
+                        .map(|m| {
+                            let c = coupons.get(&(n, m)).unwrap_or(&empty);
+                            let suffix = format!("_{n}_{m}");
+                            Ok(CouponRefund {
+                                coupon_type: indexed_field(c, "coupon_type", &suffix)?,
+                                coupon_refund_id: indexed_field(c, "coupon_refund_id", &suffix)?,
+                                coupon_refund_fee: indexed_field(c, "coupon_refund_fee", &suffix)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, FieldError>>()?;
+                    refunds.push(QueriedRefund {
+                        out_refund_no: required(rec, "out_refund_no", n)?,
+                        refund_id: required(rec, "refund_id", n)?,
+                        refund_channel: field_of(rec, "refund_channel", n)?,
+                        refund_fee: required(rec, "refund_fee", n)?,
+                        settlement_refund_fee: field_of(rec, "settlement_refund_fee", n)?,
+                        refund_status: required(rec, "refund_status", n)?,
+                        refund_account: field_of(rec, "refund_account", n)?,
+                        refund_recv_account: field_of(rec, "refund_recv_accout", n)?,
+                        refund_success_time: field_of(rec, "refund_success_time", n)?,
+                        coupon_refund_fee: field_of(rec, "coupon_refund_fee", n)?,
+                        coupons: coupon_list,
+                    });
+                }
+                let total_refund_count: Option<u32> = opt(map, "total_refund_count")?;
+                if let Some(total) = total_refund_count
+                    && total < refund_count
+                {
+                    return Err(FieldError::Inconsistent(format!(
+                        "total_refund_count {total} is less than refund_count {refund_count}"
+                    )));
+                }
+                Ok(RefundQueryResponse {
+                    transaction_id: opt(map, "transaction_id")?,
+                    out_trade_no: opt(map, "out_trade_no")?,
+                    total_fee: opt(map, "total_fee")?,
+                    settlement_total_fee: opt(map, "settlement_total_fee")?,
+                    fee_type: opt_string(map, "fee_type"),
+                    cash_fee: opt(map, "cash_fee")?,
+                    refund_count,
+                    total_refund_count,
+                    refunds,
+                    fields: map.clone(),
+                })
+            }
+        }
+    }
+
+    /// Fields of a query reply drawn so that every rule gets exercised: known and unknown bases,
+    /// indexes in and out of range, zero-padded and five-digit indexes, valid and invalid values.
+    fn field_strategy() -> impl Strategy<Value = (String, String)> {
+        let base = proptest::sample::select(vec![
+            "out_refund_no",
+            "refund_id",
+            "refund_channel",
+            "refund_fee",
+            "settlement_refund_fee",
+            "refund_status",
+            "refund_account",
+            "refund_recv_accout",
+            "refund_success_time",
+            "coupon_refund_fee",
+            "coupon_refund_count",
+            "coupon_type",
+            "coupon_refund_id",
+            "brand_new",
+            "refund",
+        ]);
+        let index = proptest::sample::select(vec![
+            "0", "0", "1", "1", "2", "3", "01", "00", "12", "00001", "",
+        ]);
+        let value = proptest::sample::select(vec![
+            "",
+            "0",
+            "1",
+            "2",
+            "3",
+            "7",
+            "51",
+            "100",
+            "1.5",
+            "x",
+            "SUCCESS",
+            "PROCESSING",
+            "R1",
+            "C1",
+            "中文",
+            "50000000012026112700000000001",
+        ]);
+        (base, index.clone(), proptest::option::of(index), value).prop_map(|(b, n, m, v)| {
+            let name = match m {
+                None if n.is_empty() => b.to_string(),
+                None => format!("{b}_{n}"),
+                Some(m) => format!("{b}_{n}_{m}"),
+            };
+            (name, v.to_string())
+        })
+    }
+
+    fn query_map_strategy() -> impl Strategy<Value = XmlMap> {
+        let field = field_strategy();
+        (
+            proptest::sample::select(vec!["0", "1", "2", "3", "101", "x", ""]),
+            proptest::option::of(proptest::sample::select(vec!["0", "1", "3", "9", "x"])),
+            proptest::collection::vec(field, 0..40),
+        )
+            .prop_map(|(count, total, fields)| {
+                let mut map: XmlMap = fields.into_iter().collect();
+                map.insert("refund_count", count);
+                if let Some(t) = total {
+                    map.insert("total_refund_count", t);
+                }
+                map
+            })
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn typing_agrees_with_the_btreemap_grouping(map in query_map_strategy()) {
+            prop_assert_eq!(RefundQueryResponse::try_from(&map), reference::try_from(&map));
+        }
+
+        #[test]
+        fn edited_pages_agree(
+            n in 0u32..6,
+            puts in proptest::collection::vec(field_strategy(), 0..4),
+            drops in proptest::collection::vec(any::<prop::sample::Index>(), 0..3),
+        ) {
+            // GIVEN a valid page with a few fields added, replaced or removed
+            let records: Vec<QueriedRefund> = (0..n).map(record).collect();
+            let mut map = reply_map(&records, Some(n));
+            for (k, v) in puts {
+                map.insert(k, v);
+            }
+            for d in drops {
+                let key = map.keys().nth(d.index(map.len())).map(str::to_string);
+                if let Some(key) = key {
+                    map.remove(&key);
+                }
+            }
+            prop_assert_eq!(RefundQueryResponse::try_from(&map), reference::try_from(&map));
+        }
+
+        #[test]
+        fn well_formed_pages_agree_too(n in 0u32..12, total in proptest::option::of(0u32..20)) {
+            let records: Vec<QueriedRefund> = (0..n).map(record).collect();
+            let map = reply_map(&records, total.map(|t| t.max(n)));
+            let parsed = RefundQueryResponse::try_from(&map);
+            prop_assert_eq!(parsed.as_ref().map(|p| &p.refunds), Ok(&records));
+            prop_assert_eq!(parsed, reference::try_from(&map));
+        }
+    }
 
     fn record(n: u32) -> QueriedRefund {
         QueriedRefund {

@@ -52,7 +52,7 @@ pub fn check(body: &[u8], keys: &MerchantKeys, sign_type: SignType) -> Result<Xm
     // or a forged refusal could make us give up on a refund.
     let signature = map.non_empty("sign");
     if let Some(given) = signature
-        && !sign::verify(map.iter(), &keys.api_key, sign_type, given)
+        && !sign::verify_map(&map, &keys.api_key, sign_type, given)
     {
         return Err(ReplyError::BadSignature {
             raw: raw_text(body),

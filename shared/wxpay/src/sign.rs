@@ -12,6 +12,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
+use crate::xml::XmlMap;
+
 /// The `sign_type` wire values. Serialised with the exact wire strings (never enum names: one SDK
 /// sent `HMAC_SHA256` and got SIGNERROR).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,25 +132,122 @@ impl Hasher {
         }
     }
 
-    fn finish_upper_hex(self) -> String {
-        match self {
-            Hasher::Md5(h) => hex::encode_upper(&h.finalize()[..]),
-            Hasher::Hmac(h) => hex::encode_upper(&h.finalize().into_bytes()[..]),
-        }
+    /// The digest as upper-case hex: 32 or 64 characters at the front of the array.
+    fn finish_upper_hex(self) -> ([u8; 64], usize) {
+        let mut out = [0u8; 64];
+        let len = match self {
+            Hasher::Md5(h) => upper_hex(&h.finalize()[..], &mut out),
+            Hasher::Hmac(h) => upper_hex(&h.finalize().into_bytes()[..], &mut out),
+        };
+        (out, len)
     }
 }
 
-/// The fields that take part in a signature, sorted by byte order of the name: everything except
-/// `sign` and empty values (`"0"` is not empty and is signed).
+fn upper_hex(digest: &[u8], out: &mut [u8; 64]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for (pair, b) in out.chunks_exact_mut(2).zip(digest) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+    (digest.len() * 2).min(out.len())
+}
+
+/// The `k=v&…&key=` string fed to the hash a buffer at a time: a reply has hundreds of short fields,
+/// and one hash update per field, not four, is what keeps verifying them cheap.
+struct SignString {
+    hasher: Hasher,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl SignString {
+    fn new(key: &ApiKey, sign_type: SignType) -> Self {
+        SignString {
+            hasher: Hasher::new(key, sign_type),
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    fn flush(&mut self) {
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if bytes.len() > self.buf.len() - self.len {
+            self.flush();
+            if bytes.len() > self.buf.len() {
+                self.hasher.update(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// `name=value&`.
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        let need = name.len() + value.len() + 2;
+        if need > self.buf.len() - self.len {
+            self.flush();
+        }
+        if need > self.buf.len() {
+            self.push(name);
+            self.push(b"=");
+            self.push(value);
+            self.push(b"&");
+            return;
+        }
+        let at = self.len;
+        self.buf[at..at + name.len()].copy_from_slice(name);
+        self.buf[at + name.len()] = b'=';
+        let v = at + name.len() + 1;
+        self.buf[v..v + value.len()].copy_from_slice(value);
+        self.buf[v + value.len()] = b'&';
+        self.len += need;
+    }
+
+    /// Appends `key=<key>` and hashes.
+    fn finish(mut self, key: &ApiKey) -> ([u8; 64], usize) {
+        self.push(b"key=");
+        self.push(key.expose().as_bytes());
+        self.flush();
+        self.hasher.finish_upper_hex()
+    }
+}
+
+/// Whether a field takes part in a signature: everything except `sign` and empty values (`"0"` is
+/// not empty and is signed).
+fn is_signed(name: &str, value: &str) -> bool {
+    name != "sign" && !value.is_empty()
+}
+
+/// The fields that take part in a signature, sorted by byte order of the name.
 fn signed_fields<'a>(
     params: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Vec<(&'a str, &'a str)> {
     let mut fields: Vec<(&str, &str)> = params
         .into_iter()
-        .filter(|(k, v)| *k != "sign" && !v.is_empty())
+        .filter(|(k, v)| is_signed(k, v))
         .collect();
     fields.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()).then(a.1.cmp(b.1)));
     fields
+}
+
+/// The signature of fields already in signing order (sorted, `sign` and empty values still in).
+fn sign_sorted<'a>(
+    sorted: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    key: &ApiKey,
+    sign_type: SignType,
+) -> ([u8; 64], usize) {
+    let mut s = SignString::new(key, sign_type);
+    for (k, v) in sorted {
+        if k != b"sign" && !v.is_empty() {
+            s.field(k, v);
+        }
+    }
+    s.finish(key)
 }
 
 /// The signature of `params` as upper-case hex.
@@ -157,16 +256,25 @@ pub fn sign<'a>(
     key: &ApiKey,
     sign_type: SignType,
 ) -> String {
-    let mut h = Hasher::new(key, sign_type);
-    for (k, v) in signed_fields(params) {
-        h.update(k.as_bytes());
-        h.update(b"=");
-        h.update(v.as_bytes());
-        h.update(b"&");
+    let fields = signed_fields(params);
+    let (hex, len) = sign_sorted(
+        fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        key,
+        sign_type,
+    );
+    hex[..len].iter().map(|&b| char::from(b)).collect()
+}
+
+/// Constant-time comparison of a given signature (any hex case) with the expected upper-case hex.
+fn matches(expected: &[u8], sign_type: SignType, given: &str) -> bool {
+    if given.len() != sign_type.hex_len() || expected.len() != given.len() {
+        return false;
     }
-    h.update(b"key=");
-    h.update(key.expose().as_bytes());
-    h.finish_upper_hex()
+    let mut upper = [0u8; 64];
+    for (u, g) in upper.iter_mut().zip(given.bytes()) {
+        *u = g.to_ascii_uppercase();
+    }
+    expected.ct_eq(&upper[..given.len()]).into()
 }
 
 /// True when `given` is the signature of `params` (the `sign` entry itself is ignored).
@@ -180,9 +288,23 @@ pub fn verify<'a>(
     if given.len() != sign_type.hex_len() {
         return false;
     }
-    let expected = sign(params, key, sign_type);
-    let given = given.to_ascii_uppercase();
-    expected.as_bytes().ct_eq(given.as_bytes()).into()
+    let fields = signed_fields(params);
+    let (hex, len) = sign_sorted(
+        fields.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())),
+        key,
+        sign_type,
+    );
+    matches(&hex[..len], sign_type, given)
+}
+
+/// [`verify`] over every field of a decoded message, unknown ones included. The map is already in
+/// signing order and has no duplicate names, so this streams over it without collecting or sorting.
+pub fn verify_map(map: &XmlMap, key: &ApiKey, sign_type: SignType, given: &str) -> bool {
+    if given.len() != sign_type.hex_len() {
+        return false;
+    }
+    let (hex, len) = sign_sorted(map.raw_iter(), key, sign_type);
+    matches(&hex[..len], sign_type, given)
 }
 
 #[cfg(test)]
@@ -372,7 +494,43 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn long_fields_go_through_the_buffer_unchanged() {
+        // GIVEN a value around and over the buffer's size THEN the same as hashing the whole string
+        let key = official_key();
+        for n in [1usize, 120, 250, 253, 254, 255, 256, 257, 600] {
+            let long = "v".repeat(n);
+            let plain = format!("a=1&b={long}&c=3&key={}", key.expose());
+            assert_eq!(
+                sign([("c", "3"), ("b", &long), ("a", "1")], &key, SignType::Md5),
+                hex::encode_upper(Md5::digest(plain.as_bytes())),
+                "{n}"
+            );
+        }
+    }
+
     proptest! {
+        #[test]
+        fn verify_map_agrees_with_verify(
+            fields in proptest::collection::btree_map("[a-zA-Z_]{1,12}|sign", "[ -~]{0,40}|中文", 0..40),
+            tamper in any::<bool>(),
+        ) {
+            // GIVEN any fields (with `sign`, empty values, upper case) and their signature
+            let key = official_key();
+            let map: XmlMap = fields.clone().into_iter().collect();
+            for st in [SignType::Md5, SignType::HmacSha256] {
+                let mut given = sign(map.iter(), &key, st);
+                if tamper {
+                    given.replace_range(0..1, if given.starts_with('0') { "1" } else { "0" });
+                }
+                // THEN the streaming check answers as the general one, in either hex case
+                prop_assert_eq!(verify_map(&map, &key, st, &given), !tamper);
+                prop_assert_eq!(verify(map.iter(), &key, st, &given), !tamper);
+                let lower = given.to_ascii_lowercase();
+                prop_assert_eq!(verify_map(&map, &key, st, &lower), !tamper);
+            }
+        }
+
         #[test]
         fn order_does_not_matter(mut fields in proptest::collection::btree_map("[a-z_]{1,12}", "[ -~]{1,20}", 1..12)
             .prop_map(|m| m.into_iter().collect::<Vec<_>>()), seed in any::<u64>()) {
