@@ -1,7 +1,8 @@
 //! `EmbeddedLedger`: the ledger in one redb file, for the local stack. Same semantics as DynamoDB:
 //! one redb write transaction per operation (redb allows one writer at a time, so every operation is
 //! serialised and atomic), and commits are durable (fsync) before a call returns, so killing the
-//! process at any moment loses nothing that was acknowledged.
+//! process at any moment loses nothing that was acknowledged. Concurrent operations share one
+//! fsync ([`group_commit`]).
 //!
 //! Bounded order values: an order's JSON book lists only the refunds holding a slot (at most the
 //! order's 50, plus external ones WeChat reported). A FAILED refund gives its slot back, and its
@@ -12,6 +13,7 @@
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +29,8 @@ use super::{
 };
 use crate::reconcile::Reconciliation;
 use crate::state::{OrderBook, RefundRecord, UnixMillis};
+
+mod group_commit;
 
 /// `out_refund_no` → JSON `RefundRecord`.
 const REFUNDS: TableDefinition<&str, &[u8]> = TableDefinition::new("refunds");
@@ -45,12 +49,12 @@ const ACCEPTED: TableDefinition<(&str, &str), ()> = TableDefinition::new("accept
 /// Bill date `YYYY-MM-DD` → JSON reconciliation report.
 const RECONCILIATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("reconciliations");
 
-/// The redb-backed ledger. Cheap to clone (the database is shared).
+/// The redb-backed ledger. Cheap to clone (the database and its writer are shared).
 #[derive(Clone)]
 pub struct EmbeddedLedger {
+    /// Declared first so that the writer thread is stopped before the last handle closes the file.
+    writer: Arc<group_commit::GroupCommit>,
     db: Arc<Database>,
-    /// Write transactions committed (to measure the cost of a lifecycle).
-    commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for EmbeddedLedger {
@@ -253,38 +257,32 @@ impl EmbeddedLedger {
             tx.open_table(RECONCILIATIONS).map_err(store)?;
         }
         tx.commit().map_err(store)?;
+        let db = Arc::new(db);
         Ok(Self {
-            db: Arc::new(db),
-            commits: Arc::default(),
+            writer: Arc::new(group_commit::GroupCommit::start(Arc::clone(&db))?),
+            db,
         })
     }
 
-    /// Write transactions committed so far by this handle (each one is an fsync).
+    /// Write transactions committed so far through this ledger (one per operation that wrote).
     pub fn commits(&self) -> u64 {
-        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+        self.writer.counters.commits.load(Ordering::Relaxed)
     }
 
-    /// Runs `f` in one write transaction on a blocking thread; commits when it says so, otherwise
-    /// aborts (a refusal writes nothing).
+    /// Durable commits (fsyncs) so far: concurrent operations share one, so this is at most
+    /// [`EmbeddedLedger::commits`].
+    pub fn fsyncs(&self) -> u64 {
+        self.writer.counters.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` in one write transaction; commits when it says so, otherwise aborts (a refusal
+    /// writes nothing). Answers once what it wrote is durable.
     async fn write<T, F>(&self, f: F) -> Result<T, LedgerError>
     where
         T: Send + 'static,
         F: FnOnce(&WriteTransaction) -> Result<(T, bool), LedgerError> + Send + 'static,
     {
-        let db = Arc::clone(&self.db);
-        let commits = Arc::clone(&self.commits);
-        blocking(move || {
-            let tx = db.begin_write().map_err(store)?;
-            let (out, commit) = f(&tx)?;
-            if commit {
-                tx.commit().map_err(store)?;
-                commits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            } else {
-                tx.abort().map_err(store)?;
-            }
-            Ok(out)
-        })
-        .await
+        self.writer.write(f).await
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, LedgerError>
