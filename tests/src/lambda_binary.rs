@@ -273,6 +273,17 @@ impl FunctionProcess {
         }
     }
 
+    /// The process id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far (`VmHWM` of `/proc/<pid>/status`), in KiB; `None` off Linux
+    /// or once the process is gone.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        wxrefund::testing::proc_status_kib(Some(self.pid()), "VmHWM:")
+    }
+
     /// Everything the function logged so far.
     pub fn logs(&self) -> String {
         self.logs

@@ -91,6 +91,8 @@ struct Shared {
     waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     init_error: watch::Sender<Option<InitError>>,
     delivered: Mutex<Vec<String>>,
+    /// When the runtime first asked for an event: the end of its cold start.
+    first_poll: watch::Sender<Option<std::time::Instant>>,
 }
 
 /// A queued invocation: await its outcome with [`Invocation::outcome`].
@@ -138,6 +140,7 @@ impl LambdaEmulator {
             waiting: Mutex::new(HashMap::new()),
             init_error: watch::channel(None).0,
             delivered: Mutex::new(Vec::new()),
+            first_poll: watch::channel(None).0,
         });
         let app = Router::new()
             .route(&format!("{API_PREFIX}/invocation/next"), get(next))
@@ -195,6 +198,16 @@ impl LambdaEmulator {
             .and_then(|r| r.ok().and_then(|v| v.clone()))
     }
 
+    /// Waits up to `timeout` for the runtime's first `GET /invocation/next` and returns when it
+    /// arrived (the moment a cold start ends, as Lambda counts it).
+    pub async fn first_poll(&self, timeout: Duration) -> Option<std::time::Instant> {
+        let mut rx = self.shared.first_poll.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|v| *v))
+    }
+
     /// Request ids handed to the function so far, in order.
     pub fn delivered(&self) -> Vec<String> {
         lock(&self.shared.delivered).clone()
@@ -219,6 +232,14 @@ fn accepted() -> Response {
 }
 
 async fn next(State(shared): State<Arc<Shared>>) -> Response {
+    let now = std::time::Instant::now();
+    shared.first_poll.send_if_modified(|first| {
+        let unset = first.is_none();
+        if unset {
+            *first = Some(now);
+        }
+        unset
+    });
     // Long-poll: held here until a test queues an event (as the real API does between invocations).
     let queued = { shared.queue_rx.lock().await.recv().await };
     let Some(Queued { request_id, event }) = queued else {

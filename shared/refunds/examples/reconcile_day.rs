@@ -139,15 +139,7 @@ fn args() -> Res<Args> {
 
 /// A `/proc/self/status` value in KiB (`VmHWM:`, `VmRSS:`); 0 where there is none.
 fn status_kib(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    wxrefund::testing::proc_status_kib(None, key).unwrap_or(0)
 }
 
 fn mib(kib: u64) -> String {

@@ -1,8 +1,8 @@
 //! Cold-start wiring shared by the Lambda functions: logging, the merchant secret, the WeChat
 //! client and the DynamoDB ledger, built once and handed to the router.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use wxpay::client::ClientConfig;
@@ -26,8 +26,17 @@ pub enum BootError {
     Config(String),
 }
 
+/// When `main` began ([`init_tracing`] is its first call): the origin of the cold-start timings.
+static MAIN_STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Milliseconds (with µs) from `from` to now, for the cold-start log line.
+fn ms_since(from: Instant) -> f64 {
+    from.elapsed().as_micros() as f64 / 1000.0
+}
+
 /// Structured logs: JSON on Lambda (CloudWatch), human-readable elsewhere; level from `RUST_LOG`.
 pub fn init_tracing() {
+    MAIN_STARTED.get_or_init(Instant::now);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let on_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some();
@@ -78,27 +87,56 @@ pub fn client_config_from_env() -> Result<ClientConfig, BootError> {
 
 /// Everything a function needs, built once per cold start: secret (Secrets Manager or file), WeChat
 /// client, DynamoDB ledger (`LEDGER_TABLE`), EventBridge publisher (`EVENT_BUS_NAME`).
+///
+/// One AWS configuration serves every client: its provider chain and its HTTPS client (root
+/// certificates included) are the costly part of building one. The cold start is logged as one
+/// line with the time each step took (`cold start ready`), so a slow init shows where it went.
 pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
+    let main_started = *MAIN_STARTED.get_or_init(Instant::now);
+    let started = Instant::now();
     crate::telemetry::install_on_lambda();
-    let source = SecretSource::from_env()
-        .await?
-        .with_timeout(Duration::from_secs(5));
-    let merchant = source.load().await?;
-    tracing::info!(merchant = %merchant, "merchant configuration loaded");
-    let gateway = WxPayGateway::new(&merchant, client_config_from_env()?, Some(source))?;
+    let telemetry_ms = ms_since(started);
+
+    let step = Instant::now();
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let aws_config_ms = ms_since(step);
+
+    let step = Instant::now();
+    let source = SecretSource::from_env(&conf)?.with_timeout(Duration::from_secs(5));
+    let merchant = source.load().await?;
+    let secret_ms = ms_since(step);
+    tracing::info!(merchant = %merchant, "merchant configuration loaded");
+
+    let step = Instant::now();
+    let gateway = WxPayGateway::new(&merchant, client_config_from_env()?, Some(source))?;
+    let wechat_client_ms = ms_since(step);
+
+    let step = Instant::now();
     let ledger = DynamoLedger::from_conf(&conf)?;
     let publisher = EventBridgePublisher::from_conf(&conf);
+    let aws_clients_ms = ms_since(step);
     let cfg = ServiceConfig {
         notify_url: merchant.notify_url.clone(),
         ..ServiceConfig::default()
     };
-    Ok(Arc::new(RefundService::new(
+    let svc = Arc::new(RefundService::new(
         Arc::new(ledger),
         Arc::new(gateway),
         Arc::new(publisher),
         cfg,
-    )))
+    ));
+    tracing::info!(
+        before_service_ms = started.duration_since(main_started).as_micros() as f64 / 1000.0,
+        telemetry_ms,
+        aws_config_ms,
+        secret_ms,
+        wechat_client_ms,
+        aws_clients_ms,
+        service_ms = ms_since(started),
+        since_main_ms = ms_since(main_started),
+        "cold start ready"
+    );
+    Ok(svc)
 }
 
 /// [`production_service`] for a Lambda main: a failed cold start is logged as one structured line

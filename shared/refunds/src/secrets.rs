@@ -225,20 +225,17 @@ pub struct SecretSource {
 }
 
 impl SecretSource {
-    /// From the environment: `WXPAY_SECRET_FILE` wins (local runs), else `WXPAY_SECRET_ID` with the
-    /// default AWS configuration.
-    pub async fn from_env() -> Result<Self, SecretsError> {
+    /// From the environment: `WXPAY_SECRET_FILE` wins (local runs), else `WXPAY_SECRET_ID` with
+    /// the function's AWS configuration (loaded once per cold start and shared by every client).
+    pub fn from_env(conf: &aws_config::SdkConfig) -> Result<Self, SecretsError> {
         if let Some(path) = std::env::var_os(ENV_SECRET_FILE).filter(|p| !p.is_empty()) {
             return Ok(Self::file(PathBuf::from(path)));
         }
         match std::env::var(ENV_SECRET_ID) {
-            Ok(id) if !id.is_empty() => {
-                let conf = aws_config::load_from_env().await;
-                Ok(Self::secrets_manager(
-                    aws_sdk_secretsmanager::Client::new(&conf),
-                    id,
-                ))
-            }
+            Ok(id) if !id.is_empty() => Ok(Self::secrets_manager(
+                aws_sdk_secretsmanager::Client::new(conf),
+                id,
+            )),
             _ => Err(SecretsError::NoSource),
         }
     }

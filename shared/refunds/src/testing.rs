@@ -175,6 +175,23 @@ fn relay_addr(listener: &TcpListener) -> SocketAddr {
     }
 }
 
+// ---- process memory ----------------------------------------------------------------------------
+
+/// A value in KiB from `/proc/<pid>/status` (`pid` `None`: this process), such as `VmHWM:` (peak
+/// resident memory) or `VmRSS:`; `None` off Linux, for a gone process or a missing key.
+pub fn proc_status_kib(pid: Option<u32>, key: &str) -> Option<u64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    std::fs::read_to_string(path)
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
 // ---- fault injection ---------------------------------------------------------------------------
 
 /// A DynamoDB operation, as the `X-Amz-Target` header names it; [`Op::Any`] matches them all.
