@@ -68,12 +68,26 @@ impl FromStr for Fen {
 
     /// Parses the wire form: ASCII digits only (no sign, no decimal point, no spaces).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(MoneyError::NotAnInteger(s.chars().take(24).collect()));
+        let not_an_integer = || MoneyError::NotAnInteger(s.chars().take(24).collect());
+        if s.is_empty() || s.len() > 20 {
+            return Err(not_an_integer());
         }
-        let v: u64 = s
-            .parse()
-            .map_err(|_| MoneyError::NotAnInteger(s.chars().take(24).collect()))?;
+        // One pass that checks and converts (a query reply has hundreds of amounts); 19 digits
+        // cannot overflow a u64, the 20th is checked.
+        let mut v: u64 = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                return Err(not_an_integer());
+            }
+            v = if i < 19 {
+                v * 10 + u64::from(d)
+            } else {
+                v.checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(d)))
+                    .ok_or_else(not_an_integer)?
+            };
+        }
         Fen::new(v)
     }
 }

@@ -256,7 +256,8 @@ struct Grouped<'a> {
 fn group(map: &XmlMap, refund_count: u32) -> Grouped<'_> {
     let mut g = Grouped {
         records: vec![[None; RECORD_FIELDS.len()]; refund_count as usize],
-        coupons: Vec::new(),
+        // A guess that saves regrowing: with coupons, about a fifth of a reply's fields are theirs.
+        coupons: Vec::with_capacity(map.len() / 4),
         record_over: None,
         coupon_over: None,
     };
@@ -290,9 +291,36 @@ fn group(map: &XmlMap, refund_count: u32) -> Grouped<'_> {
             }
         }
     }
-    // Stable: among fields of one coupon, name order is kept, so the later name still wins.
+    g.coupons = by_record(&g.coupons, refund_count);
+    // Stable: among fields of one coupon, name order is kept, so the later name still wins. The
+    // fields are in record order already, and in `m` order within most records, so this sort only
+    // checks the runs (a 50-record reply's coupons were a quarter of its typing cost unsorted).
     g.coupons.sort_by_key(|c| (c.n, c.m));
     g
+}
+
+/// The coupon fields (each of a record `n < refund_count`) in record order, stably: a counting
+/// sort on `n`, since name order scatters the records (`_1`, `_10`, `_11`, …, `_2`).
+fn by_record<'a>(fields: &[CouponField<'a>], refund_count: u32) -> Vec<CouponField<'a>> {
+    let Some(&first) = fields.first() else {
+        return Vec::new();
+    };
+    // starts[n]: where record n's fields go, then (after the pass) where they end.
+    let mut starts = vec![0usize; refund_count as usize + 1];
+    for c in fields {
+        starts[c.n as usize + 1] += 1;
+    }
+    for n in 1..starts.len() {
+        starts[n] += starts[n - 1];
+    }
+    // Every slot is overwritten below: each field has one place.
+    let mut out = vec![first; fields.len()];
+    for c in fields {
+        let at = &mut starts[c.n as usize];
+        out[*at] = *c;
+        *at += 1;
+    }
+    out
 }
 
 /// The wire name of an indexed field, for errors: `base_n` or `base_n_m`.
