@@ -133,4 +133,25 @@ mod tests {
         assert_eq!(Fen::ZERO.checked_sub(Fen::new(1).unwrap()), None);
         assert_eq!(Fen::new(5).unwrap().to_string(), "5");
     }
+
+    #[test]
+    fn the_one_pass_parse_agrees_with_u64_parsing() {
+        // GIVEN digit strings around the u64 limit (20 digits: the one pass checks the last)
+        for s in [
+            "00000000000000000001",
+            "9999999999999999999",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "1999",
+            "12a",
+        ] {
+            // THEN the same answer as the std parse followed by the bound
+            let reference = match s.parse::<u64>() {
+                Ok(v) if s.bytes().all(|b| b.is_ascii_digit()) => Fen::new(v),
+                _ => Err(MoneyError::NotAnInteger(s.into())),
+            };
+            assert_eq!(s.parse::<Fen>(), reference, "{s:?}");
+        }
+    }
 }
