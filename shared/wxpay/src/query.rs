@@ -297,7 +297,7 @@ fn group(map: &XmlMap, refund_count: u32) -> Grouped<'_> {
     g.coupons = by_record(&g.coupons, refund_count);
     // Stable: among fields of one coupon, name order is kept, so the later name still wins. The
     // fields are in record order already, and in `m` order within most records, so this sort only
-    // checks the runs (a 50-record reply's coupons were a quarter of its typing cost unsorted).
+    // checks the runs (sorting them from name order was a tenth of a 50-record reply's typing).
     g.coupons.sort_by_key(|c| (c.n, c.m));
     g
 }
