@@ -14,25 +14,45 @@ pub struct IdError {
 }
 
 /// `[0-9A-Za-z_-|*]`, the charset of `out_trade_no`.
-fn trade_char(b: u8) -> bool {
+const fn trade_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|' | b'*')
 }
 
 /// `[0-9A-Za-z_-|*@]`, the charset of `out_refund_no`.
-fn refund_char(b: u8) -> bool {
+const fn refund_char(b: u8) -> bool {
     trade_char(b) || b == b'@'
 }
 
-fn alnum(b: u8) -> bool {
+const fn alnum(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
+
+/// A charset as a table of the 256 byte values: one load per byte where the tests above take up
+/// to seven comparisons (a 50-record query reply checks a hundred ids).
+type Charset = [bool; 256];
+
+macro_rules! charset {
+    ($test:ident) => {{
+        let mut t = [false; 256];
+        let mut c = 0;
+        while c < 256 {
+            t[c] = $test(c as u8);
+            c += 1;
+        }
+        t
+    }};
+}
+
+const TRADE_CHARS: Charset = charset!(trade_char);
+const REFUND_CHARS: Charset = charset!(refund_char);
+const ALNUM: Charset = charset!(alnum);
 
 fn check(
     field: &'static str,
     s: &str,
     min: usize,
     max: usize,
-    ok: fn(u8) -> bool,
+    ok: &Charset,
     charset: &str,
 ) -> Result<(), IdError> {
     let err = |problem: String| Err(IdError { field, problem });
@@ -42,7 +62,7 @@ fn check(
             s.len()
         ));
     }
-    if let Some(bad) = s.bytes().find(|b| !ok(*b)) {
+    if let Some(bad) = s.bytes().find(|&b| !ok[usize::from(b)]) {
         return err(if bad.is_ascii_graphic() || bad == b' ' {
             format!("may only contain {charset}, found {:?}", bad as char)
         } else {
@@ -65,7 +85,7 @@ macro_rules! id_type {
 
             pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
-                check($field, &s, $min, $max, $ok, $charset)?;
+                check($field, &s, $min, $max, &$ok, $charset)?;
                 Ok(Self(s))
             }
 
@@ -117,31 +137,31 @@ macro_rules! id_type {
 
 id_type!(
     /// The merchant's refund number: the idempotency key of a refund, 1–64 of `[0-9A-Za-z_-|*@]`.
-    OutRefundNo, "out_refund_no", 1, 64, refund_char, "0-9 A-Z a-z _ - | * @"
+    OutRefundNo, "out_refund_no", 1, 64, REFUND_CHARS, "0-9 A-Z a-z _ - | * @"
 );
 id_type!(
     /// The merchant's order number, 6–32 of `[0-9A-Za-z_-|*]`.
-    OutTradeNo, "out_trade_no", 6, 32, trade_char, "0-9 A-Z a-z _ - | *"
+    OutTradeNo, "out_trade_no", 6, 32, TRADE_CHARS, "0-9 A-Z a-z _ - | *"
 );
 id_type!(
     /// WeChat's payment number (28 digits in practice; String(32) in the doc).
-    TransactionId, "transaction_id", 1, 32, alnum, "letters and digits"
+    TransactionId, "transaction_id", 1, 32, ALNUM, "letters and digits"
 );
 id_type!(
     /// WeChat's refund number, String(32).
-    RefundId, "refund_id", 1, 32, alnum, "letters and digits"
+    RefundId, "refund_id", 1, 32, ALNUM, "letters and digits"
 );
 id_type!(
     /// The merchant's (or sub-merchant's) app id, String(32).
-    AppId, "appid", 1, 32, refund_char, "0-9 A-Z a-z _ - | * @"
+    AppId, "appid", 1, 32, REFUND_CHARS, "0-9 A-Z a-z _ - | * @"
 );
 id_type!(
     /// The merchant number, String(32).
-    MchId, "mch_id", 1, 32, alnum, "letters and digits"
+    MchId, "mch_id", 1, 32, ALNUM, "letters and digits"
 );
 id_type!(
     /// A request nonce, at most 32 characters.
-    NonceStr, "nonce_str", 1, 32, alnum, "letters and digits"
+    NonceStr, "nonce_str", 1, 32, ALNUM, "letters and digits"
 );
 
 impl NonceStr {

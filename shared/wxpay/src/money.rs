@@ -68,12 +68,26 @@ impl FromStr for Fen {
 
     /// Parses the wire form: ASCII digits only (no sign, no decimal point, no spaces).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(MoneyError::NotAnInteger(s.chars().take(24).collect()));
+        let not_an_integer = || MoneyError::NotAnInteger(s.chars().take(24).collect());
+        if s.is_empty() || s.len() > 20 {
+            return Err(not_an_integer());
         }
-        let v: u64 = s
-            .parse()
-            .map_err(|_| MoneyError::NotAnInteger(s.chars().take(24).collect()))?;
+        // One pass that checks and converts (a query reply has hundreds of amounts); 19 digits
+        // cannot overflow a u64, the 20th is checked.
+        let mut v: u64 = 0;
+        for (i, b) in s.bytes().enumerate() {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                return Err(not_an_integer());
+            }
+            v = if i < 19 {
+                v * 10 + u64::from(d)
+            } else {
+                v.checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(d)))
+                    .ok_or_else(not_an_integer)?
+            };
+        }
         Fen::new(v)
     }
 }
@@ -118,5 +132,26 @@ mod tests {
         assert_eq!(max.checked_add(Fen::new(1).unwrap()), None);
         assert_eq!(Fen::ZERO.checked_sub(Fen::new(1).unwrap()), None);
         assert_eq!(Fen::new(5).unwrap().to_string(), "5");
+    }
+
+    #[test]
+    fn the_one_pass_parse_agrees_with_u64_parsing() {
+        // GIVEN digit strings around the u64 limit (20 digits: the one pass checks the last)
+        for s in [
+            "00000000000000000001",
+            "9999999999999999999",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999",
+            "1999",
+            "12a",
+        ] {
+            // THEN the same answer as the std parse followed by the bound
+            let reference = match s.parse::<u64>() {
+                Ok(v) if s.bytes().all(|b| b.is_ascii_digit()) => Fen::new(v),
+                _ => Err(MoneyError::NotAnInteger(s.into())),
+            };
+            assert_eq!(s.parse::<Fen>(), reference, "{s:?}");
+        }
     }
 }
