@@ -85,6 +85,19 @@ pub fn client_config_from_env() -> Result<ClientConfig, BootError> {
     Ok(cfg)
 }
 
+/// `SSL_CERT_FILE` (set by template.yaml so that the TLS clients read one bundle instead of every
+/// file of `/etc/ssl/certs`) must name a file: with a wrong path both clients would start with no
+/// trusted root and every call would fail its handshake, so the cold start fails instead, naming it.
+fn check_ca_bundle() -> Result<(), BootError> {
+    match std::env::var_os("SSL_CERT_FILE") {
+        Some(path) if !std::path::Path::new(&path).is_file() => Err(BootError::Config(format!(
+            "SSL_CERT_FILE is {}, which is not a file: unset it or name the system's CA bundle",
+            std::path::Path::new(&path).display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Everything a function needs, built once per cold start: secret (Secrets Manager or file), WeChat
 /// client, DynamoDB ledger (`LEDGER_TABLE`), EventBridge publisher (`EVENT_BUS_NAME`).
 ///
@@ -97,6 +110,7 @@ pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
     crate::telemetry::install_on_lambda();
     let telemetry_ms = ms_since(started);
 
+    check_ca_bundle()?;
     let step = Instant::now();
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let aws_config_ms = ms_since(step);
