@@ -42,7 +42,12 @@ async fn concurrent_writes_share_fsyncs_and_survive_a_reopen() {
     let tasks: Vec<_> = (0..400)
         .map(|i| {
             let l = Arc::clone(&ledger);
-            let req = new_refund(&format!("GC-{i}"), &format!("ORDER-GC-{}", i % 20), 1000, 60);
+            let req = new_refund(
+                &format!("GC-{i}"),
+                &format!("ORDER-GC-{}", i % 20),
+                1000,
+                60,
+            );
             tokio::spawn(async move { l.record(req).await })
         })
         .collect();
