@@ -544,37 +544,47 @@ mod tests {
     use wxpay::OutRefundNo;
 
     fn body(json: &str) -> Result<RefundCommand, ApiError> {
-        let req: CreateRefund = serde_json::from_str(json)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
-        req.validate()
+        CreateRefund::from_json(json.as_bytes())?.validate()
     }
 
+    /// A deserializer's own wording, which a merchant cannot act on.
+    const SERDE_WORDS: [&str; 5] = [
+        "expected u64",
+        "invalid type",
+        "invalid length",
+        "expected struct",
+        "invalid value",
+    ];
+
     #[test]
-    fn every_input_class_gets_a_clear_400() {
+    fn every_input_class_gets_a_clear_400_naming_the_field() {
         let ok =
             r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":10}"#;
         assert!(body(ok).is_ok());
+        // GIVEN each kind of bad body WHEN read THEN a 400 whose message names the field
         for (json, code, needle) in [
-            ("{", "invalid_json", "EOF"),
+            ("{", "invalid_json", "JSON"),
+            ("", "invalid_json", "JSON"),
+            ("[]", "validation_error", "JSON object"),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":"100","refund_fee":10}"#,
-                "invalid_json",
-                "invalid type",
+                "validation_error",
+                "total_fee must be a whole number of fen",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":-1,"refund_fee":10}"#,
-                "invalid_json",
-                "invalid value",
+                "validation_error",
+                "total_fee",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":1.5,"refund_fee":1}"#,
-                "invalid_json",
-                "invalid type",
+                "validation_error",
+                "total_fee",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":99999999999999999999999,"refund_fee":1}"#,
-                "invalid_json",
-                "",
+                "validation_error",
+                "total_fee",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":0}"#,
@@ -587,14 +597,14 @@ mod tests {
                 "total_fee",
             ),
             (
-                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":101}"#,
-                "validation_error",
-                "must not exceed",
-            ),
-            (
                 r#"{"out_refund_no":"R 1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}"#,
                 "validation_error",
                 "out_refund_no",
+            ),
+            (
+                r#"{"out_refund_no":7,"out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "out_refund_no must be a string",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORD","total_fee":100,"refund_fee":1}"#,
@@ -604,7 +614,12 @@ mod tests {
             (
                 r#"{"out_refund_no":"R1","total_fee":100,"refund_fee":1}"#,
                 "validation_error",
-                "required",
+                "out_trade_no is required",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":null,"total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "out_trade_no is required",
             ),
             (
                 r#"{"out_refund_no":"R1","transaction_id":"4200000001202611270000000001","total_fee":100,"refund_fee":1}"#,
@@ -614,29 +629,51 @@ mod tests {
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","transaction_id":"42","total_fee":100,"refund_fee":1}"#,
                 "validation_error",
-                "not both",
+                "transaction_id is not accepted",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"amount":1}"#,
-                "invalid_json",
-                "unknown field",
+                "validation_error",
+                "unknown field \"amount\"",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"refund_account":"X"}"#,
                 "validation_error",
                 "refund_account",
             ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"metadata":[]}"#,
+                "validation_error",
+                "metadata",
+            ),
         ] {
             let err = body(json).expect_err(json);
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{json}");
             assert_eq!(err.code, code, "{json}: {}", err.message);
             assert!(err.message.contains(needle), "{json}: {}", err.message);
+            for w in SERDE_WORDS {
+                assert!(!err.message.contains(w), "{json}: {}", err.message);
+            }
         }
         let long = format!(
             r#"{{"out_refund_no":"{}","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}}"#,
             "R".repeat(65)
         );
         assert!(body(&long).is_err());
+    }
+
+    #[test]
+    fn a_refund_over_its_total_is_a_422_not_a_400() {
+        // GIVEN fields each valid alone but refund_fee over total_fee THEN 422 refund_exceeds_order
+        let err = body(
+            r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":101}"#,
+        )
+        .expect_err("over");
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "refund_exceeds_order")
+        );
+        assert!(err.message.contains("must not exceed"), "{}", err.message);
     }
 
     #[test]
