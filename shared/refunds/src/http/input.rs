@@ -38,6 +38,17 @@ impl JsonObject {
     /// Parses `body` as one JSON object whose fields are all in `known`; `what` names the body
     /// ("a refund request").
     pub(crate) fn parse(body: &[u8], what: &str, known: &[&str]) -> Result<Self, ApiError> {
+        Self::parse_refusing(body, what, known, &[])
+    }
+
+    /// [`Self::parse`], with fields that are refused with their own message (`(field, message)`)
+    /// rather than as unknown: a field a client may well send, whose refusal needs a reason.
+    pub(crate) fn parse_refusing(
+        body: &[u8],
+        what: &str,
+        known: &[&str],
+        refused: &[(&str, &str)],
+    ) -> Result<Self, ApiError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             let message = if e.is_eof() {
                 format!("the request body ends before {what} is complete JSON")
@@ -55,6 +66,9 @@ impl JsonObject {
                 "the request body must be a JSON object: {what}"
             )));
         };
+        if let Some((_, why)) = refused.iter().find(|(f, _)| fields.contains_key(*f)) {
+            return Err(invalid(*why));
+        }
         if let Some(unknown) = fields.keys().find(|k| !known.contains(&k.as_str())) {
             return Err(invalid(format!(
                 "unknown field {:?}: {what} has only the fields {}",

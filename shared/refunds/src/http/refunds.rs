@@ -69,7 +69,7 @@ pub(super) enum RefundAccountSchema {
     RefundSourceRechargeFunds,
 }
 
-/// The fields a refund request may have (`transaction_id` is known so it can be refused by name).
+/// The fields a refund request may have (`transaction_id` is refused with its reason).
 const CREATE_REFUND_FIELDS: &[&str] = &[
     "out_refund_no",
     "out_trade_no",
@@ -83,15 +83,15 @@ const CREATE_REFUND_FIELDS: &[&str] = &[
 impl CreateRefund {
     /// A `POST /refunds` body read field by field, each refusal naming its field.
     pub fn from_json(body: &[u8]) -> Result<Self, ApiError> {
-        if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(body)
-            && m.contains_key("transaction_id")
-        {
-            return Err(ApiError::bad_request(
-                "validation_error",
+        let mut o = JsonObject::parse_refusing(
+            body,
+            "a refund request",
+            CREATE_REFUND_FIELDS,
+            &[(
+                "transaction_id",
                 "transaction_id is not accepted: name the order by out_trade_no (refunds are limited per out_trade_no)",
-            ));
-        }
-        let mut o = JsonObject::parse(body, "a refund request", CREATE_REFUND_FIELDS)?;
+            )],
+        )?;
         Ok(CreateRefund {
             out_refund_no: o.required_string("out_refund_no")?,
             out_trade_no: Some(o.required_string("out_trade_no")?),
