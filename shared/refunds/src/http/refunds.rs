@@ -200,7 +200,7 @@ pub struct RefundView {
     pub needs_person: bool,
     /// Every time a final status was corrected to WeChat's, oldest first.
     pub corrections: Vec<CorrectionView>,
-    /// FAILED or REFUNDCLOSE: why no money left, normalized (`crate::reason`); WeChat's own code
+    /// FAILED or REFUNDCLOSE: why no money left, in one small vocabulary; WeChat's own code
     /// is in `last_error`.
     #[schema(required = true)]
     pub failure_reason: Option<Reason>,
