@@ -26,9 +26,6 @@ use wxrefund::secrets::SecretSource;
 use wxrefund::service::{RefundService, ServiceConfig};
 use wxrefund::state::UnixMillis;
 
-/// The OpenAPI 3 document of the HTTP API, served at `GET /openapi.json`.
-pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
-
 /// WeChat's refund apply limit (requests per second), used by the sandbox and the client pacer.
 pub const WECHAT_APPLY_QPS: u32 = 150;
 /// WeChat's limit on failing requests per second.
@@ -78,14 +75,11 @@ pub fn client_config(base_url: &str, ca_pem: Option<Vec<u8>>) -> ClientConfig {
     cfg
 }
 
-/// The OpenAPI document with its `servers` naming where this stack really listens.
+/// The OpenAPI document (generated from the handlers, `wxrefund::http::openapi`) with its
+/// `servers` naming where this stack really listens.
 pub fn openapi_for(api_addr: SocketAddr) -> Result<String, BoxError> {
-    let mut doc: serde_json::Value =
-        serde_json::from_str(OPENAPI_JSON).map_err(context("the bundled openapi.json"))?;
-    doc["servers"] = serde_json::json!([
-        {"url": format!("http://{api_addr}"), "description": "wxrefund-local"}
-    ]);
-    Ok(doc.to_string())
+    wxrefund::http::openapi_json(&format!("http://{api_addr}"))
+        .map_err(context("serialising the OpenAPI document"))
 }
 
 /// The address others use to reach `addr`: a wildcard bind is reached over loopback.

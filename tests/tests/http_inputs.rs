@@ -41,18 +41,18 @@ async fn bad_inputs_get_json_errors_and_touch_nothing() {
     unknown["amount"] = 10.into();
     let (status, body) = stack.post_refund(&unknown).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_error_body("unknown field", &body, "invalid_json");
+    assert_error_body("unknown field", &body, "validation_error");
     assert!(
         body["message"].as_str().unwrap().contains("amount"),
         "{body}"
     );
 
-    // a valid shape with an invalid value → 400 validation_error
+    // a valid shape whose fields disagree → 422 (refund_fee over total_fee)
     let (status, body) = stack
         .post_refund(&refund_body("R-HTTP-1", "ORDER-HTTP-1", 1000, 1001))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_error_body("refund over total", &body, "validation_error");
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_error_body("refund over total", &body, "refund_exceeds_order");
 
     // a body over 16 KiB → 413
     let mut big = good.clone();
@@ -145,7 +145,7 @@ async fn metadata_is_stored_echoed_part_of_the_idempotency_check_and_bounded() {
             serde_json::json!({"k".repeat(41): "v"}),
             "validation_error",
         ),
-        (6, serde_json::json!({"k": 1}), "invalid_json"),
+        (6, serde_json::json!({"k": 1}), "validation_error"),
     ] {
         let no = format!("R-MD-{n}");
         let mut bad = refund_body(&no, "ORDER-MD-1", 1000, 100);

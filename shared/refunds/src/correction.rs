@@ -10,7 +10,7 @@ use wxpay::Fen;
 use crate::state::{RefundStatus, UnixMillis};
 
 /// Where the signed fact came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FactSource {
     Query,
@@ -21,7 +21,7 @@ pub enum FactSource {
 
 /// Contradiction (we said something WeChat's books deny) or resolution (a CHANGE refund that a
 /// person re-routed or closed in the merchant platform).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CorrectionKind {
     Contradiction,
@@ -39,7 +39,7 @@ pub struct Correction {
 }
 
 /// Why a refund needs a person, beyond CHANGE (which says so by its status).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttentionReason {
     /// The ledger said a final status that WeChat's books contradict: the merchant may have acted

@@ -10,7 +10,7 @@ use wxpay::{ErrCode, RetryClass};
 use crate::state::{RefundRecord, RefundStatus};
 
 /// The normalized reasons (snake_case on the wire).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Recorded, being handed to WeChat.

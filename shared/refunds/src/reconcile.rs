@@ -56,7 +56,7 @@ impl From<&wxpay::bill::RefundBillRow> for BilledRefund {
 }
 
 /// What a report says of the whole day.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReportStatus {
     /// The bill and the ledger agree on every refund (after the queries this run made).
@@ -83,7 +83,7 @@ impl ReportStatus {
 }
 
 /// What kind of disagreement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DiscrepancyKind {
     /// WeChat billed a refund the ledger did not have (made in the merchant platform, by
@@ -110,7 +110,7 @@ impl DiscrepancyKind {
 }
 
 /// How a discrepancy was resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
     /// A query confirmed the refund; it is now in the ledger as an external refund and counts

@@ -88,7 +88,7 @@ impl fmt::Display for UnixMillis {
 
 /// Where a refund is in its life. The wire names are the ones WeChat uses for the states it owns
 /// (`PROCESSING`, `SUCCESS`, `REFUNDCLOSE`, `CHANGE`) and SCREAMING_SNAKE for ours.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum RefundStatus {
     /// Written to the ledger, amount reserved, WeChat not called yet.
@@ -254,7 +254,7 @@ impl FromStr for RefundStatus {
 }
 
 /// The last error seen for a refund (WeChat's `err_code` / `err_code_des`, or ours for transport).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LastError {
     pub code: String,
     pub message: String,

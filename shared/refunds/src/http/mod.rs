@@ -3,7 +3,9 @@
 //! function serves only its own routes (`refund_router`, `query_router`, `notify_router`,
 //! `reconcile_router`); the local stack serves them all (`router`).
 
+mod input;
 mod notify;
+pub mod openapi;
 mod poll;
 mod reconciliations;
 pub(crate) mod refunds;
@@ -13,18 +15,20 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::handler::Handler;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use lambda_http::RequestExt;
 use serde::Serialize;
 use tracing::{Instrument, error, info};
 
 use crate::service::{RefundService, ServiceError};
 
+pub use openapi::{ERROR_CODES, openapi, openapi_json};
 pub use poll::EVENTS_PATH;
 pub use reconciliations::{
     CreateReconciliation, DiscrepancyView, ReconciliationView, SideView, TotalsView,
@@ -48,6 +52,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        // Every code is in the OpenAPI document's `Error` schema; the tests run debug builds.
+        debug_assert!(
+            ERROR_CODES.contains(&code),
+            "error code {code} is not in openapi::ERROR_CODES"
+        );
         ApiError {
             status,
             code,
@@ -182,18 +191,14 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-/// A path that does not decode (e.g. `%FF`, not UTF-8) is a 400 in the JSON envelope.
-pub(crate) fn path_error(r: PathRejection) -> ApiError {
-    ApiError::bad_request("invalid_path", r.body_text())
-}
-
-/// A JSON request body: `Content-Type: application/json` (else 415), within the route's cap,
-/// parsed into `T` (unknown fields refused by `T`). `what` names the body in the messages.
-pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+/// A JSON request body: `Content-Type: application/json` (else 415), within the route's cap
+/// (else 413); the caller reads its fields (`input::JsonObject`). `what` names the body in the
+/// messages.
+pub(crate) fn json_body(
     headers: &axum::http::HeaderMap,
     body: Result<axum::body::Bytes, BytesRejection>,
     what: &str,
-) -> Result<T, ApiError> {
+) -> Result<axum::body::Bytes, ApiError> {
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -206,9 +211,7 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
             format!("send {what} as JSON (Content-Type: application/json)"),
         ));
     }
-    let body = body.map_err(body_error)?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
+    body.map_err(body_error)
 }
 
 pub(crate) fn body_error(r: BytesRejection) -> ApiError {
@@ -219,7 +222,8 @@ pub(crate) fn body_error(r: BytesRejection) -> ApiError {
             "request body is larger than the limit",
         )
     } else {
-        ApiError::bad_request("invalid_body", r.body_text())
+        tracing::debug!(rejection = %r.body_text(), "body refused");
+        ApiError::bad_request("invalid_body", "the request body could not be read")
     }
 }
 
@@ -247,71 +251,120 @@ fn with_fallbacks(routes: Router<AppState>, svc: Arc<RefundService>) -> Router {
         .with_state(svc)
 }
 
-fn create_route(r: Router<AppState>) -> Router<AppState> {
-    r.route(
-        "/refunds",
-        post(refunds::create_refund).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
-    )
+/// One route: its method and path next to its handler, so the list of routes ([`routes`]) is
+/// the router itself and the OpenAPI test can hold the document to every one of them.
+struct Route {
+    method: Method,
+    path: &'static str,
+    handler: MethodRouter<AppState>,
 }
 
-fn read_routes(r: Router<AppState>) -> Router<AppState> {
-    r.route("/refunds", get(refunds::list_needing_person))
-        .route("/refunds/{out_refund_no}", get(refunds::get_refund))
-        .route(
+impl Route {
+    fn get<H: Handler<T, AppState>, T: 'static>(path: &'static str, h: H) -> Self {
+        Route {
+            method: Method::GET,
+            path,
+            handler: get(h),
+        }
+    }
+
+    fn post<H: Handler<T, AppState>, T: 'static>(path: &'static str, h: H) -> Self {
+        Route {
+            method: Method::POST,
+            path,
+            handler: post(h),
+        }
+    }
+
+    fn body_limit(mut self, max: usize) -> Self {
+        self.handler = self.handler.layer(DefaultBodyLimit::max(max));
+        self
+    }
+}
+
+fn create_routes() -> Vec<Route> {
+    vec![Route::post("/refunds", refunds::create_refund).body_limit(MAX_JSON_BODY)]
+}
+
+fn read_routes() -> Vec<Route> {
+    vec![
+        Route::get("/refunds", refunds::list_needing_person),
+        Route::get("/refunds/{out_refund_no}", refunds::get_refund),
+        Route::get(
             "/orders/{out_trade_no}/refunds",
-            get(refunds::list_order_refunds),
-        )
+            refunds::list_order_refunds,
+        ),
+    ]
 }
 
-fn reconcile_routes(r: Router<AppState>) -> Router<AppState> {
-    r.route(
-        "/reconciliations",
-        post(reconciliations::create_reconciliation).layer(DefaultBodyLimit::max(MAX_JSON_BODY)),
-    )
-    .route(
-        "/reconciliations/{bill_date}",
-        get(reconciliations::get_reconciliation),
-    )
+fn reconcile_routes() -> Vec<Route> {
+    vec![
+        Route::post("/reconciliations", reconciliations::create_reconciliation)
+            .body_limit(MAX_JSON_BODY),
+        Route::get(
+            "/reconciliations/{bill_date}",
+            reconciliations::get_reconciliation,
+        ),
+    ]
 }
 
-fn notify_route(r: Router<AppState>) -> Router<AppState> {
-    r.route(
-        "/wxpay/refund-notify",
-        post(notify::refund_notify).layer(DefaultBodyLimit::max(MAX_NOTIFY_BODY)),
-    )
+fn notify_routes() -> Vec<Route> {
+    vec![Route::post("/wxpay/refund-notify", notify::refund_notify).body_limit(MAX_NOTIFY_BODY)]
+}
+
+fn all_routes() -> Vec<Route> {
+    [
+        create_routes(),
+        read_routes(),
+        notify_routes(),
+        reconcile_routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Method and path of every route [`router`] serves (the OpenAPI document must list each).
+pub fn routes() -> Vec<(Method, &'static str)> {
+    all_routes()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect()
+}
+
+fn build(routes: Vec<Route>, svc: Arc<RefundService>) -> Router {
+    let r = routes
+        .into_iter()
+        .fold(Router::new(), |r, route| r.route(route.path, route.handler));
+    with_fallbacks(r, svc)
 }
 
 /// The `refund` function: `POST /refunds`.
 pub fn refund_router(svc: Arc<RefundService>) -> Router {
-    with_fallbacks(create_route(Router::new()), svc)
+    build(create_routes(), svc)
 }
 
 /// The `refund-query` function: `GET /refunds/{out_refund_no}`,
 /// `GET /orders/{out_trade_no}/refunds`, and the scheduled poll event.
 pub fn query_router(svc: Arc<RefundService>, poll_budget: Duration) -> Router {
-    with_fallbacks(read_routes(Router::new()), Arc::clone(&svc))
-        .merge(poll::events_router(svc, poll_budget))
+    build(read_routes(), Arc::clone(&svc)).merge(poll::events_router(svc, poll_budget))
 }
 
 /// The public `refund-notify` function: `POST /wxpay/refund-notify` only.
 pub fn notify_router(svc: Arc<RefundService>) -> Router {
-    with_fallbacks(notify_route(Router::new()), svc)
+    build(notify_routes(), svc)
 }
 
 /// The `refund-reconcile` function: `POST /reconciliations`, `GET /reconciliations/{bill_date}`,
 /// and the daily schedule's event.
 pub fn reconcile_router(svc: Arc<RefundService>) -> Router {
-    with_fallbacks(reconcile_routes(Router::new()), Arc::clone(&svc))
-        .merge(reconciliations::events_router(svc))
+    build(reconcile_routes(), Arc::clone(&svc)).merge(reconciliations::events_router(svc))
 }
 
 /// Every merchant route and WeChat's notification route on one listener (the local stack and
 /// the end-to-end tests).
 pub fn router(svc: Arc<RefundService>) -> Router {
-    with_fallbacks(
-        reconcile_routes(notify_route(read_routes(create_route(Router::new())))),
-        svc,
-    )
+    build(all_routes(), svc)
 }
 
 /// `router` plus the scheduled-poll event.

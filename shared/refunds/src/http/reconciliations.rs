@@ -7,53 +7,70 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use wxpay::bill::BillDate;
 
+use super::input::{self, JsonObject, path_error};
+use super::openapi::ErrorResponse;
 use super::refunds::rfc3339;
-use super::{ApiError, AppState, body_error, path_error};
+use super::{ApiError, AppState, body_error};
 use crate::reconcile::{Discrepancy, DiscrepancyKind, Reconciliation, ReportStatus, Resolution};
 use crate::service::RefundService;
 use crate::state::UnixMillis;
 
 /// `POST /reconciliations` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateReconciliation {
-    /// `YYYY-MM-DD`, a Beijing date, not in the future.
+    /// `YYYY-MM-DD`, a Beijing date from the year 2000 (WeChat Pay's bills begin after it), not in
+    /// the future (`422 bill_date_in_future`).
+    #[schema(format = Date, pattern = r"^[2-9][0-9]{3}-[0-9]{2}-[0-9]{2}$")]
     pub bill_date: String,
 }
 
+impl CreateReconciliation {
+    /// A `POST /reconciliations` body read field by field.
+    pub fn from_json(body: &[u8]) -> Result<Self, ApiError> {
+        let mut o = JsonObject::parse(body, "a reconciliation request", &["bill_date"])?;
+        Ok(CreateReconciliation {
+            bill_date: o.required_string("bill_date")?,
+        })
+    }
+}
+
 /// Refund count and amount (fen) of one side.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TotalsView {
     pub refunds: u64,
     pub refund_fee: u64,
 }
 
 /// What one side says of a refund.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SideView {
     pub status: String,
     pub refund_fee: u64,
 }
 
 /// One refund on which WeChat's bill and the ledger disagreed, and what was done.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DiscrepancyView {
     pub kind: DiscrepancyKind,
     pub out_refund_no: String,
+    #[schema(required = true)]
     pub out_trade_no: Option<String>,
+    #[schema(required = true)]
     pub bill: Option<SideView>,
+    #[schema(required = true)]
     pub ledger: Option<SideView>,
     pub resolution: Resolution,
     pub detail: String,
 }
 
 /// A reconciliation report as the API shows it (amounts in fen, times RFC 3339).
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReconciliationView {
     pub bill_date: String,
     pub status: ReportStatus,
@@ -111,35 +128,96 @@ fn beijing_today(now: UnixMillis) -> Result<BillDate, ApiError> {
     })
 }
 
-/// A bill date from the merchant: a real `YYYY-MM-DD` date, not after today in Beijing.
+/// A bill date from the merchant: a real `YYYY-MM-DD` date (else 400), not after today in Beijing
+/// (else 422: the date is well formed, it is its relation to the clock that is refused).
 fn bill_date(s: &str, now: UnixMillis) -> Result<BillDate, ApiError> {
     let invalid = |m: String| ApiError::bad_request("validation_error", m);
+    // Only the dashed form: the schema says `YYYY-MM-DD`, so `yyyyMMdd` (which BillDate also
+    // reads) is refused rather than silently accepted.
+    if s.len() != 10 || s.as_bytes().get(4) != Some(&b'-') {
+        return Err(invalid(format!(
+            "bill_date must be a date written YYYY-MM-DD, got {:?}",
+            s.chars().take(16).collect::<String>()
+        )));
+    }
     let day: BillDate = s.parse().map_err(|e| invalid(format!("bill_date: {e}")))?;
     if day > beijing_today(now)? {
-        return Err(invalid(format!(
-            "bill_date: {} is in the future (Beijing time)",
-            day.iso()
-        )));
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bill_date_in_future",
+            format!("bill_date: {} is in the future (Beijing time)", day.iso()),
+        ));
     }
     Ok(day)
 }
 
+/// The path of one reconciliation (a schema only).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct BillDatePath {
+    /// `YYYY-MM-DD`, a Beijing date.
+    #[param(format = Date, pattern = r"^[2-9][0-9]{3}-[0-9]{2}-[0-9]{2}$")]
+    bill_date: String,
+}
+
+/// Reconcile a Beijing day against WeChat's refund bill now, and answer the report.
+#[utoipa::path(
+    post,
+    path = "/reconciliations",
+    operation_id = "createReconciliation",
+    tag = "reconciliations",
+    request_body(content = CreateReconciliation, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The report (also stored).", body = ReconciliationView),
+        (status = 400, description = "`invalid_json`, `validation_error` (the message names the field), `invalid_body`, `invalid_query` (this route takes no query parameters).", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`.", body = ErrorResponse),
+        (status = 415, description = "`unsupported_media_type`: send `Content-Type: application/json`.", body = ErrorResponse),
+        (status = 422, description = "`bill_date_in_future` (Beijing time).", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: WeChat's rate limit refused the bill download; ask again after `Retry-After`.", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again (WeChat Pay's limits are per second)."))),
+        (status = 500, description = "`internal_error`.", body = ErrorResponse),
+        (status = 502, description = "`upstream_error`: WeChat's bill could not be had or does not add up.", body = ErrorResponse),
+        (status = 503, description = "`ledger_unavailable`.", body = ErrorResponse),
+    )
+)]
 pub(super) async fn create_reconciliation(
     State(svc): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ReconciliationView>, ApiError> {
-    let req: CreateReconciliation = super::json_body(&headers, body, "the reconciliation request")?;
+    input::query(query.as_deref(), &[])?;
+    let body = super::json_body(&headers, body, "the reconciliation request")?;
+    let req = CreateReconciliation::from_json(&body)?;
     let day = bill_date(&req.bill_date, UnixMillis::now())?;
     let report = svc.reconcile_bill_date(&day).await?;
     Ok(Json(ReconciliationView::from(&report)))
 }
 
+/// The stored report of a day.
+#[utoipa::path(
+    get,
+    path = "/reconciliations/{bill_date}",
+    operation_id = "getReconciliation",
+    tag = "reconciliations",
+    params(BillDatePath),
+    responses(
+        (status = 200, description = "The stored report.", body = ReconciliationView),
+        (status = 400, description = "`invalid_path`, `validation_error` (not a `YYYY-MM-DD` date) or `invalid_query` (this route takes no query parameters).", body = ErrorResponse),
+        (status = 404, description = "`not_found`: that day has not been reconciled.", body = ErrorResponse),
+        (status = 422, description = "`bill_date_in_future` (Beijing time).", body = ErrorResponse),
+        (status = 500, description = "`internal_error`.", body = ErrorResponse),
+        (status = 503, description = "`ledger_unavailable`.", body = ErrorResponse),
+    )
+)]
 pub(super) async fn get_reconciliation(
     State(svc): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<ReconciliationView>, ApiError> {
     let Path(day) = path.map_err(path_error)?;
+    input::query(query.as_deref(), &[])?;
     let day = bill_date(&day, UnixMillis::now())?;
     match svc.reconciliation(&day).await? {
         Some(r) => Ok(Json(ReconciliationView::from(&r))),
@@ -261,7 +339,12 @@ mod tests {
         let now = UnixMillis(1_800_000_000_000);
         assert_eq!(bill_date("2027-01-15", now).unwrap().iso(), "2027-01-15");
         assert_eq!(bill_date("2027-01-14", now).unwrap().iso(), "2027-01-14");
-        for bad in ["2027-01-16", "2027-02-30", "20270115x", "", "yesterday"] {
+        let e = bill_date("2027-01-16", now).unwrap_err();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "bill_date_in_future")
+        );
+        for bad in ["2027-02-30", "20270115x", "20270115", "", "yesterday"] {
             let e = bill_date(bad, now).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
             assert!(e.message.starts_with("bill_date"), "{bad}: {}", e.message);

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,9 @@ use time::format_description::well_known::Rfc3339;
 use wxpay::refund::{RefundAccount, RefundDesc};
 use wxpay::{Fen, OrderRef, OutRefundNo, OutTradeNo, TransactionId};
 
-use super::{ApiError, AppState, RequestIds, path_error};
+use super::input::{self, JsonObject, path_error};
+use super::openapi::ErrorResponse;
+use super::{ApiError, AppState, RequestIds};
 use crate::correction::{CorrectionKind, FactSource};
 use crate::metadata::Metadata;
 use crate::reason::Reason;
@@ -21,22 +23,87 @@ use crate::request::RefundCommand;
 use crate::service::Submitted;
 use crate::state::{LastError, RefundRecord, RefundStatus, UnixMillis};
 
-/// `POST /refunds` body. Amounts are integer fen.
-#[derive(Debug, Deserialize)]
+/// `POST /refunds` body. Amounts are integer fen; `refund_fee` over `total_fee` is answered
+/// `422 refund_exceeds_order`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRefund {
+    /// Your refund number: the idempotency key.
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[0-9A-Za-z_\-|*@]+$")]
     pub out_refund_no: String,
+    /// The order, by your order number (the only way accepted: refunds are limited per order).
+    #[schema(value_type = String, required = true, min_length = 6, max_length = 32,
+        pattern = r"^[0-9A-Za-z_\-|*]+$")]
     pub out_trade_no: Option<String>,
+    /// Refused: an order named by WeChat's number would get a refund limit of its own.
+    #[schema(ignore)]
     pub transaction_id: Option<String>,
+    /// The order's total, in fen.
+    #[schema(minimum = 1, maximum = 100_000_000_000_u64)]
     pub total_fee: u64,
+    /// The amount to refund, in fen; at most `total_fee`.
+    #[schema(minimum = 1, maximum = 100_000_000_000_u64)]
     pub refund_fee: u64,
+    /// Shown to the buyer: at most 80 characters, no emoji (characters above U+FFFF) or control
+    /// characters, and never `]]>`.
+    #[schema(
+        max_length = 80,
+        pattern = r"^(?:[\x20-\x5c\x5e-\x7e\xa0-\ud7ff\ue000-\uffff]|\][\x20-\x5c\x5e-\x7e\xa0-\ud7ff\ue000-\uffff]|\]\]+[\x20-\x3d\x3f-\x5c\x5e-\x7e\xa0-\ud7ff\ue000-\uffff])*\]*$"
+    )]
     pub refund_desc: Option<String>,
+    /// Which funds pay the refund (WeChat's default when absent).
+    #[schema(value_type = Option<RefundAccountSchema>)]
     pub refund_account: Option<String>,
     /// The merchant's own string keys and values (≤ 20 keys, 40 / 500 characters).
+    #[schema(schema_with = super::openapi::metadata_schema)]
     pub metadata: Option<std::collections::BTreeMap<String, String>>,
 }
 
+/// The `refund_account` values WeChat knows.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = RefundAccount)]
+#[allow(dead_code, clippy::enum_variant_names)] // a schema only: the string is parsed by wxpay
+pub(super) enum RefundAccountSchema {
+    RefundSourceUnsettledFunds,
+    RefundSourceRechargeFunds,
+}
+
+/// The fields a refund request may have (`transaction_id` is refused with its reason).
+const CREATE_REFUND_FIELDS: &[&str] = &[
+    "out_refund_no",
+    "out_trade_no",
+    "total_fee",
+    "refund_fee",
+    "refund_desc",
+    "refund_account",
+    "metadata",
+];
+
 impl CreateRefund {
+    /// A `POST /refunds` body read field by field, each refusal naming its field.
+    pub fn from_json(body: &[u8]) -> Result<Self, ApiError> {
+        let mut o = JsonObject::parse_refusing(
+            body,
+            "a refund request",
+            CREATE_REFUND_FIELDS,
+            &[(
+                "transaction_id",
+                "transaction_id is not accepted: name the order by out_trade_no (refunds are limited per out_trade_no)",
+            )],
+        )?;
+        Ok(CreateRefund {
+            out_refund_no: o.required_string("out_refund_no")?,
+            out_trade_no: Some(o.required_string("out_trade_no")?),
+            transaction_id: None,
+            total_fee: o.fen("total_fee")?,
+            refund_fee: o.fen("refund_fee")?,
+            refund_desc: o.string("refund_desc")?,
+            refund_account: o.string("refund_account")?,
+            metadata: o.string_map("metadata")?,
+        })
+    }
+
     /// Every check that needs no state, with a message naming the field.
     pub fn validate(self) -> Result<RefundCommand, ApiError> {
         let invalid =
@@ -71,9 +138,12 @@ impl CreateRefund {
             Fen::positive(self.total_fee).map_err(|e| invalid(&format!("total_fee: {e}")))?;
         let refund_fee =
             Fen::positive(self.refund_fee).map_err(|e| invalid(&format!("refund_fee: {e}")))?;
+        // Two fields together: a valid-looking request refused on its meaning (422), like the
+        // ledger's own over-refund refusal.
         if refund_fee > total_fee {
-            return Err(ApiError::bad_request(
-                "validation_error",
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "refund_exceeds_order",
                 format!("refund_fee ({refund_fee}) must not exceed total_fee ({total_fee})"),
             ));
         }
@@ -102,18 +172,24 @@ impl CreateRefund {
 }
 
 /// A refund as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RefundView {
     pub out_refund_no: String,
+    #[schema(required = true)]
     pub out_trade_no: Option<String>,
+    #[schema(required = true)]
     pub transaction_id: Option<String>,
+    #[schema(required = true)]
     pub refund_id: Option<String>,
     pub total_fee: u64,
     pub refund_fee: u64,
     pub status: RefundStatus,
     pub attempts: u32,
+    #[schema(required = true)]
     pub last_error: Option<LastError>,
+    #[schema(required = true)]
     pub refund_recv_account: Option<String>,
+    #[schema(required = true)]
     pub success_time: Option<String>,
     pub created_at: String,
     pub updated_at: String,
@@ -124,17 +200,19 @@ pub struct RefundView {
     pub needs_person: bool,
     /// Every time a final status was corrected to WeChat's, oldest first.
     pub corrections: Vec<CorrectionView>,
-    /// FAILED or REFUNDCLOSE: why no money left, normalized (`crate::reason`); WeChat's own code
+    /// FAILED or REFUNDCLOSE: why no money left, in one small vocabulary; WeChat's own code
     /// is in `last_error`.
+    #[schema(required = true)]
     pub failure_reason: Option<Reason>,
     /// Not final, or CHANGE: what it waits for, normalized.
+    #[schema(required = true)]
     pub pending_reason: Option<Reason>,
     /// The merchant's own data from the request (`{}` when none).
     pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// One correction as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CorrectionView {
     /// What the ledger said.
     pub from: RefundStatus,
@@ -191,19 +269,40 @@ impl From<&RefundRecord> for RefundView {
 }
 
 /// `GET /orders/{out_trade_no}/refunds` reply.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderRefunds {
     pub out_trade_no: String,
     pub refunds: Vec<RefundView>,
 }
 
+/// Submit a refund. WeChat is called before the answer; a refund still moving is `202`, a final
+/// one (refused for good at once, or a replay of a finished one) `200`.
+#[utoipa::path(
+    post,
+    path = "/refunds",
+    operation_id = "createRefund",
+    tag = "refunds",
+    request_body(content = CreateRefund, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Final: refused for good at once, or a replay of a finished refund.", body = RefundView),
+        (status = 202, description = "Recorded and still moving (poll `GET /refunds/{out_refund_no}`).", body = RefundView),
+        (status = 400, description = "`invalid_json`, `validation_error` (the message names the field), `invalid_body`, `invalid_query` (this route takes no query parameters).", body = ErrorResponse),
+        (status = 409, description = "`idempotency_key_reused` (the same `out_refund_no` with a different request) or `in_progress`.", body = ErrorResponse),
+        (status = 413, description = "`body_too_large`.", body = ErrorResponse),
+        (status = 415, description = "`unsupported_media_type`: send `Content-Type: application/json`.", body = ErrorResponse),
+        (status = 422, description = "`refund_exceeds_order` (`refund_fee` over `total_fee`, or over what the order has left), `too_many_refunds` (50 per order), `total_fee_mismatch`; WeChat is not called.", body = ErrorResponse),
+        (status = 500, description = "`internal_error`.", body = ErrorResponse),
+        (status = 503, description = "`ledger_unavailable`: retry the same request.", body = ErrorResponse),
+    )
+)]
 pub(super) async fn create_refund(
     State(svc): State<AppState>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let mut ids = RequestIds::default();
-    let mut resp = match create(&svc, &headers, body, &mut ids).await {
+    let mut resp = match create(&svc, query.as_deref(), &headers, body, &mut ids).await {
         Ok((resp, status)) => {
             metrics::counter!(crate::telemetry::REFUND_REQUESTS, "result" => status.as_str())
                 .increment(1);
@@ -220,11 +319,14 @@ pub(super) async fn create_refund(
 
 async fn create(
     svc: &AppState,
+    query: Option<&str>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     ids: &mut RequestIds,
 ) -> Result<(Response, RefundStatus), ApiError> {
-    let req: CreateRefund = super::json_body(headers, body, "the refund request")?;
+    input::query(query, &[])?;
+    let body = super::json_body(headers, body, "the refund request")?;
+    let req = CreateRefund::from_json(&body)?;
     ids.out_refund_no = Some(super::clip(&req.out_refund_no));
     ids.out_trade_no = req.out_trade_no.as_deref().map(super::clip);
     let cmd = req.validate()?;
@@ -241,24 +343,58 @@ async fn create(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct GetParams {
-    #[serde(default)]
-    refresh: bool,
+/// The path of one refund (a schema only: the handlers read the path themselves).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct RefundPath {
+    /// Your refund number.
+    #[param(min_length = 1, max_length = 64, pattern = r"^[0-9A-Za-z_\-|*@]+$")]
+    out_refund_no: String,
 }
 
+/// `GET /refunds/{out_refund_no}` query (a schema only).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct GetQuery {
+    /// Ask WeChat Pay now instead of answering from the ledger (for a refund that is not final).
+    refresh: Option<bool>,
+}
+
+/// A refund by its number, from the ledger (or from WeChat first with `refresh=true`).
+#[utoipa::path(
+    get,
+    path = "/refunds/{out_refund_no}",
+    operation_id = "getRefund",
+    tag = "refunds",
+    params(RefundPath, GetQuery),
+    responses(
+        (status = 200, description = "The refund.", body = RefundView),
+        (status = 400, description = "`invalid_path`, `validation_error` (a bad number) or `invalid_query` (an unknown, repeated or malformed parameter).", body = ErrorResponse),
+        (status = 404, description = "`not_found`: no refund with this number.", body = ErrorResponse),
+        (status = 409, description = "`in_progress`: a refresh while the refund is being submitted.", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: WeChat's rate limit answered the refresh; ask again after `Retry-After`.", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again (WeChat Pay's limits are per second)."))),
+        (status = 500, description = "`internal_error`.", body = ErrorResponse),
+        (status = 502, description = "`upstream_error`: WeChat could not answer the refresh.", body = ErrorResponse),
+        (status = 503, description = "`ledger_unavailable`.", body = ErrorResponse),
+    )
+)]
 pub(super) async fn get_refund(
     State(svc): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    params: Result<Query<GetParams>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<RefundView>, ApiError> {
     let Path(no) = path.map_err(path_error)?;
-    let Query(params) =
-        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let params = input::query(query.as_deref(), &["refresh"])?;
+    let refresh = match params.get("refresh") {
+        Some(v) => input::query_bool("refresh", v)?,
+        None => false,
+    };
     let no = OutRefundNo::new(no)
         .map_err(|e| ApiError::bad_request("validation_error", e.to_string()))?;
-    let rec = if params.refresh {
+    let rec = if refresh {
         svc.refresh(&no).await?
     } else {
         svc.get(&no).await?
@@ -266,48 +402,74 @@ pub(super) async fn get_refund(
     Ok(Json(RefundView::from(&rec)))
 }
 
-/// `GET /refunds?needs_person=true[&cursor=…][&limit=…]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListParams {
-    needs_person: Option<bool>,
+/// `GET /refunds` query (a schema only).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct ListQuery {
+    /// Required, and only `true`: this route lists the refunds that need a person.
+    #[param(required = true, schema_with = super::openapi::only_true)]
+    needs_person: bool,
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 64, pattern = r"^[0-9A-Za-z_\-|*@]+$")]
     cursor: Option<String>,
-    limit: Option<usize>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
 }
 
 /// One page of refunds that need a person.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RefundPage {
     pub refunds: Vec<RefundView>,
     /// Pass as `cursor` for the next page; `null` after the last.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
 /// The operator's list: every refund that needs a person (CHANGE, a contradiction with WeChat's
 /// books, or stuck past its escalation age), by `out_refund_no`.
+#[utoipa::path(
+    get,
+    path = "/refunds",
+    operation_id = "listRefundsNeedingPerson",
+    tag = "refunds",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page, by `out_refund_no`.", body = RefundPage),
+        (status = 400, description = "`invalid_query`: `needs_person=true` missing, `limit` outside 1–100, a cursor we did not give, an unknown or repeated parameter.", body = ErrorResponse),
+        (status = 500, description = "`internal_error`.", body = ErrorResponse),
+        (status = 503, description = "`ledger_unavailable`.", body = ErrorResponse),
+    )
+)]
 pub(super) async fn list_needing_person(
     State(svc): State<AppState>,
-    params: Result<Query<ListParams>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<RefundPage>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    if p.needs_person != Some(true) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+    let bad = |m: &str| ApiError::bad_request("invalid_query", m);
+    let p = input::query(query.as_deref(), &["needs_person", "cursor", "limit"])?;
+    let needs_person = match p.get("needs_person") {
+        Some(v) => input::query_bool("needs_person", v)?,
+        None => false,
+    };
+    if !needs_person {
+        return Err(bad(
             "needs_person=true is required: this route lists the refunds that need a person",
         ));
     }
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 100",
-        ));
-    }
-    let cursor = match p.cursor {
+    let limit = match p.get("limit") {
+        None => 50,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| bad("limit must be a whole number from 1 to 100"))?,
+    };
+    let cursor = match p.get("cursor") {
         None => None,
         Some(c) => Some(crate::ledger::Cursor::new(
-            OutRefundNo::new(c)
-                .map_err(|_| ApiError::bad_request("invalid_query", "cursor is not one we gave"))?
+            OutRefundNo::new(c.as_str())
+                .map_err(|_| bad("cursor is not one we gave"))?
                 .as_str(),
         )),
     };
@@ -318,22 +480,57 @@ pub(super) async fn list_needing_person(
     }))
 }
 
-/// `GET /orders/{out_trade_no}/refunds` takes no query parameters; an unknown one is refused
-/// like on every other route.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NoParams {}
+/// The path of one order (a schema only).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct OrderPath {
+    /// Your order number.
+    #[param(min_length = 6, max_length = 32, pattern = r"^[0-9A-Za-z_\-|*]+$")]
+    out_trade_no: String,
+}
 
+/// WeChat's list of the order's refunds (every page) merged with the ledger's.
+#[utoipa::path(
+    get,
+    path = "/orders/{out_trade_no}/refunds",
+    operation_id = "listOrderRefunds",
+    tag = "refunds",
+    params(OrderPath),
+    responses(
+        (status = 200, description = "The order's refunds.", body = OrderRefunds),
+        (status = 400, description = "`invalid_path`, `validation_error` (a bad order number) or `invalid_query` (this route takes no query parameters).", body = ErrorResponse),
+        (status = 429, description = "`rate_limited`: WeChat answered `FREQUENCY_LIMITED`; ask again after `Retry-After`.", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before asking again (WeChat Pay's limits are per second)."))),
+        (status = 500, description = "`internal_error`.", body = ErrorResponse),
+        (status = 502, description = "`upstream_error`: WeChat could not answer.", body = ErrorResponse),
+        (status = 503, description = "`ledger_unavailable`.", body = ErrorResponse),
+    )
+)]
 pub(super) async fn list_order_refunds(
     State(svc): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    params: Result<Query<NoParams>, QueryRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<OrderRefunds>, ApiError> {
     let Path(no) = path.map_err(path_error)?;
-    params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    input::query(query.as_deref(), &[])?;
     let no = OutTradeNo::new(no)
         .map_err(|e| ApiError::bad_request("validation_error", e.to_string()))?;
-    let recs = svc.list_by_order(&OrderRef::OutTradeNo(no.clone())).await?;
+    let recs = match svc.list_by_order(&OrderRef::OutTradeNo(no.clone())).await {
+        Ok(recs) => recs,
+        Err(e @ crate::service::ServiceError::RateLimited(_)) => {
+            // Not the merchant's fault and not an outage: WeChat's own per-second limit. Said at
+            // WARN with the order so a merchant polling too fast can be told.
+            tracing::warn!(
+                route = "/orders/{out_trade_no}/refunds",
+                out_trade_no = %no,
+                error = %e,
+                "WeChat's rate limit refused the order's refund query"
+            );
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(Json(OrderRefunds {
         out_trade_no: no.to_string(),
         refunds: recs.iter().map(RefundView::from).collect(),
@@ -347,37 +544,47 @@ mod tests {
     use wxpay::OutRefundNo;
 
     fn body(json: &str) -> Result<RefundCommand, ApiError> {
-        let req: CreateRefund = serde_json::from_str(json)
-            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
-        req.validate()
+        CreateRefund::from_json(json.as_bytes())?.validate()
     }
 
+    /// A deserializer's own wording, which a merchant cannot act on.
+    const SERDE_WORDS: [&str; 5] = [
+        "expected u64",
+        "invalid type",
+        "invalid length",
+        "expected struct",
+        "invalid value",
+    ];
+
     #[test]
-    fn every_input_class_gets_a_clear_400() {
+    fn every_input_class_gets_a_clear_400_naming_the_field() {
         let ok =
             r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":10}"#;
         assert!(body(ok).is_ok());
+        // GIVEN each kind of bad body WHEN read THEN a 400 whose message names the field
         for (json, code, needle) in [
-            ("{", "invalid_json", "EOF"),
+            ("{", "invalid_json", "JSON"),
+            ("", "invalid_json", "JSON"),
+            ("[]", "validation_error", "JSON object"),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":"100","refund_fee":10}"#,
-                "invalid_json",
-                "invalid type",
+                "validation_error",
+                "total_fee must be a whole number of fen",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":-1,"refund_fee":10}"#,
-                "invalid_json",
-                "invalid value",
+                "validation_error",
+                "total_fee",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":1.5,"refund_fee":1}"#,
-                "invalid_json",
-                "invalid type",
+                "validation_error",
+                "total_fee",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":99999999999999999999999,"refund_fee":1}"#,
-                "invalid_json",
-                "",
+                "validation_error",
+                "total_fee",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":0}"#,
@@ -390,14 +597,14 @@ mod tests {
                 "total_fee",
             ),
             (
-                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":101}"#,
-                "validation_error",
-                "must not exceed",
-            ),
-            (
                 r#"{"out_refund_no":"R 1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}"#,
                 "validation_error",
                 "out_refund_no",
+            ),
+            (
+                r#"{"out_refund_no":7,"out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "out_refund_no must be a string",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORD","total_fee":100,"refund_fee":1}"#,
@@ -407,7 +614,12 @@ mod tests {
             (
                 r#"{"out_refund_no":"R1","total_fee":100,"refund_fee":1}"#,
                 "validation_error",
-                "required",
+                "out_trade_no is required",
+            ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":null,"total_fee":100,"refund_fee":1}"#,
+                "validation_error",
+                "out_trade_no is required",
             ),
             (
                 r#"{"out_refund_no":"R1","transaction_id":"4200000001202611270000000001","total_fee":100,"refund_fee":1}"#,
@@ -417,29 +629,51 @@ mod tests {
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","transaction_id":"42","total_fee":100,"refund_fee":1}"#,
                 "validation_error",
-                "not both",
+                "transaction_id is not accepted",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"amount":1}"#,
-                "invalid_json",
-                "unknown field",
+                "validation_error",
+                "unknown field \"amount\"",
             ),
             (
                 r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"refund_account":"X"}"#,
                 "validation_error",
                 "refund_account",
             ),
+            (
+                r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1,"metadata":[]}"#,
+                "validation_error",
+                "metadata",
+            ),
         ] {
             let err = body(json).expect_err(json);
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{json}");
             assert_eq!(err.code, code, "{json}: {}", err.message);
             assert!(err.message.contains(needle), "{json}: {}", err.message);
+            for w in SERDE_WORDS {
+                assert!(!err.message.contains(w), "{json}: {}", err.message);
+            }
         }
         let long = format!(
             r#"{{"out_refund_no":"{}","out_trade_no":"ORDER1","total_fee":100,"refund_fee":1}}"#,
             "R".repeat(65)
         );
         assert!(body(&long).is_err());
+    }
+
+    #[test]
+    fn a_refund_over_its_total_is_a_422_not_a_400() {
+        // GIVEN fields each valid alone but refund_fee over total_fee THEN 422 refund_exceeds_order
+        let err = body(
+            r#"{"out_refund_no":"R1","out_trade_no":"ORDER1","total_fee":100,"refund_fee":101}"#,
+        )
+        .expect_err("over");
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::UNPROCESSABLE_ENTITY, "refund_exceeds_order")
+        );
+        assert!(err.message.contains("must not exceed"), "{}", err.message);
     }
 
     #[test]

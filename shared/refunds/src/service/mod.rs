@@ -119,7 +119,13 @@ pub enum ServiceError {
 impl From<CallFailure> for ServiceError {
     fn from(f: CallFailure) -> Self {
         match &f {
-            CallFailure::Rejected(e) if e.code == wxpay::ErrCode::FrequencyLimited => {
+            // Both are WeChat's per-second limits (crate::reason says rate_limited for both).
+            CallFailure::Rejected(e)
+                if matches!(
+                    e.code,
+                    wxpay::ErrCode::FrequencyLimited | wxpay::ErrCode::InvalidReqTooMuch
+                ) =>
+            {
                 ServiceError::RateLimited(f.to_string())
             }
             _ => ServiceError::Upstream(f.to_string()),

@@ -101,6 +101,10 @@ impl RefundService {
             }
             Err(BillFailure::Unavailable(BillUnavailable::NoBill(_))) => Ok(BillFetch::NoBill),
             Err(BillFailure::Unavailable(BillUnavailable::NotReady(_))) => Ok(BillFetch::NotReady),
+            // WeChat's rate limit is not an outage: the caller is told to ask again (429).
+            Err(BillFailure::Unavailable(e @ BillUnavailable::RateLimited(_))) => Err(
+                ServiceError::RateLimited(format!("WeChat's refund bill of {day}: {e}")),
+            ),
             Err(e) => Err(ServiceError::Upstream(format!(
                 "WeChat's refund bill of {day}: {e}"
             ))),

@@ -72,6 +72,10 @@ pub enum BillUnavailable {
     /// "SYSTEMERROR" / error_code 100 ("下载失败 系统超时 请尝试再次查询"): retry.
     #[error("WeChat failed to serve the bill ({}); retry", .0.return_msg)]
     Retry(BillRefusal),
+    /// "请求频率过高，请降低频率后重试" (requests too frequent): WeChat's rate limit, whatever the
+    /// `error_code` (20003 has been seen with it); ask again in a moment.
+    #[error("WeChat's rate limit refused the bill request ({}); retry shortly", .0.return_msg)]
+    RateLimited(BillRefusal),
     /// The request is wrong: signature, parameters (bill_date out of range, bill_type), the
     /// merchant's bill permission, or "CompressGZip Error". No retry helps; fix the configuration.
     #[error("WeChat refused the bill request ({}, error_code {:?}): fix the configuration", .0.return_msg, .0.error_code)]
@@ -192,6 +196,9 @@ fn classify(r: BillRefusal) -> BillUnavailable {
         BillUnavailable::NotReady(r)
     } else if code == "20002" {
         BillUnavailable::NoBill(r)
+    } else if r.return_msg.contains("频率") || msg.contains("frequency") {
+        // Before the codes: the rate-limit text comes with 20003, which alone reads as Config.
+        BillUnavailable::RateLimited(r)
     } else if msg.contains("systemerror") || msg.contains("system error") || code == "100" {
         BillUnavailable::Retry(r)
     } else if r.return_msg.contains("签名错误")
@@ -259,6 +266,7 @@ mod tests {
             Err(BillUnavailable::NoBill(_)) => "no_bill",
             Err(BillUnavailable::NotReady(_)) => "not_ready",
             Err(BillUnavailable::Retry(_)) => "retry",
+            Err(BillUnavailable::RateLimited(_)) => "rate_limited",
             Err(BillUnavailable::Config(_)) => "config",
             Err(BillUnavailable::Malformed(_)) => "malformed",
             Ok(_) => "bill",
@@ -289,6 +297,12 @@ mod tests {
             ("参数错误", None, "config"),
             ("当前商户号账单API权限已经关闭", Some("20007"), "config"),
             ("something else", Some("20003"), "config"),
+            (
+                "请求频率过高，请降低频率后重试",
+                Some("20003"),
+                "rate_limited",
+            ),
+            ("FREQUENCY_LIMITED", None, "rate_limited"),
             // not recognised: retried (a download has no side effect), text kept
             ("系统繁忙", None, "retry"),
             ("", None, "retry"),
