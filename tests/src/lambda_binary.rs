@@ -239,6 +239,18 @@ impl Parts {
         assert!(!out.is_empty(), "merchant.json holds key material");
         out
     }
+
+    /// Fails the test if `logs` holds any of [`Parts::secret_material`] (issue 14.5: no key,
+    /// certificate or private key in any function's logs).
+    pub fn assert_no_secret_in(&self, logs: &str) {
+        assert!(!logs.is_empty(), "the function logged nothing to search");
+        for material in self.secret_material() {
+            assert!(
+                !logs.contains(&material),
+                "key material in the logs: {logs}"
+            );
+        }
+    }
 }
 
 /// A function binary running as a child process; killed on drop (a failing test included).

@@ -74,4 +74,6 @@ async fn the_refund_notify_binary_settles_a_real_notification_and_refuses_garbag
         RefundStatus::Success,
         "garbage changes nothing"
     );
+    // AND nothing secret was logged
+    parts.assert_no_secret_in(&function.logs());
 }

@@ -90,4 +90,6 @@ async fn the_refund_query_binary_serves_reads_and_the_scheduled_poll() {
         "the function stays up between invocations"
     );
     assert_eq!(emulator.delivered().len(), 4);
+    // AND nothing secret was logged
+    parts.assert_no_secret_in(&function.logs());
 }

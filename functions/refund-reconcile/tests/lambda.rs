@@ -65,4 +65,6 @@ async fn the_refund_reconcile_binary_reconciles_a_day_and_serves_its_report() {
         None,
         "the function stays up between invocations"
     );
+    // AND nothing secret was logged
+    parts.assert_no_secret_in(&function.logs());
 }

@@ -88,11 +88,11 @@ pub fn client_config_from_env() -> Result<ClientConfig, BootError> {
 /// `SSL_CERT_FILE` (set by template.yaml so that the TLS clients read one bundle instead of every
 /// file of `/etc/ssl/certs`) must name a file: with a wrong path both clients would start with no
 /// trusted root and every call would fail its handshake, so the cold start fails instead, naming it.
-fn check_ca_bundle() -> Result<(), BootError> {
-    match std::env::var_os("SSL_CERT_FILE") {
-        Some(path) if !std::path::Path::new(&path).is_file() => Err(BootError::Config(format!(
+fn check_ca_bundle(ssl_cert_file: Option<&std::ffi::OsStr>) -> Result<(), BootError> {
+    match ssl_cert_file {
+        Some(path) if !std::path::Path::new(path).is_file() => Err(BootError::Config(format!(
             "SSL_CERT_FILE is {}, which is not a file: unset it or name the system's CA bundle",
-            std::path::Path::new(&path).display()
+            std::path::Path::new(path).display()
         ))),
         _ => Ok(()),
     }
@@ -110,7 +110,7 @@ pub async fn production_service() -> Result<Arc<RefundService>, BootError> {
     crate::telemetry::install_on_lambda();
     let telemetry_ms = ms_since(started);
 
-    check_ca_bundle()?;
+    check_ca_bundle(std::env::var_os("SSL_CERT_FILE").as_deref())?;
     let step = Instant::now();
     let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let aws_config_ms = ms_since(step);
@@ -163,5 +163,33 @@ pub async fn production_service_or_exit() -> Arc<RefundService> {
             tracing::error!(error = %e, "cold start failed");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn a_ca_bundle_that_is_not_a_file_fails_the_cold_start_naming_the_variable() {
+        // GIVEN SSL_CERT_FILE naming a path that does not exist
+        let missing = OsStr::new("/nonexistent/ca-bundle.crt");
+        // WHEN the cold start checks it
+        let err = check_ca_bundle(Some(missing)).expect_err("refused");
+        // THEN the message names the variable and the path
+        let msg = err.to_string();
+        assert!(msg.contains("SSL_CERT_FILE"), "{msg}");
+        assert!(msg.contains("/nonexistent/ca-bundle.crt"), "{msg}");
+    }
+
+    #[test]
+    fn an_unset_or_existing_ca_bundle_is_accepted() {
+        assert!(check_ca_bundle(None).is_ok());
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        assert!(check_ca_bundle(Some(file.path().as_os_str())).is_ok());
+        // A directory is not a bundle.
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(check_ca_bundle(Some(dir.path().as_os_str())).is_err());
     }
 }
