@@ -36,6 +36,27 @@ async fn bad_inputs_get_json_errors_and_touch_nothing() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error_body("malformed JSON", &body, "invalid_json");
 
+    // deeply nested JSON (8,000 levels, under the size cap) → 400, without exhausting the stack:
+    // serde_json stops at 128 levels, as a bare array and inside a field
+    let depth = 8_000;
+    let bare = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let in_field = format!(
+        r#"{{"out_refund_no":{}{}}}"#,
+        "[".repeat(depth - 10),
+        "]".repeat(depth - 10)
+    );
+    for (what, deep) in [("nested arrays", bare), ("nested in a field", in_field)] {
+        assert!(
+            deep.len() <= wxrefund::http::MAX_JSON_BODY,
+            "{what}: under the cap"
+        );
+        let (status, body) = stack
+            .call(Method::POST, "/refunds", Some(deep.into_bytes()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert_error_body(what, &body, "invalid_json");
+    }
+
     // an unknown field → 400 naming it
     let mut unknown = good.clone();
     unknown["amount"] = 10.into();
