@@ -74,17 +74,22 @@ async fn leased(l: &DynamoLedger, n: &str) -> RefundRecord {
     }
 }
 
-/// A final failure: releases the amount and the slot in one transaction with the refund update.
-fn fail(r: &RefundRecord) -> Transition {
+/// The move of `r`, as it is now, to `to` (fenced on its status, version and lease owner).
+fn move_of(r: &RefundRecord, to: RefundStatus, changes: Changes) -> Transition {
     Transition {
         out_refund_no: r.out_refund_no.clone(),
         expected_status: r.status,
         expected_version: r.version,
         lease_owner: r.lease.as_ref().map(|l| l.owner.clone()),
-        to: RefundStatus::Failed,
-        changes: Changes::default(),
+        to,
+        changes,
         now: T0.plus(Duration::from_secs(1)),
     }
+}
+
+/// A final failure: releases the amount and the slot in one transaction with the refund update.
+fn fail(r: &RefundRecord) -> Transition {
+    move_of(r, RefundStatus::Failed, Changes::default())
 }
 
 async fn book(l: &DynamoLedger) -> Option<OrderBook> {
@@ -423,18 +428,11 @@ where
 /// is our own write, applied before its answer was lost: the SDK resent it and the condition then
 /// refused it.
 async fn moved(l: &DynamoLedger, r: &RefundRecord, to: RefundStatus) -> RefundRecord {
-    let t = Transition {
-        out_refund_no: r.out_refund_no.clone(),
-        expected_status: r.status,
-        expected_version: r.version,
-        lease_owner: r.lease.as_ref().map(|l| l.owner.clone()),
-        to,
-        changes: Changes {
-            refund_id: Some(RefundId::new("50000000099").expect("refund id")),
-            ..Changes::default()
-        },
-        now: T0.plus(Duration::from_secs(1)),
+    let changes = Changes {
+        refund_id: Some(RefundId::new("50000000099").expect("refund id")),
+        ..Changes::default()
     };
+    let t = move_of(r, to, changes);
     match until_answered("transition", || l.transition(t.clone())).await {
         TransitionOutcome::Applied(next) => next,
         TransitionOutcome::Conflict(now) if now.status == to && now.version == r.version + 1 => now,
