@@ -304,7 +304,13 @@ impl Stack {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BoxError> {
-        let served = wxrefund::http::serve_local(self.app, self.listener, shutdown).await;
+        let served = wxrefund::http::serve_local(
+            self.app,
+            self.listener,
+            shutdown,
+            wxrefund::http::ServeLimits::default(),
+        )
+        .await;
         info!("shutting down: HTTP server stopped; stopping the poller and the sandbox");
         let _ = self.stop_poller.send(true);
         if let Err(e) = self.poller.await {

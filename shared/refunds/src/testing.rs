@@ -63,15 +63,30 @@ pub async fn fresh_dynamo_ledger(prefix: &str) -> DynamoLedger {
 /// A [`DynamoLedger`] on a fresh moto table whose every request goes through a relay injecting
 /// `faults`. The SDK keeps its standard retry policy (3 attempts) with a 10 ms initial backoff so
 /// that tests of its retries take milliseconds, and gives up on an attempt after
-/// `attempt_timeout` (`None`: never, the SDK's default). The table is created without the timeout.
+/// `attempt_timeout` (`None`: never, the SDK's default). The table is created on moto directly,
+/// without the relay's faults or the timeout.
 pub async fn faulty_dynamo_ledger(
     prefix: &str,
     faults: &Faults,
     attempt_timeout: Option<Duration>,
 ) -> DynamoLedger {
+    faulty_dynamo_ledger_retrying(prefix, faults, attempt_timeout, 3).await
+}
+
+/// [`faulty_dynamo_ledger`] whose SDK makes up to `max_attempts` attempts per request: for suites
+/// where faults come at random on every request and a test must not meet three in a row.
+pub async fn faulty_dynamo_ledger_retrying(
+    prefix: &str,
+    faults: &Faults,
+    attempt_timeout: Option<Duration>,
+    max_attempts: u32,
+) -> DynamoLedger {
     let relay = fault_relay(&moto_endpoint(), faults.clone()).await;
-    let retry = RetryConfig::standard().with_initial_backoff(Duration::from_millis(10));
-    let setup = sdk_config(&relay, Some(retry.clone()), None).await;
+    let retry = RetryConfig::standard()
+        .with_initial_backoff(Duration::from_millis(10))
+        .with_max_attempts(max_attempts);
+    // The table is created straight on moto: the faults are for the ledger's own requests.
+    let setup = moto_sdk_config().await;
     let timeouts = attempt_timeout.map(|t| {
         TimeoutConfig::builder()
             .connect_timeout(SDK_CONNECT_TIMEOUT)

@@ -22,17 +22,22 @@ use wxrefund::reconcile::{
     Discrepancy, DiscrepancyKind, Reconciliation, ReportStatus, Resolution, Side, Totals,
 };
 use wxrefund::state::{LastError, MAX_REFUNDS_PER_ORDER, RefundRecord, RefundStatus, UnixMillis};
+use wxrefund::testing::{CancelCode, Fault, FaultRule, Faults, Op};
 
 /// A fixed "now" so schedules are deterministic.
 const T0: UnixMillis = UnixMillis(1_800_000_000_000);
 const LEASE: Duration = Duration::from_secs(30);
-/// How many times each race is run (fresh order each time).
+/// How many times each race is run (fresh order each time); under faults, per seed.
 const RACE_ITERATIONS: usize = 5;
+const RACE_ITERATIONS_UNDER_FAULTS: usize = 2;
 
 struct Fixture {
     ledger: Arc<dyn Ledger>,
     /// Set for the DynamoDB adapter, to read its write counters.
     dynamo: Option<DynamoLedger>,
+    /// Set when the DynamoDB adapter talks through the fault-injecting relay: what it injects.
+    /// Its write counters then also count the retries, so the write-count checks are skipped.
+    faults: Option<Faults>,
     /// Set for the embedded adapter, to read its commit counter.
     embedded: Option<EmbeddedLedger>,
     _dir: Option<TempDir>,
@@ -42,11 +47,24 @@ impl Fixture {
     /// Another empty ledger of the same kind (moto's transactions copy the whole table, so the
     /// race iterations stay fast on small tables).
     async fn fresh(&self) -> Fixture {
-        if self.dynamo.is_some() {
-            dynamo().await
-        } else {
-            embedded().await
+        match (&self.faults, &self.dynamo) {
+            (Some(faults), _) => faulty_dynamo_with(faults.clone()).await,
+            (None, Some(_)) => dynamo().await,
+            (None, None) => embedded().await,
         }
+    }
+
+    fn race_iterations(&self) -> usize {
+        if self.faults.is_some() {
+            RACE_ITERATIONS_UNDER_FAULTS
+        } else {
+            RACE_ITERATIONS
+        }
+    }
+
+    /// Whether the write counters count exactly this test's logical writes.
+    fn counts_writes(&self) -> bool {
+        self.faults.is_none()
     }
 }
 
@@ -56,6 +74,7 @@ async fn embedded() -> Fixture {
     Fixture {
         ledger: Arc::new(ledger.clone()),
         dynamo: None,
+        faults: None,
         embedded: Some(ledger),
         _dir: Some(dir),
     }
@@ -66,9 +85,96 @@ async fn dynamo() -> Fixture {
     Fixture {
         ledger: Arc::new(ledger.clone()),
         dynamo: Some(ledger),
+        faults: None,
         embedded: None,
         _dir: None,
     }
+}
+
+/// The faults every request of the suite under faults may meet, each at random (‰ per request,
+/// drawn from the seed): all the kinds DynamoDB answers with besides a failed condition, and a
+/// write applied whose answer never comes. The adapter must absorb them: its own retries for
+/// cancelled transactions, the SDK's for the rest (6 attempts here), the `ClientRequestToken` for
+/// a transaction resent after its answer was lost, and recognising its own update for the rest.
+///
+/// No `SlowAnswer` here: the relay serves one request at a time (moto needs it), so one slow
+/// answer stalls every concurrent request of the race tests past its timeout, which DynamoDB
+/// never does. `ledger_faults.rs` injects slow answers where they can be told apart.
+fn random_faults(seed: u64) -> Faults {
+    let faults = Faults::seeded(seed);
+    let twi = Op::TransactWriteItems;
+    for rule in [
+        FaultRule::per_mille(
+            15,
+            twi,
+            Fault::TransactionCanceled(CancelCode::TransactionConflict),
+        ),
+        FaultRule::per_mille(
+            15,
+            twi,
+            Fault::TransactionCanceled(CancelCode::ThrottlingError),
+        ),
+        FaultRule::per_mille(10, Op::Any, Fault::ProvisionedThroughputExceeded),
+        FaultRule::per_mille(10, Op::Any, Fault::Throttling),
+        FaultRule::per_mille(10, Op::Any, Fault::InternalServerError),
+        FaultRule::per_mille(8, Op::Any, Fault::ReplyLost),
+    ] {
+        faults.add(rule);
+    }
+    faults
+}
+
+async fn faulty_dynamo_with(faults: Faults) -> Fixture {
+    let ledger = wxrefund::testing::faulty_dynamo_ledger_retrying(
+        "ledger-faults",
+        &faults,
+        // No attempt timeout: the relay serves one request at a time, and the race tests queue
+        // dozens behind each other.
+        None,
+        6,
+    )
+    .await;
+    Fixture {
+        ledger: Arc::new(ledger.clone()),
+        dynamo: Some(ledger),
+        faults: Some(faults),
+        embedded: None,
+        _dir: None,
+    }
+}
+
+/// The seeds the suite under faults runs each test with: `LEDGER_FAULT_SEEDS` (comma-separated;
+/// the long mode gives many), else two. Each test mixes its name in, so tests meet different faults.
+fn fault_seeds(test: &str) -> Vec<u64> {
+    let base: Vec<u64> = std::env::var("LEDGER_FAULT_SEEDS")
+        .ok()
+        .map(|v| {
+            v.split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .expect("LEDGER_FAULT_SEEDS: comma-separated integers")
+                })
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1, 2]);
+    // FNV-1a of the test's name.
+    let name = test.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    base.into_iter().map(|s| s ^ name).collect()
+}
+
+/// What one test under faults met, one line per seed (summed in docs/TESTING.md).
+fn report_faults(test: &str, seed: u64, faults: &Faults) {
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for i in faults.injected() {
+        *kinds.entry(format!("{:?}", i.fault)).or_default() += 1;
+    }
+    eprintln!(
+        "faults injected: test={test} seed={seed} requests={} {kinds:?}",
+        faults.requests(Op::Any)
+    );
 }
 
 /// Runs every listed contract test once per adapter.
@@ -89,6 +195,20 @@ macro_rules! contract {
                 async fn $name() {
                     let f = super::dynamo().await;
                     super::$name(&f).await;
+                }
+            )*
+        }
+        /// The same contract with DynamoDB failing at random under the adapter (seeded).
+        mod dynamo_ledger_under_faults {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    for seed in super::fault_seeds(stringify!($name)) {
+                        let faults = super::random_faults(seed);
+                        let f = super::faulty_dynamo_with(faults.clone()).await;
+                        super::$name(&f).await;
+                        super::report_faults(stringify!($name), seed, &faults);
+                    }
                 }
             )*
         }
@@ -545,7 +665,7 @@ async fn happy_path_lifecycle_and_its_writes(f: &Fixture) {
     assert_eq!(book(l, "ORDER-1").await.reserved, fen(40));
     assert_eq!(l.list_by_order(&order("ORDER-1")).await.unwrap(), vec![s]);
     // AND on DynamoDB the lifecycle took 4 write requests (5 item writes)
-    if let (Some(d), Some(before)) = (&f.dynamo, before) {
+    if let (Some(d), Some(before), true) = (&f.dynamo, before, f.counts_writes()) {
         let after = d.write_stats();
         let (requests, items) = (after.requests - before.requests, after.items - before.items);
         println!("happy path on DynamoDB: {requests} write requests, {items} item writes");
@@ -703,7 +823,7 @@ async fn external_refund_is_recorded_once_and_reserved_unconditionally(f: &Fixtu
 
 async fn concurrent_records_of_one_number_create_exactly_once(f: &Fixture) {
     let started = Instant::now();
-    for it in 0..RACE_ITERATIONS {
+    for it in 0..f.race_iterations() {
         let f = &f.fresh().await;
         // GIVEN 50 tasks recording the same number on the same order at once
         let n = format!("SAME-{it}");
@@ -729,14 +849,15 @@ async fn concurrent_records_of_one_number_create_exactly_once(f: &Fixture) {
         assert_eq!((b.reserved, b.count), (fen(10), 1), "iteration {it}");
     }
     println!(
-        "{RACE_ITERATIONS} iterations of 50 same-number records in {:?}",
+        "{} iterations of 50 same-number records in {:?}",
+        f.race_iterations(),
         started.elapsed()
     );
 }
 
 async fn concurrent_refunds_of_one_order_never_exceed_total_or_count(f: &Fixture) {
     let started = Instant::now();
-    for it in 0..RACE_ITERATIONS {
+    for it in 0..f.race_iterations() {
         let f = &f.fresh().await;
         // GIVEN 50 tasks asking 30 each of an order of 1000 (1500 in all), and
         // 60 tasks asking 1 each of another order of 1000 (count-bound)
@@ -773,7 +894,8 @@ async fn concurrent_refunds_of_one_order_never_exceed_total_or_count(f: &Fixture
         }
     }
     println!(
-        "{RACE_ITERATIONS} iterations of the over-refund races in {:?}",
+        "{} iterations of the over-refund races in {:?}",
+        f.race_iterations(),
         started.elapsed()
     );
 }
@@ -1003,10 +1125,14 @@ async fn due_serves_the_most_overdue_first_across_all_shards(f: &Fixture) {
 /// the pages and their filling in turn are unit-tested in `ledger::dynamo`.
 const FAILED_ATTEMPTS_EMBEDDED: usize = 10_000;
 const FAILED_ATTEMPTS_MOTO: usize = 300;
+/// Through the fault relay each request also waits for its injected faults and retries.
+const FAILED_ATTEMPTS_UNDER_FAULTS: usize = 40;
 
 async fn an_order_with_thousands_of_failed_attempts_still_takes_refunds(f: &Fixture) {
     let l = f.ledger.as_ref();
-    let attempts = if f.dynamo.is_some() {
+    let attempts = if f.faults.is_some() {
+        FAILED_ATTEMPTS_UNDER_FAULTS
+    } else if f.dynamo.is_some() {
         FAILED_ATTEMPTS_MOTO
     } else {
         FAILED_ATTEMPTS_EMBEDDED
@@ -1431,8 +1557,8 @@ async fn a_refund_recorded_with_its_lease_takes_three_writes_to_succeed(f: &Fixt
     assert_eq!(done.status, RefundStatus::Success);
     // THEN on DynamoDB the happy path was 3 write requests (4 items): the record (refund and
     // order in one transaction) and the two moves; the refused attempts in between aside
-    if let (Some(d), Some(before), Some(recorded), Some(refused)) =
-        (&f.dynamo, before, recorded, refused)
+    if let (Some(d), Some(before), Some(recorded), Some(refused), true) =
+        (&f.dynamo, before, recorded, refused, f.counts_writes())
     {
         let after = d.write_stats();
         let requests = (recorded.requests - before.requests) + (after.requests - refused.requests);

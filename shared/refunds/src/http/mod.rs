@@ -4,6 +4,7 @@
 //! `reconcile_router`); the local stack serves them all (`router`).
 
 mod input;
+mod local_server;
 mod notify;
 pub mod openapi;
 mod poll;
@@ -28,6 +29,7 @@ use tracing::{Instrument, error, info};
 
 use crate::service::{RefundService, ServiceError};
 
+pub use local_server::{ServeLimits, serve_local};
 pub use openapi::{ERROR_CODES, openapi, openapi_json};
 pub use poll::EVENTS_PATH;
 pub use reconciliations::{
@@ -380,15 +382,4 @@ pub async fn serve_lambda(router: Router) -> Result<(), lambda_http::Error> {
         r
     }));
     lambda_http::run(router).await
-}
-
-/// Runs the router on a local listener until `shutdown` resolves.
-pub async fn serve_local(
-    router: Router,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -23,6 +23,7 @@ pub const ERROR_CODES: &[&str] = &[
     "idempotency_key_reused",
     "in_progress",
     "body_too_large",
+    "request_timeout",
     "unsupported_media_type",
     "refund_exceeds_order",
     "too_many_refunds",

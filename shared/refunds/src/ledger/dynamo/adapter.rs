@@ -26,8 +26,8 @@ use super::keys::{
 use super::table::{NEEDS_PERSON_INDEX, NEEDS_PERSON_PK, PENDING_INDEX, PENDING_SHARDS};
 use super::txn_retry::{Cancellation, TXN_ATTEMPTS, TxnRetry, cancellation, code};
 use super::updates::{
-    create_if_absent, external_reservation, failed_page_update, lease_update, record_reservation,
-    release_on_order, transition_update,
+    WRITE_ID, create_if_absent, external_reservation, failed_page_update, lease_update,
+    record_reservation, release_on_order, stamp_write, transition_update,
 };
 use crate::ledger::{
     CorrectionWrite, Cursor, ExternalOutcome, ExternalRefund, FlagWrite, LeaseDecision,
@@ -625,10 +625,16 @@ impl Ledger for DynamoLedger {
         ttl: Duration,
         now: UnixMillis,
     ) -> Result<LeaseOutcome, LedgerError> {
-        let u = lease_update(no, owner, now.plus(ttl), now);
+        let mut u = lease_update(no, owner, now.plus(ttl), now);
+        let write_id = new_write_id();
+        stamp_write(&mut u, &write_id);
         match self.update(u, refund_pk(no)).await? {
             Ok(item) => Ok(LeaseOutcome::Acquired(RefundRecord::try_from(&item)?)),
             Err(None) => Ok(LeaseOutcome::NotFound),
+            // The SDK resent the update after its answer was lost: it applied.
+            Err(Some(old)) if written_by(&old, &write_id) => {
+                Ok(LeaseOutcome::Acquired(RefundRecord::try_from(&old)?))
+            }
             Err(Some(old)) => {
                 let old = RefundRecord::try_from(&old)?;
                 // The condition failed, so the shared rule can only refuse; it also says which way.
@@ -694,12 +700,16 @@ impl Ledger for DynamoLedger {
         if t.to.releases_reservation() {
             return self.transition_releasing(&t).await;
         }
-        match self
-            .update(transition_update(&t), refund_pk(&t.out_refund_no))
-            .await?
-        {
+        let mut u = transition_update(&t);
+        let write_id = new_write_id();
+        stamp_write(&mut u, &write_id);
+        match self.update(u, refund_pk(&t.out_refund_no)).await? {
             Ok(item) => Ok(TransitionOutcome::Applied(RefundRecord::try_from(&item)?)),
             Err(None) => Ok(TransitionOutcome::NotFound),
+            // The SDK resent the update after its answer was lost: it applied.
+            Err(Some(old)) if written_by(&old, &write_id) => {
+                Ok(TransitionOutcome::Applied(RefundRecord::try_from(&old)?))
+            }
             Err(Some(old)) => Ok(TransitionOutcome::Conflict(RefundRecord::try_from(&old)?)),
         }
     }
@@ -859,4 +869,14 @@ impl ShardRead {
             self.pos
         }
     }
+}
+
+/// A fresh id for one UpdateItem call ([`stamp_write`]).
+fn new_write_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Whether `item` was last written by the update stamped `write_id`.
+fn written_by(item: &Item, write_id: &str) -> bool {
+    matches!(item.get(WRITE_ID), Some(AttributeValue::S(w)) if w == write_id)
 }

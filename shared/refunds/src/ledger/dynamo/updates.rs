@@ -242,6 +242,20 @@ pub(super) fn failed_page_update(rec: &RefundRecord, page: u64, now: UnixMillis)
     o
 }
 
+/// The attribute an UpdateItem of a refund stamps with its own id ([`stamp_write`]).
+pub(super) const WRITE_ID: &str = "write_id";
+
+/// Stamps `u` with `write_id`, unique to one call of the adapter. An UpdateItem has no
+/// idempotency token, and the SDK sends it again when its answer is lost (the connection dropped,
+/// or the attempt timed out after DynamoDB applied it); the resend then fails the update's own
+/// condition, and the item it is refused against (returned with the failure) shows by this id
+/// whether the write that moved it on was this call's.
+pub(super) fn stamp_write(u: &mut Expr, write_id: &str) {
+    let a = u.n(WRITE_ID);
+    let v = u.v("write_id", AttributeValue::S(write_id.to_owned()));
+    u.set.push(format!("{a} = {v}"));
+}
+
 /// The fenced update of a refund for a transition (the same on both paths).
 pub(super) fn transition_update(t: &Transition) -> Expr {
     let mut u = Expr::default();
