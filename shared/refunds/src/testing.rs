@@ -102,6 +102,57 @@ pub async fn faulty_dynamo_ledger_retrying(
     .await
 }
 
+/// The faults a suite meets at random on every DynamoDB request (‰ per request, drawn from
+/// `seed`): every kind DynamoDB answers with besides a failed condition, and a write applied whose
+/// answer never comes. The adapter must absorb them all: its own retries for cancelled
+/// transactions, the SDK's for the rest (see [`random_faulty_dynamo_ledger`]), the
+/// `ClientRequestToken` for a transaction resent after its answer was lost, and its write id for
+/// an update resent so.
+///
+/// No `SlowAnswer`: the relay serves one request at a time (moto needs it), so one slow answer
+/// would stall every concurrent request of a race past its timeout, which DynamoDB never does.
+/// `ledger_faults.rs` injects slow answers where they can be told apart.
+pub fn random_dynamo_faults(seed: u64) -> Faults {
+    let faults = Faults::seeded(seed);
+    let twi = Op::TransactWriteItems;
+    for rule in [
+        FaultRule::per_mille(
+            15,
+            twi,
+            Fault::TransactionCanceled(CancelCode::TransactionConflict),
+        ),
+        FaultRule::per_mille(
+            15,
+            twi,
+            Fault::TransactionCanceled(CancelCode::ThrottlingError),
+        ),
+        FaultRule::per_mille(10, Op::Any, Fault::ProvisionedThroughputExceeded),
+        FaultRule::per_mille(10, Op::Any, Fault::Throttling),
+        FaultRule::per_mille(10, Op::Any, Fault::InternalServerError),
+        FaultRule::per_mille(8, Op::Any, Fault::ReplyLost),
+    ] {
+        faults.add(rule);
+    }
+    faults
+}
+
+/// A [`DynamoLedger`] on a fresh moto table behind a relay injecting `faults` (usually
+/// [`random_dynamo_faults`]), its SDK making up to 6 attempts per request so that a test meets a
+/// fault now and then but practically never one on every attempt. No attempt timeout: the relay
+/// serves one request at a time and races queue dozens behind each other.
+pub async fn random_faulty_dynamo_ledger(prefix: &str, faults: &Faults) -> DynamoLedger {
+    faulty_dynamo_ledger_retrying(prefix, faults, None, 6).await
+}
+
+/// What `faults` injected, by kind, and over how many requests: one line for a test's output.
+pub fn faults_summary(faults: &Faults) -> String {
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for i in faults.injected() {
+        *kinds.entry(format!("{:?}", i.fault)).or_default() += 1;
+    }
+    format!("requests={} {kinds:?}", faults.requests(Op::Any))
+}
+
 /// The SDK's default connect timeout, kept when a test sets its own timeouts.
 const SDK_CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
 

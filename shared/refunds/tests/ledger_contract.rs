@@ -22,7 +22,7 @@ use wxrefund::reconcile::{
     Discrepancy, DiscrepancyKind, Reconciliation, ReportStatus, Resolution, Side, Totals,
 };
 use wxrefund::state::{LastError, MAX_REFUNDS_PER_ORDER, RefundRecord, RefundStatus, UnixMillis};
-use wxrefund::testing::{CancelCode, Fault, FaultRule, Faults, Op};
+use wxrefund::testing::Faults;
 
 /// A fixed "now" so schedules are deterministic.
 const T0: UnixMillis = UnixMillis(1_800_000_000_000);
@@ -91,49 +91,8 @@ async fn dynamo() -> Fixture {
     }
 }
 
-/// The faults every request of the suite under faults may meet, each at random (‰ per request,
-/// drawn from the seed): all the kinds DynamoDB answers with besides a failed condition, and a
-/// write applied whose answer never comes. The adapter must absorb them: its own retries for
-/// cancelled transactions, the SDK's for the rest (6 attempts here), the `ClientRequestToken` for
-/// a transaction resent after its answer was lost, and recognising its own update for the rest.
-///
-/// No `SlowAnswer` here: the relay serves one request at a time (moto needs it), so one slow
-/// answer stalls every concurrent request of the race tests past its timeout, which DynamoDB
-/// never does. `ledger_faults.rs` injects slow answers where they can be told apart.
-fn random_faults(seed: u64) -> Faults {
-    let faults = Faults::seeded(seed);
-    let twi = Op::TransactWriteItems;
-    for rule in [
-        FaultRule::per_mille(
-            15,
-            twi,
-            Fault::TransactionCanceled(CancelCode::TransactionConflict),
-        ),
-        FaultRule::per_mille(
-            15,
-            twi,
-            Fault::TransactionCanceled(CancelCode::ThrottlingError),
-        ),
-        FaultRule::per_mille(10, Op::Any, Fault::ProvisionedThroughputExceeded),
-        FaultRule::per_mille(10, Op::Any, Fault::Throttling),
-        FaultRule::per_mille(10, Op::Any, Fault::InternalServerError),
-        FaultRule::per_mille(8, Op::Any, Fault::ReplyLost),
-    ] {
-        faults.add(rule);
-    }
-    faults
-}
-
 async fn faulty_dynamo_with(faults: Faults) -> Fixture {
-    let ledger = wxrefund::testing::faulty_dynamo_ledger_retrying(
-        "ledger-faults",
-        &faults,
-        // No attempt timeout: the relay serves one request at a time, and the race tests queue
-        // dozens behind each other.
-        None,
-        6,
-    )
-    .await;
+    let ledger = wxrefund::testing::random_faulty_dynamo_ledger("ledger-faults", &faults).await;
     Fixture {
         ledger: Arc::new(ledger.clone()),
         dynamo: Some(ledger),
@@ -167,13 +126,9 @@ fn fault_seeds(test: &str) -> Vec<u64> {
 
 /// What one test under faults met, one line per seed (summed in docs/TESTING.md).
 fn report_faults(test: &str, seed: u64, faults: &Faults) {
-    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
-    for i in faults.injected() {
-        *kinds.entry(format!("{:?}", i.fault)).or_default() += 1;
-    }
     eprintln!(
-        "faults injected: test={test} seed={seed} requests={} {kinds:?}",
-        faults.requests(Op::Any)
+        "faults injected: test={test} seed={seed} {}",
+        wxrefund::testing::faults_summary(faults)
     );
 }
 
@@ -204,7 +159,7 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
                     for seed in super::fault_seeds(stringify!($name)) {
-                        let faults = super::random_faults(seed);
+                        let faults = wxrefund::testing::random_dynamo_faults(seed);
                         let f = super::faulty_dynamo_with(faults.clone()).await;
                         super::$name(&f).await;
                         super::report_faults(stringify!($name), seed, &faults);

@@ -57,6 +57,8 @@ pub struct Stack {
     /// The WeChat client configuration the gateway was built with (for out-of-band calls).
     pub client_config: ClientConfig,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// The ledger's fault relay under `E2E_DYNAMO_FAULT_SEED`.
+    faults: Option<wxrefund::testing::Faults>,
     _dir: TempDir,
 }
 
@@ -64,6 +66,10 @@ impl Drop for Stack {
     fn drop(&mut self) {
         if let Some(s) = self.server.take() {
             s.abort();
+        }
+        // Summed in docs/TESTING.md (run with --nocapture).
+        if let Some(f) = &self.faults {
+            eprintln!("faults injected: {}", wxrefund::testing::faults_summary(f));
         }
     }
 }
@@ -161,10 +167,16 @@ impl Stack {
         )
         .expect("build the WeChat gateway");
 
-        let ledger: Arc<dyn Ledger> = match kind {
-            LedgerKind::Dynamo => Arc::new(dynamo_ledger().await),
-            LedgerKind::Embedded => Arc::new(
-                EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("open redb ledger"),
+        let (ledger, faults): (Arc<dyn Ledger>, _) = match kind {
+            LedgerKind::Dynamo => {
+                let (ledger, faults) = dynamo_ledger().await;
+                (Arc::new(ledger), faults)
+            }
+            LedgerKind::Embedded => (
+                Arc::new(
+                    EmbeddedLedger::open(dir.path().join("ledger.redb")).expect("open redb ledger"),
+                ),
+                None,
             ),
         };
         let events = wxrefund::testing::RecordingPublisher::new();
@@ -203,6 +215,7 @@ impl Stack {
             base_url,
             client_config: client,
             server,
+            faults,
             _dir: dir,
         }
     }
@@ -461,7 +474,25 @@ where
     }
 }
 
-/// A DynamoDB ledger on a fresh table of the moto server named by `MOTO_ENDPOINT`.
-pub async fn dynamo_ledger() -> DynamoLedger {
-    wxrefund::testing::fresh_dynamo_ledger("e2e").await
+/// A DynamoDB ledger on a fresh table of the moto server named by `MOTO_ENDPOINT`. With
+/// `E2E_DYNAMO_FAULT_SEED` set, its requests go through the fault relay and meet DynamoDB's
+/// failures at random from that seed (`wxrefund::testing::random_dynamo_faults`; returned, to
+/// report): the workflows must come out the same (`scripts/test` runs the workflow suites so too).
+pub async fn dynamo_ledger() -> (DynamoLedger, Option<wxrefund::testing::Faults>) {
+    match std::env::var("E2E_DYNAMO_FAULT_SEED") {
+        Ok(seed) => {
+            let seed: u64 = seed.parse().expect("E2E_DYNAMO_FAULT_SEED: an integer");
+            // Each ledger of the run meets its own faults: mix in a per-process counter.
+            let nth = LEDGERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let seed = seed.wrapping_add(nth * 7919);
+            eprintln!("ledger under faults, seed {seed}");
+            let faults = wxrefund::testing::random_dynamo_faults(seed);
+            let ledger =
+                wxrefund::testing::random_faulty_dynamo_ledger("e2e-faults", &faults).await;
+            (ledger, Some(faults))
+        }
+        Err(_) => (wxrefund::testing::fresh_dynamo_ledger("e2e").await, None),
+    }
 }
+
+static LEDGERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
