@@ -7,6 +7,11 @@
 //! time (its `cold start ready` log line), and the peak resident memory (`VmHWM`) of one process
 //! after `--invocations` invocations of its real work.
 //!
+//! The cold starts run twice: with the secret from moto, and from a minimal loopback Secrets
+//! Manager in this tool (`GetSecretValue` only, answered in microseconds, given to the function
+//! as `AWS_ENDPOINT_URL_SECRETS_MANAGER`). moto takes ~5 ms to answer (Python, a new connection
+//! per request); the second run shows the function's own cost without that server's.
+//!
 //! ```sh
 //! cargo build --release -p refund -p refund-query -p refund-notify -p refund-reconcile
 //! MOTO_ENDPOINT=http://127.0.0.1:5000 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
@@ -22,6 +27,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wxrefund_e2e::lambda_binary::{FunctionProcess, HttpReply, Parts, http_api_event, invoke};
 use wxrefund_e2e::lambda_emulator::LambdaEmulator;
 
@@ -32,11 +38,12 @@ const FUNCTIONS: [&str; 4] = [
     "refund-reconcile",
 ];
 /// The fields of the `cold start ready` line, in the order the steps run.
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 8] = [
     "before_service_ms",
     "telemetry_ms",
     "aws_config_ms",
     "secret_ms",
+    "roots_ms",
     "wechat_client_ms",
     "aws_clients_ms",
     "since_main_ms",
@@ -97,14 +104,89 @@ async fn ready_line(function: &FunctionProcess) -> Value {
     }
 }
 
-/// Starts `function` in a fresh process `n` times and times exec → first poll.
-async fn cold_starts(a: &Args, parts: &Parts, function: &str) -> BTreeMap<&'static str, f64> {
+/// A Secrets Manager that answers `GetSecretValue` for `secret_id` with `secret` and nothing
+/// else (HTTP/1.1, keep-alive, plain HTTP on loopback as moto is): its endpoint URL.
+async fn loopback_secrets_manager(secret_id: String, secret: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let answer = json!({
+        "ARN": format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:{secret_id}-AbCdEf"),
+        "Name": secret_id,
+        "VersionId": "00000000-0000-4000-8000-000000000001",
+        "SecretString": secret,
+        "VersionStages": ["AWSCURRENT"],
+        "CreatedDate": 1_767_225_600.0,
+    })
+    .to_string();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    // One request: headers, then Content-Length bytes of body.
+                    let (head_end, body_len) = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            assert!(
+                                head.contains("x-amz-target: secretsmanager.getsecretvalue"),
+                                "the loopback Secrets Manager only answers GetSecretValue:\n{head}"
+                            );
+                            let len = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            break (end + 4, len);
+                        }
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    while buf.len() < head_end + body_len {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..head_end + body_len);
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.1\r\n\
+                         x-amzn-requestid: 00000000-0000-4000-8000-000000000002\r\n\
+                         content-length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if conn.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Starts `function` in a fresh process `n` times and times exec → first poll; with
+/// `secrets_endpoint`, the secret comes from there instead of moto.
+async fn cold_starts(
+    a: &Args,
+    parts: &Parts,
+    function: &str,
+    secrets_endpoint: Option<&str>,
+) -> BTreeMap<&'static str, f64> {
     let bin = binary(a, function);
     let mut totals = Vec::new();
     let mut steps: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for _ in 0..a.cold_starts {
         let emulator = LambdaEmulator::start(function).await.expect("emulator");
-        let env = parts.function_env(&emulator, function);
+        let mut env = parts.function_env(&emulator, function);
+        if let Some(url) = secrets_endpoint {
+            env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".into(), url.to_owned()));
+        }
         let spawned = Instant::now();
         let process = FunctionProcess::spawn(&bin, &env);
         let polled = emulator
@@ -208,30 +290,40 @@ async fn main() {
     );
     let parts = Parts::start("profile").await;
 
-    println!(
-        "\ncold start: exec -> first GET /invocation/next, {} fresh processes each (ms, median unless named)",
-        a.cold_starts
-    );
-    let mut header = format!(
-        "  {:<17} {:>7} {:>7} {:>7}",
-        "function", "median", "min", "max"
-    );
-    for s in STEPS {
-        header.push_str(&format!(" {:>10}", s.trim_end_matches("_ms")));
-    }
-    header.push_str(&format!(" {:>12}", "outside_main"));
-    println!("{header}");
-    for function in FUNCTIONS {
-        let r = cold_starts(&a, &parts, function).await;
-        let mut row = format!(
-            "  {function:<17} {:>7.2} {:>7.2} {:>7.2}",
-            r["total_median_ms"], r["total_min_ms"], r["total_max_ms"]
+    let loopback =
+        loopback_secrets_manager(parts.secret_id.clone(), parts.merchant_json.clone()).await;
+    for (source, endpoint) in [
+        ("moto", None),
+        (
+            "a minimal loopback Secrets Manager",
+            Some(loopback.as_str()),
+        ),
+    ] {
+        println!(
+            "\ncold start, secret from {source}: exec -> first GET /invocation/next, {} fresh processes each (ms, median unless named; roots and aws_clients run during aws_config + secret)",
+            a.cold_starts
+        );
+        let mut header = format!(
+            "  {:<17} {:>7} {:>7} {:>7}",
+            "function", "median", "min", "max"
         );
         for s in STEPS {
-            row.push_str(&format!(" {:>10.2}", r[s]));
+            header.push_str(&format!(" {:>10}", s.trim_end_matches("_ms")));
         }
-        row.push_str(&format!(" {:>12.2}", r["outside_main_ms"]));
-        println!("{row}");
+        header.push_str(&format!(" {:>12}", "outside_main"));
+        println!("{header}");
+        for function in FUNCTIONS {
+            let r = cold_starts(&a, &parts, function, endpoint).await;
+            let mut row = format!(
+                "  {function:<17} {:>7.2} {:>7.2} {:>7.2}",
+                r["total_median_ms"], r["total_min_ms"], r["total_max_ms"]
+            );
+            for s in STEPS {
+                row.push_str(&format!(" {:>10.2}", r[s]));
+            }
+            row.push_str(&format!(" {:>12.2}", r["outside_main_ms"]));
+            println!("{row}");
+        }
     }
 
     println!("\npeak RSS, one warm process per function:");

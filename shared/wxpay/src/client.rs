@@ -64,7 +64,58 @@ pub struct ClientConfig {
     pub download_timeout: Duration,
     /// Extra trusted root (PEM), added to the system roots: for the sandbox's test CA.
     pub extra_root_ca_pem: Option<Vec<u8>>,
+    /// The system's roots, read ahead ([`SystemRoots::load`]); `None`: read while the client is
+    /// built (the same roots, by the platform verifier).
+    pub system_roots: Option<SystemRoots>,
     pub pacing: PacingConfig,
+}
+
+/// The system's trusted root certificates (`SSL_CERT_FILE` / `SSL_CERT_DIR`, else the usual
+/// bundle paths), read once. Reading and decoding them is most of building a client (~1.5 ms for
+/// ~145 roots), and needs nothing from the merchant: a cold start reads them while it waits for
+/// the secret, and a key rotation's new client reuses them. Verification is the same as the
+/// platform verifier's on Linux: webpki against these roots.
+#[derive(Clone)]
+pub struct SystemRoots(Arc<Vec<reqwest::Certificate>>);
+
+impl SystemRoots {
+    pub fn load() -> Result<SystemRoots, ClientBuildError> {
+        let found = rustls_native_certs::load_native_certs();
+        if found.certs.is_empty() {
+            let why = found
+                .errors
+                .first()
+                .map_or_else(|| "none found".to_owned(), ToString::to_string);
+            return Err(ClientBuildError::SystemRoots(why));
+        }
+        // As the platform verifier does, a root webpki cannot read is skipped (it could never
+        // anchor a chain), rather than failing every client.
+        let certs = found
+            .certs
+            .into_iter()
+            .filter(|der| rustls::RootCertStore::empty().add(der.clone()).is_ok())
+            .map(|der| reqwest::Certificate::from_der(der.as_ref()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ClientBuildError::SystemRoots(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(ClientBuildError::SystemRoots("none readable".into()));
+        }
+        Ok(SystemRoots(Arc::new(certs)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SystemRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SystemRoots({} certificates)", self.0.len())
+    }
 }
 
 impl Default for ClientConfig {
@@ -77,6 +128,7 @@ impl Default for ClientConfig {
             failover_hold: Duration::from_secs(60),
             download_timeout: Duration::from_secs(60),
             extra_root_ca_pem: None,
+            system_roots: None,
             pacing: PacingConfig::default(),
         }
     }
@@ -97,6 +149,8 @@ impl ClientConfig {
 pub enum ClientBuildError {
     #[error(transparent)]
     Identity(#[from] CertError),
+    #[error("the system's trusted root certificates: {0}")]
+    SystemRoots(String),
     #[error("WXPAY_CA_FILE does not hold a PEM certificate: {0}")]
     ExtraRootCa(String),
     #[error("invalid base URL {url:?}: {reason}")]
@@ -280,14 +334,18 @@ impl WxPayClient {
             .timeout(config.total_timeout)
             .user_agent(concat!("wxrefund-wxpay/", env!("CARGO_PKG_VERSION")))
             .pool_idle_timeout(Duration::from_secs(50));
+        let mut extra = Vec::new();
         if let Some(ca) = &config.extra_root_ca_pem {
-            let certs = reqwest::Certificate::from_pem_bundle(ca)
+            extra = reqwest::Certificate::from_pem_bundle(ca)
                 .map_err(|e| ClientBuildError::ExtraRootCa(e.to_string()))?;
-            if certs.is_empty() {
+            if extra.is_empty() {
                 return Err(ClientBuildError::ExtraRootCa("no certificate found".into()));
             }
-            builder = builder.tls_certs_merge(certs);
         }
+        builder = match &config.system_roots {
+            Some(roots) => builder.tls_certs_only(roots.0.iter().cloned().chain(extra)),
+            None => builder.tls_certs_merge(extra),
+        };
         if let Some(identity) = identity {
             builder = builder.identity(identity.reqwest_identity()?);
         }

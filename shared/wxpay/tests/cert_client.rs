@@ -20,7 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use wxpay::cert::MerchantIdentity;
-use wxpay::client::{ClientConfig, PacingConfig, TransportError, WxPayClient};
+use wxpay::client::{ClientConfig, PacingConfig, SystemRoots, TransportError, WxPayClient};
 
 const MCH_ID: &str = "1900000109";
 const OK_XML: &str = "<xml><return_code>SUCCESS</return_code></xml>";
@@ -193,6 +193,35 @@ async fn untrusted_server_certificate_is_refused_without_extra_ca() {
     assert!(matches!(err, TransportError::NotSent(_)), "{err:?}");
     assert!(!err.outcome_unknown());
     assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn system_roots_read_ahead_verify_the_same_way() {
+    // GIVEN the system's roots read ahead (as a cold start does during the secret fetch)
+    let roots = SystemRoots::load().expect("the system's roots");
+    assert!(roots.len() > 10, "{roots:?}");
+    let (base, hits) = mtls_server().await;
+    // WHEN a client trusts them plus the test CA THEN the mutual-TLS call gets its reply
+    let mut cfg = config(&base);
+    cfg.extra_root_ca_pem = Some(fixture("ca.pem"));
+    cfg.system_roots = Some(roots.clone());
+    let client = WxPayClient::new(&cfg, Some(&identity())).expect("client");
+    let reply = client
+        .post_xml("/secapi/pay/refund", "<xml></xml>".into(), true)
+        .await
+        .expect("reply over mTLS");
+    assert_eq!(reply.status, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // WHEN a client trusts them alone THEN the test server's certificate is refused, unsent
+    let mut cfg = config(&base);
+    cfg.system_roots = Some(roots);
+    let client = WxPayClient::new(&cfg, Some(&identity())).expect("client");
+    let err = client
+        .post_xml("/pay/refundquery", "<xml/>".into(), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::NotSent(_)), "{err:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
