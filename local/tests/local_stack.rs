@@ -327,6 +327,28 @@ async fn walkthrough_on_the_built_in_sandbox_then_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(exit.success(), "exit status {exit}");
+
+    // And nowhere in the whole run's log: the API key, the private key, the PKCS#12.
+    let merchant = std::fs::read_to_string(data.join("sandbox").join("merchant.json"))
+        .expect("the built-in sandbox's merchant.json");
+    assert_no_secret_in(
+        &std::fs::read_to_string(&local.log).expect("log"),
+        &merchant,
+    );
+}
+
+/// Fails the test if `log` holds key material of `merchant_json` (issue 14.5).
+fn assert_no_secret_in(log: &str, merchant_json: &str) {
+    assert!(
+        log.lines().count() > 5,
+        "the stack logged almost nothing: {log}"
+    );
+    for material in wxrefund::testing::secret_material(merchant_json) {
+        assert!(
+            !log.contains(&material),
+            "key material in the local stack's log: {log}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,4 +589,10 @@ async fn sigkill_mid_burst_then_restart_pays_every_refund_exactly_once() {
         ledger_refunds.len(),
         apply_calls
     );
+    // Neither run logged key material.
+    let merchant = std::fs::read_to_string(&files.merchant_json).expect("merchant.json");
+    for run in ["run-1.log", "run-2.log"] {
+        let log = std::fs::read_to_string(dir.path().join(run)).expect("log");
+        assert_no_secret_in(&log, &merchant);
+    }
 }

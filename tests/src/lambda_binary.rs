@@ -219,25 +219,9 @@ impl Parts {
         .expect("build the notification")
     }
 
-    /// Strings from the secret that must never appear in a log: the API key and the private key.
+    /// Strings from the secret that must never appear in a log (`wxrefund::testing::secret_material`).
     pub fn secret_material(&self) -> Vec<String> {
-        let doc: Value = serde_json::from_str(&self.merchant_json).expect("merchant.json");
-        let mut out = Vec::new();
-        // Not cert_p12_password: WeChat sets it to the mch_id, a public identifier that is logged.
-        for field in ["api_v2_key", "key_pem", "cert_p12_base64"] {
-            if let Some(s) = doc.get(field).and_then(Value::as_str) {
-                // A PEM's first body line (after the header) is unique key material.
-                let probe = s
-                    .lines()
-                    .find(|l| !l.starts_with("-----") && l.len() >= 16)
-                    .unwrap_or(s);
-                if probe.len() >= 8 {
-                    out.push(probe.chars().take(40).collect());
-                }
-            }
-        }
-        assert!(!out.is_empty(), "merchant.json holds key material");
-        out
+        wxrefund::testing::secret_material(&self.merchant_json)
     }
 
     /// Fails the test if `logs` holds any of [`Parts::secret_material`] (issue 14.5: no key,

@@ -241,6 +241,33 @@ fn relay_addr(listener: &TcpListener) -> SocketAddr {
     }
 }
 
+// ---- secrets in logs ---------------------------------------------------------------------------
+
+/// Strings of a merchant secret (its `merchant.json`) that must never appear in a log: a probe of
+/// the API key, of the private key PEM and of the PKCS#12 base64 (a PEM's first body line is
+/// unique key material). Not `cert_p12_password`: WeChat sets it to the mch_id, a public
+/// identifier that is logged. Panics if the document holds none of them.
+pub fn secret_material(merchant_json: &str) -> Vec<String> {
+    let doc: serde_json::Value = match serde_json::from_str(merchant_json) {
+        Ok(v) => v,
+        Err(e) => panic!("merchant.json is not JSON: {e}"),
+    };
+    let mut out = Vec::new();
+    for field in ["api_v2_key", "key_pem", "cert_p12_base64"] {
+        if let Some(s) = doc.get(field).and_then(serde_json::Value::as_str) {
+            let probe = s
+                .lines()
+                .find(|l| !l.starts_with("-----") && l.len() >= 16)
+                .unwrap_or(s);
+            if probe.len() >= 8 {
+                out.push(probe.chars().take(40).collect());
+            }
+        }
+    }
+    assert!(!out.is_empty(), "merchant.json holds key material");
+    out
+}
+
 // ---- process memory ----------------------------------------------------------------------------
 
 /// A value in KiB from `/proc/<pid>/status` (`pid` `None`: this process), such as `VmHWM:` (peak

@@ -71,7 +71,59 @@ impl Drop for Stack {
         if let Some(f) = &self.faults {
             eprintln!("faults injected: {}", wxrefund::testing::faults_summary(f));
         }
+        // What this binary logged so far, this stack's run included, holds none of its secret.
+        if let (false, Ok(merchant)) = (
+            std::thread::panicking(),
+            std::fs::read_to_string(&self.sandbox.files().merchant_json),
+        ) {
+            let logs = captured_logs();
+            assert!(!logs.is_empty(), "nothing was logged to search");
+            for material in wxrefund::testing::secret_material(&merchant) {
+                assert!(!logs.contains(&material), "key material in the logs");
+            }
+        }
     }
+}
+
+/// Every log line of this test binary (every stack's, at DEBUG for our crates), in memory: the
+/// production JSON format, searched for key material when each stack is dropped (issue 14.5).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogSink;
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOGS.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::new(
+            "info,wxrefund=debug,wxpay=debug,wxpay_sandbox=debug",
+        );
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(|| LogSink)
+            .try_init();
+    });
+}
+
+fn captured_logs() -> String {
+    String::from_utf8_lossy(
+        &LOGS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    )
+    .into_owned()
 }
 
 impl Stack {
@@ -112,6 +164,7 @@ impl Stack {
         stale_key: bool,
         escalate: Option<Duration>,
     ) -> Stack {
+        capture_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let listener = if serve {
             Some(
