@@ -161,8 +161,10 @@ struct Pool {
     parts: Arc<Parts>,
     extra_env: Vec<(String, String)>,
     slots: Vec<Mutex<Instance>>,
-    /// Logs of the processes killed so far.
+    /// Logs of the processes killed so far, or that exited on their own.
     dead_logs: Mutex<Vec<String>>,
+    /// Logs of the processes that exited on their own (a failed cold start exits 1).
+    exits: Mutex<Vec<String>>,
     kills: AtomicUsize,
     /// Invocations that were running in a process when it was killed.
     killed_in_flight: AtomicUsize,
@@ -190,6 +192,7 @@ impl Pool {
             extra_env,
             slots,
             dead_logs: Mutex::new(Vec::new()),
+            exits: Mutex::new(Vec::new()),
             kills: AtomicUsize::new(0),
             killed_in_flight: AtomicUsize::new(0),
             restarts: AtomicUsize::new(0),
@@ -263,6 +266,28 @@ impl Pool {
         self.restarts.fetch_add(1, Ordering::SeqCst);
         self.killed_in_flight.fetch_add(in_flight, Ordering::SeqCst);
         true
+    }
+
+    /// Starts a new instance in place of each one whose process exited on its own, as Lambda
+    /// starts a new instance for the next invocation after a failed init (a cold start that
+    /// cannot read its secret in time exits 1). Returns how many.
+    async fn revive_exited(&self) -> usize {
+        let mut revived = 0;
+        for i in 0..self.slots.len() {
+            if self.slots[i].lock().unwrap().process.try_exit().is_none() {
+                continue;
+            }
+            let fresh =
+                Self::instance(self.function, &self.binary, &self.parts, &self.extra_env).await;
+            let old = std::mem::replace(&mut *self.slots[i].lock().unwrap(), fresh);
+            let logs = old.process.kill();
+            old.emulator.process_died("Runtime exited");
+            self.exits.lock().unwrap().push(logs.clone());
+            self.dead_logs.lock().unwrap().push(logs);
+            self.restarts.fetch_add(1, Ordering::SeqCst);
+            revived += 1;
+        }
+        revived
     }
 
     /// The logs of every process this pool ran, the killed ones included.
@@ -772,6 +797,20 @@ async fn under_chaos_the_production_topology_keeps_wechat_and_the_ledger_in_agre
         })
     };
 
+    // AND the Lambda service starting a new instance whenever a process exits on its own
+    let supervising = Arc::new(AtomicBool::new(true));
+    let supervisor_task = {
+        let (h, on) = (Arc::clone(&h), Arc::clone(&supervising));
+        tokio::spawn(async move {
+            while on.load(Ordering::SeqCst) {
+                for pool in [&h.refund, &h.query, &h.notify] {
+                    pool.revive_exited().await;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+
     // WHEN the merchants ask for every refund, a few at a time
     let gate = Arc::new(tokio::sync::Semaphore::new(size.concurrency));
     let mut merchants = tokio::task::JoinSet::new();
@@ -803,8 +842,9 @@ async fn under_chaos_the_production_topology_keeps_wechat_and_the_ledger_in_agre
         .clear_faults(None)
         .expect("clear the sandbox's faults");
     let ledger = ledger_through(&relay, &parts.table).await;
-    let drain_deadline =
-        Instant::now() + Duration::from_secs(240) + Duration::from_millis(40 * size.refunds as u64);
+    let drain_deadline = Instant::now()
+        + Duration::from_secs(240)
+        + Duration::from_millis(100 * size.refunds as u64);
     let mut open: Vec<RefundRecord>;
     loop {
         parts.sandbox.settle_now();
@@ -824,6 +864,8 @@ async fn under_chaos_the_production_topology_keeps_wechat_and_the_ledger_in_agre
     }
     polling.store(false, Ordering::SeqCst);
     poll_task.await.expect("the poll task");
+    supervising.store(false, Ordering::SeqCst);
+    supervisor_task.await.expect("the supervisor task");
     // Notifications still being delivered may settle a refund once more: let them land.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let duration = started.elapsed().as_secs_f64();
@@ -1033,6 +1075,20 @@ async fn under_chaos_the_production_topology_keeps_wechat_and_the_ledger_in_agre
         "refund-notify received nothing"
     );
     assert!(paid > 0, "no refund was paid");
+    // AND no process died on its own but of a failed cold start (one that exits 1, by design,
+    // when its secret cannot be read in time: moto under load can be that slow)
+    let mut init_failures = 0;
+    for pool in [&refund, &query, &notify] {
+        for logs in pool.exits.lock().unwrap().iter() {
+            assert!(
+                logs.contains("cold start failed"),
+                "seed {}: a {} process exited by itself, not at its cold start:\n{logs}",
+                size.seed,
+                pool.function
+            );
+            init_failures += 1;
+        }
+    }
     assert!(refund.all_alive() && query.all_alive() && notify.all_alive());
     // AND no process logged key material
     let mut logged = 0;
@@ -1050,7 +1106,7 @@ async fn under_chaos_the_production_topology_keeps_wechat_and_the_ledger_in_agre
     let ld = |a: &AtomicU64| a.load(Ordering::SeqCst);
     println!(
         "chaos summary: seed={} refunds={} orders={} processes=refund×{}+refund-query×{}+refund-notify×{} \
-         restarts={} kills={} (invocations killed in flight {}) sends={} duplicates={} retries={} \
+         restarts={} kills={} (invocations killed in flight {}) failed_cold_starts={} sends={} duplicates={} retries={} \
          gave_up={} answers={:?} gets={} polls={} (failed {}, examined {}, settled {}, errors {}) \
          notifications={} (answered FAIL or not at all {}; sandbox: {} pushes, {} refunds acknowledged in time) dynamo_requests={} {:?} dynamo_faults={:?} \
          wechat_faults={:?} wechat_apply_calls={} load={:.1}s duration={:.1}s books: {} orders \
@@ -1061,9 +1117,13 @@ async fn under_chaos_the_production_topology_keeps_wechat_and_the_ledger_in_agre
         REFUND_PROCESSES,
         QUERY_PROCESSES,
         NOTIFY_PROCESSES,
-        refund.restarts.load(Ordering::SeqCst) + query.restarts.load(Ordering::SeqCst),
+        [&refund, &query, &notify]
+            .iter()
+            .map(|p| p.restarts.load(Ordering::SeqCst))
+            .sum::<usize>(),
         kills,
         killed_in_flight,
+        init_failures,
         ld(&t.sends),
         ld(&t.duplicates),
         ld(&t.retries),
