@@ -1,10 +1,10 @@
 //! Chaos in the production topology (issue 14.3): the real Lambda binaries behind the Runtime API
 //! emulator, four `refund` and two `refund-query` processes serving API Gateway events at once,
 //! the scheduled poll every two seconds, two `refund-notify` processes receiving the sandbox's own
-//! notification pushes, all on one moto table through the fault-injecting relay and one sandbox answering with
-//! random WeChat faults; events delivered twice, merchants retrying, processes SIGKILLed
-//! mid-invocation and restarted. At the end the sandbox's books and the ledger must agree order by
-//! order.
+//! notification pushes, all on one moto table through the fault-injecting relay and one sandbox
+//! answering with random WeChat faults; events delivered twice, merchants retrying, processes
+//! SIGKILLed mid-invocation and restarted. At the end the sandbox's books and the ledger must
+//! agree order by order (docs/TESTING.md, "Chaos in the production topology").
 //!
 //! Size: `CHAOS_REFUNDS` (default 80) refunds over a third as many orders; `CHAOS_SEED` fixes the
 //! random choices of the harness and of the DynamoDB faults (default: from the clock, printed).
