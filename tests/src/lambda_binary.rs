@@ -53,10 +53,16 @@ impl Parts {
     /// Starts the sandbox, stores its `merchant.json` as a Secrets Manager secret on moto and
     /// creates a fresh ledger table. Fails (never skips) without `MOTO_ENDPOINT`.
     pub async fn start(prefix: &str) -> Parts {
+        Parts::start_with(prefix, |_| {}).await
+    }
+
+    /// [`Parts::start`] with the sandbox's configuration changed by `configure` first (by default
+    /// refunds settle only when a test says so, `settle_now`, and nothing is notified).
+    pub async fn start_with(prefix: &str, configure: impl FnOnce(&mut SandboxConfig)) -> Parts {
         let moto_endpoint = wxrefund::testing::moto_endpoint();
         let sdk = wxrefund::testing::moto_sdk_config().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let sandbox = Sandbox::start(SandboxConfig {
+        let mut config = SandboxConfig {
             state_dir: dir.path().join("sandbox"),
             // Refunds settle when a test says so (`settle_now`), never behind its back.
             settle_after: Duration::from_secs(600),
@@ -65,9 +71,9 @@ impl Parts {
             failure_qps: 10_000,
             persist: false,
             ..SandboxConfig::default()
-        })
-        .await
-        .expect("start the sandbox");
+        };
+        configure(&mut config);
+        let sandbox = Sandbox::start(config).await.expect("start the sandbox");
         let merchant_json =
             std::fs::read_to_string(&sandbox.files().merchant_json).expect("read merchant.json");
 
@@ -298,6 +304,18 @@ impl FunctionProcess {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// SIGKILLs the process (as an out-of-memory kill or a host failure ends a Lambda instance),
+    /// reaps it and returns everything it logged.
+    pub fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            // The pipe closed with the process, so the reader ends promptly.
+            let _ = r.join();
+        }
+        self.logs()
     }
 
     /// The exit status if it has exited.

@@ -5,7 +5,9 @@
 //! queued), `POST /2018-06-01/runtime/invocation/{id}/response` and `/error`, and
 //! `POST /2018-06-01/runtime/init/error`. Anything else is answered 404 (or 400 for an unknown
 //! request id), never a panic, so a misbehaving runtime shows up as a failed invocation instead of
-//! a hung test.
+//! a hung test. [`LambdaEmulator::process_died`] does what the Lambda service does when the
+//! function's process dies mid-invocation (SIGKILL, out of memory): the invocations it held end
+//! with `Runtime.ExitError`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -211,6 +213,43 @@ impl LambdaEmulator {
     /// Request ids handed to the function so far, in order.
     pub fn delivered(&self) -> Vec<String> {
         lock(&self.shared.delivered).clone()
+    }
+
+    /// Request ids handed to the function and not answered yet (the invocations it is running).
+    pub fn in_flight(&self) -> Vec<String> {
+        let waiting = lock(&self.shared.waiting);
+        lock(&self.shared.delivered)
+            .iter()
+            .filter(|id| waiting.contains_key(*id))
+            .cloned()
+            .collect()
+    }
+
+    /// The function's process died (the test killed it): as the Lambda service reports it, every
+    /// invocation handed to it and not answered ends with a `Runtime.ExitError` error carrying
+    /// `message`, and every one still queued ends as [`EmulatorError::Stopped`] (the caller, like
+    /// API Gateway's client, sees it fail and may send it again). Returns (in flight, queued).
+    /// The emulator is spent: a restarted process gets a new one (a dead runtime's long-poll may
+    /// still be parked in this one's queue).
+    pub fn process_died(&self, message: &str) -> (usize, usize) {
+        let delivered = lock(&self.shared.delivered).clone();
+        let waiting: Vec<(String, oneshot::Sender<Outcome>)> =
+            lock(&self.shared.waiting).drain().collect();
+        let (mut in_flight, mut queued) = (0, 0);
+        for (id, tx) in waiting {
+            if delivered.contains(&id) {
+                in_flight += 1;
+                let body = json!({"errorType": "Runtime.ExitError", "errorMessage": message});
+                let _ = tx.send(Outcome::Error {
+                    error_type: Some("Runtime.ExitError".into()),
+                    body: body.to_string().into_bytes(),
+                });
+            } else {
+                // Dropping the sender ends the caller's wait with `Stopped`.
+                queued += 1;
+            }
+        }
+        (in_flight, queued)
     }
 }
 
@@ -467,5 +506,45 @@ mod tests {
             .await
             .expect_err("nobody polls");
         assert!(matches!(err, EmulatorError::Timeout { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_process_dying_mid_invocation_ends_its_invocation_with_an_exit_error() {
+        // GIVEN two queued events, the first handed to a runtime that never answers it
+        let emu = LambdaEmulator::start("fn").await.expect("start");
+        let base = format!("http://{}{API_PREFIX}", emu.runtime_api());
+        let running = emu.enqueue(&json!({"n": 1}));
+        let queued = emu.enqueue(&json!({"n": 2}));
+        let resp = reqwest::get(format!("{base}/invocation/next"))
+            .await
+            .expect("next");
+        assert_eq!(
+            resp.headers()["lambda-runtime-aws-request-id"],
+            running.request_id.as_str()
+        );
+        assert_eq!(emu.in_flight(), vec![running.request_id.clone()]);
+
+        // WHEN its process dies
+        let counts = emu.process_died("signal: killed");
+
+        // THEN the running invocation ends with Runtime.ExitError, the queued one as stopped,
+        // and nothing is in flight any more
+        assert_eq!(counts, (1, 1));
+        match running
+            .outcome(Duration::from_secs(2))
+            .await
+            .expect("ended")
+        {
+            Outcome::Error { error_type, body } => {
+                assert_eq!(error_type.as_deref(), Some("Runtime.ExitError"));
+                assert!(String::from_utf8_lossy(&body).contains("signal: killed"));
+            }
+            other => panic!("expected an exit error, got {other:?}"),
+        }
+        assert!(matches!(
+            queued.outcome(Duration::from_secs(2)).await,
+            Err(EmulatorError::Stopped(_))
+        ));
+        assert!(emu.in_flight().is_empty());
     }
 }
