@@ -598,13 +598,7 @@ fn wechat_fault(rng: &Rng) -> WxFault {
 /// A `DynamoLedger` on the functions' table through the relay (faults cleared by then), so the
 /// checks' reads are serialised with everything else moto is asked.
 async fn ledger_through(relay: &str, table: &str) -> DynamoLedger {
-    let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(relay)
-        .region(aws_config::Region::new(region))
-        .load()
-        .await;
-    DynamoLedger::new(aws_sdk_dynamodb::Client::new(&conf), table)
+    wxrefund_e2e::wxrefund::testing::dynamo_ledger_via(relay, table).await
 }
 
 fn order_ref(out_trade_no: &str) -> OrderRef {

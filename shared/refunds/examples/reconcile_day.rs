@@ -584,16 +584,8 @@ async fn open(backend: Backend) -> Res<(Arc<dyn Ledger>, Store)> {
             let setup = wxrefund::testing::fresh_dynamo_ledger("rbench").await;
             let faults = Faults::default();
             let relay = wxrefund::testing::fault_relay(&endpoint, faults.clone()).await;
-            let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
-            let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .endpoint_url(relay)
-                .region(aws_config::Region::new(region))
-                .load()
-                .await;
-            let ledger = Arc::new(DynamoLedger::new(
-                aws_sdk_dynamodb::Client::new(&conf),
-                setup.table(),
-            ));
+            let ledger =
+                Arc::new(wxrefund::testing::dynamo_ledger_via(&relay, setup.table()).await);
             Ok((Arc::new(setup), Store::Dynamo { ledger, faults }))
         }
     }

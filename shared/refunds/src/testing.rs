@@ -54,6 +54,13 @@ async fn sdk_config(
     loader.load().await
 }
 
+/// A [`DynamoLedger`] on an existing `table`, through `endpoint` (a relay in front of moto), with
+/// the SDK's default retries and timeouts.
+pub async fn dynamo_ledger_via(endpoint: &str, table: &str) -> DynamoLedger {
+    let conf = sdk_config(endpoint, None, None).await;
+    DynamoLedger::new(aws_sdk_dynamodb::Client::new(&conf), table)
+}
+
 /// A [`DynamoLedger`] on a fresh table (`<prefix>-<uuid>`) on moto.
 pub async fn fresh_dynamo_ledger(prefix: &str) -> DynamoLedger {
     let client = aws_sdk_dynamodb::Client::new(&moto_sdk_config().await);
